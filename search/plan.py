@@ -1,0 +1,178 @@
+"""How many trials can run at once, from the cluster's declared (logical) resources and what one trial needs.
+
+Tune only accounts for each trial's *driver*; the trial's Train workers get their own placement group later. If Tune
+starts more drivers than the cluster can give workers to, the extra trials sit waiting for workers (and hold their
+driver resources) -- so the search sets `max_concurrent_trials` from this plan and refuses, before launch, a request
+no cluster node can ever satisfy.
+
+Packing rule: a Ray Train worker is one placement-group bundle, and a bundle lives on one node, so a worker's CPUs and
+GPUs must all come from the same node. Per node we count how many whole workers fit; a trial's workers may spread over
+nodes, so the cluster runs (sum of per-node workers) // workers-per-trial trials at once.
+
+The trial driver: in Ray 2.60 the Train V2 controller actor asks for `num_cpus=0` (ray/train/v2/api/
+data_parallel_trainer.py, `_initialize_and_run_controller`), and the Tune function that builds the TorchTrainer only
+blocks on that controller. So by default the driver costs no CPU. A fractional CPU would be wrong on small machines:
+with 2 cores and 2 workers x 1 CPU, a 0.1-CPU driver leaves 1.9 CPUs and the second worker never fits. Tune refuses an
+all-zero request, hence `driver_resources()`: 0 CPU plus a token amount of Ray's `memory` resource, which workers don't
+ask for. Pass `driver_cpus > 0` to plan for drivers that do real work.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+UNITS = 10_000  # Ray stores resource amounts as fixed point with 4 decimals; we count in those units, exactly
+DEFAULT_DRIVER_CPUS = 0.0
+DRIVER_MEMORY_BYTES = 1 << 20  # token `memory` so Tune accepts a 0-CPU driver; no worker asks for `memory`
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    workers: int  # Ray Train workers (DDP ranks) per trial
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+    def validate(self) -> None:
+        """Raise ValueError naming the CLI flag for a request that is wrong whatever the cluster."""
+        if int(self.workers) != self.workers or self.workers < 1:
+            raise ValueError(f"--workers-per-trial {self.workers} must be a whole number >= 1")
+        for flag, amount in (("--cpus-per-worker", self.cpus_per_worker), ("--gpus-per-worker", self.gpus_per_worker)):
+            if not math.isfinite(amount) or amount < 0:
+                raise ValueError(f"{flag} {amount:g} must be >= 0")
+            if amount > 1 and amount != int(amount):
+                raise ValueError(f"{flag} {amount:g}: amounts above 1 must be whole numbers (Ray's rule)")
+            if amount != round(amount * UNITS) / UNITS:
+                raise ValueError(f"{flag} {amount!r}: Ray resolves resources to 0.0001")
+        if self.cpus_per_worker == 0 and self.gpus_per_worker == 0:
+            raise ValueError("--cpus-per-worker 0 with --gpus-per-worker 0: a worker must ask for some CPU or GPU")
+        if 0 < self.gpus_per_worker < 1 and self.workers > 1:
+            raise ValueError(f"--gpus-per-worker {self.gpus_per_worker:g} is fractional: fractional GPUs are only "
+                             f"allowed with --workers-per-trial 1")
+
+    def worker_resources(self) -> dict[str, float]:
+        """`ScalingConfig(resources_per_worker=...)` for Ray Train."""
+        resources = {"CPU": float(self.cpus_per_worker)}
+        if self.gpus_per_worker:
+            resources["GPU"] = float(self.gpus_per_worker)
+        return resources
+
+
+@dataclass(frozen=True)
+class Plan:
+    max_concurrent_trials: int
+    per_trial: TrialResources
+    reason: str  # one line a user can check: nodes, workers that fit, arithmetic
+    driver_cpus: float = DEFAULT_DRIVER_CPUS
+
+
+def driver_resources(driver_cpus: float = DEFAULT_DRIVER_CPUS) -> dict[str, float]:
+    """Resource dict for `tune.with_resources(trial_fn, ...)`: the driver's CPUs, and a token of `memory` so that
+    a 0-CPU request is not all zeros (Tune rejects those)."""
+    return {"CPU": float(driver_cpus), "memory": DRIVER_MEMORY_BYTES}
+
+
+def cluster_nodes() -> list[dict[str, Any]]:
+    """Declared resources of every alive node of the running Ray (`ray.init()` first), e.g. [{"CPU": 16, "GPU": 4}]."""
+    import ray  # only here: planning itself needs no Ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("cluster_nodes() needs a running Ray: call ray.init() first")
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
+def plan_for_cluster(trial: TrialResources, driver_cpus: float = DEFAULT_DRIVER_CPUS) -> Plan:
+    return plan_concurrency(cluster_nodes(), trial, driver_cpus=driver_cpus)
+
+
+def _units(amount: float) -> int:
+    return int(round(float(amount) * UNITS))
+
+
+def _fits(free_cpu: int, free_gpu: int, cpu: int, gpu: int) -> int:
+    """Whole workers of (cpu, gpu) units that fit in (free_cpu, free_gpu) units."""
+    counts = [free // need for free, need in ((free_cpu, cpu), (free_gpu, gpu)) if need > 0]
+    return max(0, min(counts))
+
+
+def _fmt(units: int) -> str:
+    return f"{units / UNITS:g}"
+
+
+def _refuse(trial: TrialResources, cpus: list[int], gpus: list[int], slots: list[int]) -> ValueError:
+    """The one-line error for a trial no arrangement of this cluster can ever run; names the binding flag."""
+    cpu, gpu = _units(trial.cpus_per_worker), _units(trial.gpus_per_worker)
+    shortages = []  # (workers that fit counting only this resource, flag, name, per-worker units, per-node units)
+    for flag, name, need, have in (("--gpus-per-worker", "GPU", gpu, gpus), ("--cpus-per-worker", "CPU", cpu, cpus)):
+        if need > 0:
+            shortages.append((sum(h // need for h in have), flag, name, need, have))
+    fit, flag, name, need, have = min(shortages)  # the scarcest resource explains the refusal
+    if max(have) < need:
+        none = "none" if max(have) == 0 else f"{_fmt(max(have))}"
+        return ValueError(f"{flag} {_fmt(need)} needs {_fmt(need)} {name}s on one node but the largest node has "
+                          f"{none} (cluster total {_fmt(sum(have))})")
+    total_need = need * trial.workers
+    head = f"--workers-per-trial {trial.workers} with {flag} {_fmt(need)} needs {_fmt(total_need)} {name}s"
+    where = f"the cluster has {_fmt(sum(have))} (largest node {_fmt(max(have))})"
+    if sum(have) < total_need:
+        return ValueError(f"{head} but {where}")
+    return ValueError(f"{head}, each worker's on one node: {where} but only {sum(slots)} such workers fit "
+                      f"(CPUs and GPUs of a worker must share a node)")
+
+
+def plan_concurrency(nodes: list[dict[str, Any]], trial: TrialResources,
+                     driver_cpus: float = DEFAULT_DRIVER_CPUS) -> Plan:
+    """Trials that can run at once on `nodes` (per-node declared resources, e.g. ray.nodes()[i]["Resources"]).
+
+    Raises ValueError (naming the flag and what the largest node has) when not even one trial can ever run.
+    """
+    trial.validate()
+    if driver_cpus < 0:
+        raise ValueError(f"driver_cpus {driver_cpus:g} must be >= 0")
+    if not nodes:
+        raise ValueError("no alive Ray nodes to plan on")
+    cpu, gpu, driver = _units(trial.cpus_per_worker), _units(trial.gpus_per_worker), _units(driver_cpus)
+    cpus = [_units(node.get("CPU", 0)) for node in nodes]
+    gpus = [_units(node.get("GPU", 0)) for node in nodes]
+    slots = [_fits(c, g, cpu, gpu) for c, g in zip(cpus, gpus)]  # workers per node, each wholly on its node
+    if sum(slots) < trial.workers:
+        raise _refuse(trial, cpus, gpus, slots)
+
+    # Place whole trials one after another: the driver where it costs the fewest worker slots, then the workers
+    # packed onto the fullest-fitting nodes (Train's default PACK strategy). With a 0-CPU driver this is exactly
+    # sum(slots) // workers; with a CPU-using driver it counts the slots the drivers take away.
+    free_cpu, free_gpu = list(cpus), list(gpus)
+    trials = 0
+    while True:
+        cpu_after, gpu_after = list(free_cpu), list(free_gpu)
+        if driver:
+            candidates = [i for i, c in enumerate(cpu_after) if c >= driver]
+            if not candidates:
+                break
+            def slots_lost(i: int) -> tuple[int, int]:
+                before = _fits(cpu_after[i], gpu_after[i], cpu, gpu)
+                return before - _fits(cpu_after[i] - driver, gpu_after[i], cpu, gpu), -cpu_after[i]
+            cpu_after[min(candidates, key=slots_lost)] -= driver
+        to_place = trial.workers
+        for i in sorted(range(len(nodes)), key=lambda i: -_fits(cpu_after[i], gpu_after[i], cpu, gpu)):
+            take = min(to_place, _fits(cpu_after[i], gpu_after[i], cpu, gpu))
+            cpu_after[i] -= take * cpu
+            gpu_after[i] -= take * gpu
+            to_place -= take
+        if to_place:
+            break
+        free_cpu, free_gpu, trials = cpu_after, gpu_after, trials + 1
+
+    worker = f"{trial.cpus_per_worker:g} CPU" + (f" + {trial.gpus_per_worker:g} GPU" if gpu else "")
+    driver_note = f" plus a {driver_cpus:g}-CPU driver" if driver else " (driver: 0 CPU)"
+    if trials == 0:
+        raise ValueError(f"--workers-per-trial {trial.workers} of {worker} each{driver_note} never fit: the trial "
+                         f"driver's CPUs take the room the workers need (cluster CPUs {_fmt(sum(cpus))}, "
+                         f"largest node {_fmt(max(cpus))})")
+    reason = (f"{len(nodes)} node(s) fit {sum(slots)} workers of {worker} (per node {slots}); "
+              f"{trial.workers} worker(s) per trial{driver_note} -> {trials} trial(s) at once")
+    return Plan(max_concurrent_trials=trials, per_trial=trial, reason=reason, driver_cpus=float(driver_cpus))
+
+
+__all__ = ["TrialResources", "Plan", "plan_concurrency", "plan_for_cluster", "cluster_nodes", "driver_resources",
+           "DEFAULT_DRIVER_CPUS"]
