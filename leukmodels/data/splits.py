@@ -52,7 +52,8 @@ def split_by_patient(manifest: pd.DataFrame, val_fraction: float = 0.2, test_fra
         patients = patient_table(labelled)
         rest_ids, test_ids = _stratified_split(patients, test_fraction, seed, "test")
         # val as a fraction of everything: rescale to what is left after the test draw
-        train_ids, val_ids = _stratified_split(patients.loc[rest_ids], val_fraction / (1 - test_fraction), seed, "val")
+        train_ids, val_ids = _stratified_split(patients.loc[rest_ids], val_fraction / (1 - test_fraction), seed, "val",
+                                               asked=val_fraction)
     splits = {"train": _rows_of(labelled, train_ids), "val": _rows_of(labelled, val_ids),
               "test": _rows_of(labelled, test_ids)}
     check_disjoint(splits)
@@ -123,19 +124,21 @@ def _need_patients(patients: pd.DataFrame, minimum: int, purpose: str) -> None:
                             f"both classes")
 
 
-def _stratified_split(patients: pd.DataFrame, fraction: float, seed: int, held_name: str):
-    """Patient ids -> (kept, held) with `fraction` of patients held out, both classes on each side."""
+def _stratified_split(patients: pd.DataFrame, fraction: float, seed: int, held_name: str, asked: float | None = None):
+    """Patient ids -> (kept, held) with `fraction` of patients held out, both classes on each side.
+    `asked` is the fraction as the user gave it (of all patients), for messages."""
+    asked = fraction if asked is None else asked
     _need_patients(patients, 2, f"drawing a {held_name} set")
     try:
         kept, held = train_test_split(patients.index.to_numpy(), test_size=fraction, random_state=seed,
                                       stratify=patients["label"].to_numpy())
     except ValueError as err:  # e.g. fewer held-out patients than classes
-        raise DataError(f"cannot draw a {held_name} set of {fraction:g} of {len(patients)} patients "
+        raise DataError(f"cannot draw a {held_name} set ({held_name}_fraction {asked:g}) from {len(patients)} patients "
                         f"stratified by class: {err}") from None
     for side, ids in (("train" if held_name == "val" else "the rest", kept), (held_name, held)):
         classes = set(patients.loc[ids, "label"])
         for label, name in CLASS_NAMES.items():
             if label not in classes:
-                raise DataError(f"a {held_name} fraction of {fraction:g} leaves no {name} patient in {side} "
+                raise DataError(f"{held_name}_fraction {asked:g} leaves no {name} patient in {side} "
                                 f"({len(patients)} patients); change the fraction or add patients")
     return kept, held
