@@ -74,7 +74,7 @@ def write_image(path: Path, size: int | tuple[int, int] = 16, mode: str = "RGB",
     pixels[top:bottom, left:right] = rng.integers(40, 256, (bottom - top, right - left, 3))
     image = Image.fromarray(pixels, "RGB")
     if mode == "I;16":
-        image = Image.fromarray(pixels[..., 0].astype(np.uint16) * 257, "I;16")
+        image = Image.fromarray(pixels[..., 0].astype(np.uint16) * 257)  # uint16 -> mode I;16
     elif mode != "RGB":
         image = image.convert(mode)
     path.parent.mkdir(parents=True, exist_ok=True)

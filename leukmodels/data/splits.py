@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from leukmodels.data.errors import DataError
 
@@ -71,6 +70,8 @@ def kfold_by_patient(manifest: pd.DataFrame, k: int = 5, seed: int = 0,
         labelled = labelled[labelled["source"] != OFFICIAL_TEST]
     patients = patient_table(labelled)
     _need_patients(patients, k, f"{k}-fold split")
+    from sklearn.model_selection import StratifiedKFold  # here, not at the top: see _stratified_split
+
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     pairs = []
     for train_pos, val_pos in folds.split(patients.index, patients["label"]):
@@ -129,6 +130,9 @@ def _stratified_split(patients: pd.DataFrame, fraction: float, seed: int, held_n
     `asked` is the fraction as the user gave it (of all patients), for messages."""
     asked = fraction if asked is None else asked
     _need_patients(patients, 2, f"drawing a {held_name} set")
+    # imported on use: decode's worker processes import this package, and scikit-learn costs them seconds
+    from sklearn.model_selection import train_test_split
+
     try:
         kept, held = train_test_split(patients.index.to_numpy(), test_size=fraction, random_state=seed,
                                       stratify=patients["label"].to_numpy())
