@@ -1,0 +1,179 @@
+"""search/evaluate.py on a tiny generated search built without Ray.
+
+The fixture `tiny_search` (also used by test_report.py and test_predict_export.py) writes a small generated C-NMC
+tree, trains two tiny configs for 2 epochs with leukmodels.train.fit on the search's train/val split (prepared by
+search.data.prepare_data exactly as the Ray search does), appends their leaderboard rows with
+search.leaderboard.append_rows and records both trials (and a third, for parameter importances) in an Optuna study in
+SQLite, all under one tmp folder. It is built once per test session.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SEARCH = "tiny"
+IMAGE_SIZE = 32
+CONFIGS = {  # trial id -> config overrides; two families so "best score by family" has two bars
+    "tiny_00000": dict(family="baseline", filters=8, depth=2, kernel_size=3, lr=3e-3),
+    "tiny_00001": dict(family="resnet", filters=8, depth=1, stages=2, lr=1e-3),
+}
+_BUILT: dict = {}
+
+
+def build_tiny_search(base: Path) -> dict:
+    """Everything a post-search command needs, under `base`: returns paths and the split."""
+    import optuna
+
+    from leukmodels.config import TrainConfig
+    from leukmodels.data import discover, split_by_patient
+    from leukmodels.synthetic import generate
+    from leukmodels.train import fit
+    from search.data import prepare_data
+    from search.leaderboard import append_rows
+
+    root = generate(base / "data", n_all=6, n_hem=4, images_per_patient=8, n_prelim=4, n_final=1, seed=0,
+                    workers=1)
+    results = base / "results"
+    cache = base / "cache"
+    data = prepare_data(str(root), image_sizes=[IMAGE_SIZE], split_seed=0, cache_dir=str(cache), progress=False)
+    train, val = data.sets[IMAGE_SIZE]["train"], data.sets[IMAGE_SIZE]["val"]
+    rows, histories = [], {}
+    for trial_id, overrides in CONFIGS.items():
+        config = TrainConfig(image_size=IMAGE_SIZE, epochs=2, batch_size=16, warmup_epochs=0.0, aug_strength=0.2,
+                             **overrides)
+        started = dt.datetime.now(dt.timezone.utc)
+        result = fit(config, train, val, device="cpu", checkpoint_dir=str(results / SEARCH / "runs" / trial_id),
+                     log=None)
+        histories[trial_id] = result.history
+        metric_values = {k: result.best[k] for k in ("weighted_f1", "accuracy", "balanced_accuracy", "roc_auc",
+                                                      "macro_f1", "sensitivity", "specificity", "val_loss")}
+        rows.append({"search": SEARCH, "trial_id": trial_id, "metric": "weighted_f1", "status": "finished",
+                     **config.to_dict(), **metric_values, "best_epoch": result.best_epoch,
+                     "epochs_run": len(result.history), "asha_stopped": False,
+                     "num_parameters": int(result.best["num_parameters"]), "checkpoint": result.checkpoint_path,
+                     "data_fingerprint": data.fingerprint, "data_generated": data.generated, "data_root": data.root,
+                     "started_at": started, "finished_at": dt.datetime.now(dt.timezone.utc)})
+    append_rows(results / "leaderboard.parquet", rows)
+
+    # the Optuna study as OptunaSearch leaves it: one trial per Tune trial, value = the trial's weighted F1
+    study = optuna.create_study(study_name=SEARCH, storage=f"sqlite:///{results / 'optuna.db'}",
+                                direction="maximize")
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+             "filters": optuna.distributions.IntDistribution(8, 64)}
+    for i, row in enumerate(rows + [dict(rows[0], lr=5e-4, filters=16, weighted_f1=0.3)]):
+        study.add_trial(optuna.trial.create_trial(params={"lr": row["lr"], "filters": row["filters"]},
+                                                  distributions=dists, value=float(row["weighted_f1"]),
+                                                  user_attrs={"trial_id": row["trial_id"]}))
+    splits = {name: set(frame["patient"]) for name, frame in split_by_patient(discover(root), seed=0).items()}
+    return {"base": base, "root": str(root), "results": results, "cache": cache,
+            "leaderboard": results / "leaderboard.parquet", "optuna": results / "optuna.db", "splits": splits,
+            "train_patients": set(train.patients), "val_patients": set(val.patients), "histories": histories}
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory) -> dict:
+    if "search" not in _BUILT:  # one build per session, whichever test module asks first
+        _BUILT["search"] = build_tiny_search(tmp_path_factory.mktemp("tiny_search"))
+    return _BUILT["search"]
+
+
+@pytest.fixture(scope="session")
+def evaluated(tiny_search) -> dict:
+    """evaluate.main run once on the tiny search (top 2, TTA both ways, retrain the best)."""
+    if "evaluated" not in _BUILT:
+        from search import evaluate
+
+        out = tiny_search["results"] / "test_metrics.parquet"
+        code = evaluate.main(["--leaderboard", str(tiny_search["leaderboard"]), "--top", "2", "--tta", "both",
+                              "--retrain", "--out", str(out), "--cache-dir", str(tiny_search["cache"])])
+        assert code == 0
+        _BUILT["evaluated"] = {"metrics": pd.read_parquet(out),
+                               "predictions": pd.read_parquet(out.with_name("test_predictions.parquet")), "out": out}
+    return _BUILT["evaluated"]
+
+
+def test_rows_for_every_trial_tta_and_the_retrained_winner(evaluated):
+    table = evaluated["metrics"]
+    got = set(zip(table["trial_id"], table["tta"], table["retrained"]))
+    winner = table.loc[table["val_rank"] == 1, "trial_id"].iloc[0]
+    expected = {(t, tta, False) for t in CONFIGS for tta in (False, True)} | {(winner, tta, True)
+                                                                               for tta in (False, True)}
+    assert got == expected
+    for column in ("weighted_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity"):
+        assert table[column].between(0, 1).all(), column
+    assert table["data_generated"].all()  # generated cells are labelled as such, never as C-NMC
+    assert (table["search"] == SEARCH).all()
+
+
+def test_test_patients_are_absent_from_training_and_validation(tiny_search, evaluated):
+    table, preds = evaluated["metrics"], evaluated["predictions"]
+    seen = tiny_search["train_patients"] | tiny_search["val_patients"]
+    for patients in table["test_patients"]:
+        tested = set(json.loads(patients))
+        assert tested and not tested & seen
+        assert tested == tiny_search["splits"]["test"]  # the official prelim test patients of the tree
+    assert set(preds["patient"]) == tiny_search["splits"]["test"]
+    assert (table["test_source"] == "prelim_test").all()
+    assert table["split_check"].str.contains("fingerprint matches").all()
+    per_patient = json.loads(table["per_patient_accuracy"].iloc[0])
+    assert set(per_patient) == tiny_search["splits"]["test"]
+
+
+def test_metrics_match_the_saved_predictions(evaluated):
+    from leukmodels.metrics import classification_metrics
+
+    table, preds = evaluated["metrics"], evaluated["predictions"]
+    for _, row in table.iterrows():
+        mine = preds[(preds["trial_id"] == row["trial_id"]) & (preds["tta"] == row["tta"])
+                     & (preds["retrained"] == row["retrained"])]
+        assert len(mine) == row["n_test_images"]
+        again = classification_metrics(mine["label"], mine["prob_all"])
+        assert again["weighted_f1"] == pytest.approx(row["weighted_f1"])
+        assert again["balanced_accuracy"] == pytest.approx(row["balanced_accuracy"])
+
+
+def test_tta_changes_the_probabilities(evaluated):
+    preds = evaluated["predictions"]
+    plain = preds[~preds["tta"] & ~preds["retrained"]].sort_values(["trial_id", "image_id"])
+    tta = preds[preds["tta"] & ~preds["retrained"]].sort_values(["trial_id", "image_id"])
+    assert (plain["image_id"].to_numpy() == tta["image_id"].to_numpy()).all()
+    assert not np.allclose(plain["prob_all"], tta["prob_all"])
+
+
+def test_rerun_replaces_rows_and_keeps_other_searches(tiny_search, evaluated, tmp_path):
+    from search import evaluate
+
+    out = tmp_path / "test_metrics.parquet"
+    other = evaluated["metrics"].head(1).assign(search="another_search")
+    other.to_parquet(out, index=False)
+    args = ["--leaderboard", str(tiny_search["leaderboard"]), "--top", "1", "--tta", "off", "--out", str(out),
+            "--cache-dir", str(tiny_search["cache"])]
+    assert evaluate.main(args) == 0
+    assert evaluate.main(args) == 0
+    table = pd.read_parquet(out)
+    assert sorted(table["search"]) == ["another_search", SEARCH]
+
+
+def test_a_split_that_is_not_the_searchs_is_refused(tiny_search, tmp_path):
+    from leukmodels.data import DataError, discover
+    from search.evaluate import held_out_test
+
+    manifest = discover(tiny_search["root"])
+    manifest = manifest[manifest["source"] != "prelim_test"]  # no official test: the split decides the test set
+    with pytest.raises(DataError, match="not the search's split"):
+        held_out_test(manifest, seed=0, recorded={"fingerprint": "0123456789abcdef", "val_fraction": 0.2})
+    with pytest.raises(DataError, match="also in the train/val the search recorded"):
+        test, _, _ = held_out_test(manifest, seed=0, recorded={})
+        held_out_test(manifest, seed=0, recorded={"train": sorted(set(test["patient"]))})
+
+
+def test_unknown_trial_id_is_a_clear_error(tiny_search):
+    from search import evaluate
+
+    with pytest.raises(SystemExit, match="nope"):
+        evaluate.main(["--leaderboard", str(tiny_search["leaderboard"]), "--trials", "nope"])
