@@ -1,0 +1,111 @@
+"""Classification metrics (scikit-learn) and batched prediction with optional 8-way dihedral test-time augmentation.
+
+Label convention everywhere: 1 = ALL (leukemic blast, the positive class), 0 = HEM (normal). Models output logits
+N x 2 with index 1 = ALL; `prob_all` is P(ALL). A sample is called ALL when P(ALL) > threshold, so an exact tie at
+0.5 goes to HEM, as argmax over two equal logits would.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score)
+
+from leukmodels.augment import normalise
+
+SCALAR_METRICS = ("weighted_f1", "macro_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
+
+
+def classification_metrics(labels: Sequence[int], prob_all: Sequence[float], patients: Optional[Sequence] = None,
+                           threshold: float = 0.5) -> dict:
+    """Metrics of P(ALL) scores against 0/1 labels.
+
+    weighted_f1 is the challenge metric (f1_score(average="weighted"), support-weighted over the classes present).
+    roc_auc is nan when only one class is present; sensitivity (recall of ALL) is nan without ALL samples and
+    specificity (recall of HEM) is nan without HEM samples. Nothing here raises on a single-class batch or on ties.
+    With `patients`, adds per_patient_accuracy: {patient (str): accuracy}.
+    """
+    y = np.asarray(labels).astype(np.int64).ravel()
+    p = np.asarray(prob_all, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"labels ({y.shape[0]}) and prob_all ({p.shape[0]}) differ in length")
+    if y.size == 0:
+        raise ValueError("classification_metrics: no samples")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0 (HEM) or 1 (ALL); got values {sorted(set(y.tolist()) - {0, 1})}")
+    pred = (p > threshold).astype(np.int64)
+    both_classes = np.unique(y).size == 2
+
+    with warnings.catch_warnings():  # single-class batches make sklearn warn about ill-defined values; we handle them
+        warnings.simplefilter("ignore")
+        out = {
+            "weighted_f1": float(f1_score(y, pred, average="weighted", zero_division=0)),
+            "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+            "accuracy": float(accuracy_score(y, pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+            "roc_auc": float(roc_auc_score(y, p)) if both_classes else float("nan"),
+            "sensitivity": float(recall_score(y, pred, pos_label=1, zero_division=np.nan)),
+            "specificity": float(recall_score(y, pred, pos_label=0, zero_division=np.nan)),
+        }
+    if patients is not None:
+        patients = np.asarray(patients).astype(str).ravel()
+        if patients.shape != y.shape:
+            raise ValueError(f"patients ({patients.shape[0]}) and labels ({y.shape[0]}) differ in length")
+        correct = pred == y
+        out["per_patient_accuracy"] = {str(pt): float(correct[patients == pt].mean()) for pt in np.unique(patients)}
+    return out
+
+
+def _dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 elements of the dihedral group applied to N x C x S x S: 4 rotations, each with and without a flip."""
+    views = []
+    for flipped in (x, x.flip(-1)):
+        views.extend(torch.rot90(flipped, k, dims=(-2, -1)) for k in range(4))
+    return views
+
+
+@torch.no_grad()
+def predict_log_proba(model: torch.nn.Module, images_uint8, batch_size: int = 256, device=None,
+                      tta: bool = False) -> torch.Tensor:
+    """Log class probabilities, float32 N x 2 on `device`, of uint8 N x 3 x S x S images (numpy or tensor).
+
+    With tta, the softmax probabilities of the 8 dihedral views are averaged (then logged). The model is put in eval
+    mode for the call and returned to its previous mode. bf16 autocast + channels_last on CUDA.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    cuda = device.type == "cuda"
+    was_training = model.training
+    model.eval()
+    outputs = []
+    try:
+        for start in range(0, len(images_uint8), batch_size):
+            chunk = images_uint8[start:start + batch_size]
+            chunk = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(chunk))
+            x = normalise(chunk.to(device, non_blocking=True))  # N x 3 x S x S float32
+            views = _dihedral_views(x) if tta else [x]
+            log_probs = []
+            for view in views:
+                if cuda:
+                    view = view.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    logits = model(view)
+                log_probs.append(torch.log_softmax(logits.float(), dim=1))  # N x 2
+            # mean of the views' probabilities, in log space: logsumexp - log(V)
+            outputs.append(torch.logsumexp(torch.stack(log_probs), dim=0) - np.log(len(views)))
+    finally:
+        model.train(was_training)
+    if not outputs:
+        return torch.zeros(0, 2, device=device)
+    return torch.cat(outputs)
+
+
+def predict_proba(model: torch.nn.Module, images_uint8, batch_size: int = 256, device=None,
+                  tta: bool = False) -> np.ndarray:
+    """P(ALL) as a float64 numpy array (N,); see predict_log_proba."""
+    log_prob = predict_log_proba(model, images_uint8, batch_size=batch_size, device=device, tta=tta)
+    return log_prob[:, 1].exp().double().cpu().numpy()
+
+
+__all__ = ["classification_metrics", "predict_proba", "predict_log_proba", "SCALAR_METRICS"]
