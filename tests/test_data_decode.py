@@ -219,3 +219,13 @@ def test_missing_file_and_bad_arguments(manifest, tmp_path):
         decode(manifest, 0, cache_dir=tmp_path)
     with pytest.raises(DataError, match="nothing to decode"):
         decode(manifest.iloc[:0], SIZE, cache_dir=tmp_path)
+
+
+def test_bench_io_measure_runs_on_a_tiny_tree(tmp_path):
+    from leukmodels.data.bench_io import measure, write_bench_tree
+
+    root = write_bench_tree(tmp_path / "data", images=6, frame=32)
+    result = measure(root, size=16, batch_size=4, workers=0, cache_dir=tmp_path / "cache")
+    assert result["images"] == 6 and result["size"] == 16
+    assert result["cached_images_per_s"] > 0 and result["imagefolder_images_per_s"] > 0
+    assert result["ratio_cached_vs_imagefolder"] > 0
