@@ -17,6 +17,7 @@ import fcntl
 import functools
 import importlib.metadata
 import math
+import numbers
 import os
 import subprocess
 import sys
@@ -116,9 +117,10 @@ def _coerce(name: str, kind: pa.DataType, value: Any) -> Any:
             raise ValueError("not a whole number")
         return int(value)
     if kind == _UTC:  # datetime (naive = UTC), ISO string, or epoch seconds
-        stamp = pd.Timestamp(value, unit="s") if isinstance(value, (int, float)) else pd.Timestamp(value)
+        epoch_seconds = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy numbers too
+        stamp = pd.Timestamp(float(value), unit="s") if epoch_seconds else pd.Timestamp(value)
         stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-        return stamp.to_pydatetime()
+        return stamp.floor("us").to_pydatetime()  # parquet keeps microseconds
     raise TypeError(f"no coercion for {kind}")  # a schema change without a matching branch here
 
 

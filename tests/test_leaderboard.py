@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -56,9 +57,12 @@ def test_every_column_round_trips_with_stable_types(tmp_path):
 
 def test_nodes_given_as_a_list_are_joined_and_naive_times_are_utc(tmp_path):
     path = tmp_path / "lb.parquet"
-    df = lb.append_rows(path, [make_row("t0", nodes=["n2", "n1", "n2"], started_at=dt.datetime(2024, 1, 1, 8))])
+    epoch = np.int64(pd.Timestamp("2024-01-01T09:00:00Z").timestamp())  # Tune's `timestamp`: seconds, maybe numpy
+    df = lb.append_rows(path, [make_row("t0", nodes=["n2", "n1", "n2"], started_at=dt.datetime(2024, 1, 1, 8),
+                                        finished_at=epoch)])
     assert df.loc[0, "nodes"] == "n1,n2"
     assert df.loc[0, "started_at"] == pd.Timestamp("2024-01-01T08:00:00Z")
+    assert df.loc[0, "finished_at"] == pd.Timestamp("2024-01-01T09:00:00Z")
 
 
 def test_ranking_puts_errors_last_orders_by_metric_and_breaks_ties_by_accuracy(tmp_path):
