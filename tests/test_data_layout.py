@@ -228,3 +228,11 @@ def test_two_data_sets_under_one_parent_are_ambiguous(tmp_path):
     tcia_tree(tmp_path, TreeSpec((Patient("1", 1, 1),), (), final_images=0))
     with pytest.raises(DataError, match=rf"several C-NMC data sets under {tmp_path}: C-NMC, C-NMC_Leukemia"):
         discover(tmp_path)
+
+
+def test_labels_csv_written_with_a_byte_order_mark_and_spaces(tmp_path):
+    top = kaggle_tree(tmp_path)
+    path = top / "validation_data" / LABELS_CSV
+    lines = path.read_text().splitlines()
+    path.write_text("\ufeff" + "\n".join([lines[0].replace(",", ", ")] + [l.replace(",", ", ") for l in lines[1:]]))
+    check_counts(discover(top))

@@ -56,8 +56,8 @@ def test_splits_are_deterministic_by_seed(manifest):
     first, again = split_by_patient(manifest, seed=3), split_by_patient(manifest, seed=3)
     for name in first:
         pd.testing.assert_frame_equal(first[name], again[name])
-    patients_by_seed = {tuple(sorted(set(split_by_patient(manifest, seed=s, use_official_test=False)["val"]["patient"])))
-                        for s in SEEDS}
+    patients_by_seed = {tuple(sorted(set(split_by_patient(manifest, seed=s, use_official_test=False)["val"]
+                                         ["patient"]))) for s in SEEDS}
     assert len(patients_by_seed) > 1  # the seed matters
 
 

@@ -209,7 +209,7 @@ def _labels_csv_in(folder: Path) -> Path | None:
 def _read_labels_csv(csv: Path) -> pd.DataFrame:
     """The prelim labels CSV -> DataFrame indexed by numbered stem ('17') with labels, patient, image_id."""
     try:
-        table = pd.read_csv(csv, dtype=str, skipinitialspace=True, keep_default_na=False)
+        table = pd.read_csv(csv, dtype=str, skipinitialspace=True, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(f"labels CSV {csv} is unreadable: {str(err).splitlines()[0]}") from None
     table.columns = [c.strip() for c in table.columns]
@@ -261,5 +261,6 @@ def _first(items: list) -> str:
 
 if __name__ == "__main__":  # python -m leukmodels.data.layout ROOT: print the counts
     found = discover(sys.argv[1] if len(sys.argv) > 1 else ".")
-    print(f"{found.attrs['layout']} layout at {found.attrs['root']}" + (" (generated)" if found.attrs["generated"] else ""))
+    generated = " (generated)" if found.attrs["generated"] else ""
+    print(f"{found.attrs['layout']} layout at {found.attrs['root']}{generated}")
     print(summary(found).to_string())
