@@ -12,7 +12,6 @@ TCIA    <top>/C-NMC_training_data/fold_*/..., <top>/C-NMC_test_prelim_phase_data
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -258,9 +257,3 @@ def _first(items: list) -> str:
     shown = ", ".join(Path(str(i)).name for i in items[:SHOW])
     return shown + (f", ... ({len(items) - SHOW} more)" if len(items) > SHOW else "")
 
-
-if __name__ == "__main__":  # python -m leukmodels.data.layout ROOT: print the counts
-    found = discover(sys.argv[1] if len(sys.argv) > 1 else ".")
-    generated = " (generated)" if found.attrs["generated"] else ""
-    print(f"{found.attrs['layout']} layout at {found.attrs['root']}{generated}")
-    print(summary(found).to_string())
