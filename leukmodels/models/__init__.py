@@ -103,14 +103,24 @@ def check_dropout(value: float) -> float:
 
 
 def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
-    """Spatial size after a conv/pool (floor mode): floor((size + 2p - k) / s) + 1; < 1 means the layer cannot run."""
+    """Spatial size after a conv/pool (floor mode): floor((size + 2p - k) / s) + 1."""
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def check_feature_map(family: str, image_size: int, final: int, what: str) -> None:
-    if final < 1:
-        raise ValueError(f"image_size={image_size} is too small for {family} with {what}: "
-                         f"the last feature map would be {final} x {final} (< 1 x 1)")
+def check_downsampling(family: str, image_size: int, steps: list[tuple[int, int, int]], what: str) -> int:
+    """Follow image_size through the (kernel, stride, padding) downsampling steps; return the last map's size.
+
+    Each step must get at least 2 x 2 and give at least 1 x 1: a padded 3x3/2 conv maps 1 x 1 to 1 x 1, which would let
+    "too many stages" pass silently as layers that downsample nothing, so a 1 x 1 input to a step counts as too small.
+    """
+    size = image_size
+    for i, (kernel, stride, padding) in enumerate(steps, 1):
+        out = conv_out(size, kernel, stride, padding)
+        if size < 2 or out < 1:
+            raise ValueError(f"image_size={image_size} is too small for {family} with {what}: downsampling step "
+                             f"{i} of {len(steps)} would get a {size} x {size} map (needs >= 2 x 2)")
+        size = out
+    return size
 
 
 # Importing the family modules registers them (they import the registry above, so this stays at the bottom).

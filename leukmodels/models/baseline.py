@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from leukmodels.models import (NUM_CLASSES, ParameterCountMixin, check_choice, check_dropout, check_feature_map,
+from leukmodels.models import (NUM_CLASSES, ParameterCountMixin, check_choice, check_dropout, check_downsampling,
                                check_int_range, register_family)
 
 DEPTHS = (2, 5)  # inclusive range of conv blocks
@@ -44,10 +44,7 @@ class BaselineCNN(ParameterCountMixin, nn.Module):
         image_size = check_int_range("image_size", image_size, 1)
         dropout = check_dropout(dropout)
         # Same-padded convs keep the size; each block's 2x2 max-pool floors it by half.
-        final = image_size
-        for _ in range(depth):
-            final //= 2
-        check_feature_map("baseline", image_size, final, f"depth={depth} (one 2x2 max-pool per block)")
+        check_downsampling("baseline", image_size, [(2, 2, 0)] * depth, f"depth={depth} (a 2x2 max-pool per block)")
 
         widths = [filters * 2 ** i for i in range(depth)]
         self.features = nn.Sequential(*[

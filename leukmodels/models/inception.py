@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
-from leukmodels.models import (NUM_CLASSES, ParameterCountMixin, check_dropout, check_feature_map, check_int_range,
-                               conv_out, register_family)
+from leukmodels.models import (NUM_CLASSES, ParameterCountMixin, check_downsampling, check_dropout, check_int_range,
+                               register_family)
 
 DEPTHS = (1, 9)  # inclusive; GoogLeNet itself has 9 modules
 POOL_EVERY = 2  # modules between downsampling max-pools
@@ -72,10 +72,8 @@ class InceptionNet(ParameterCountMixin, nn.Module):
         dropout = check_dropout(dropout)
         # Stem conv 3x3/2 pad 1, max-pool 3x3/2 pad 1, then (depth - 1) // POOL_EVERY max-pools 3x3/2 pad 1.
         pools = (depth - 1) // POOL_EVERY
-        final = conv_out(conv_out(image_size, 3, 2, 1), 3, 2, 1)
-        for _ in range(pools):
-            final = conv_out(final, 3, 2, 1)
-        check_feature_map("inception", image_size, final, f"depth={depth} (stem /4 and {pools} more max-pools)")
+        check_downsampling("inception", image_size, [(3, 2, 1)] * (2 + pools),
+                           f"depth={depth} (stem /4, then {pools} more max-pools)")
 
         stem_channels = 2 * filters
         self.stem = nn.Sequential(BasicConv2d(3, stem_channels, kernel_size=3, stride=2, padding=1),

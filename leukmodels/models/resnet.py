@@ -11,8 +11,8 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from leukmodels.models import (NUM_CLASSES, ParameterCountMixin, check_choice, check_dropout, check_feature_map,
-                               check_int_range, conv_out, register_family)
+from leukmodels.models import (NUM_CLASSES, ParameterCountMixin, check_choice, check_downsampling, check_dropout,
+                               check_int_range, register_family)
 
 DEPTHS = (1, 8)  # blocks per stage, inclusive
 STAGES = (1, 6)  # inclusive
@@ -91,13 +91,8 @@ class ResNet(ParameterCountMixin, nn.Module):
         image_size = check_int_range("image_size", image_size, 1)
         dropout = check_dropout(dropout)
         # Stem conv 3x3/2 pad 1 (+ max-pool 3x3/2 pad 1), then one stride-2 3x3 conv per stage after the first.
-        final = conv_out(image_size, 3, 2, 1)
-        if stem_pool:
-            final = conv_out(final, 3, 2, 1)
-        for _ in range(stages - 1):
-            final = conv_out(final, 3, 2, 1)
-        check_feature_map("resnet", image_size, final, f"stages={stages} (stem /{4 if stem_pool else 2}, "
-                                                       f"then /2 per stage after the first)")
+        check_downsampling("resnet", image_size, [(3, 2, 1)] * (1 + int(stem_pool) + stages - 1),
+                           f"stages={stages} (stem /{4 if stem_pool else 2}, then /2 per stage after the first)")
 
         self.stem = nn.Sequential(nn.Conv2d(3, filters, 3, stride=2, padding=1, bias=False),
                                   nn.BatchNorm2d(filters), nn.ReLU(inplace=True),
