@@ -89,6 +89,8 @@ def load_backbone_weights(net: nn.Module, path: str | Path, backbone: str) -> No
     if problems:
         raise ValueError(f"pretrained weights file {str(path)!r} does not fit backbone {backbone!r}: "
                          + "; ".join(problems))
+    if any(p.is_meta for p in net.parameters()):
+        return  # built under torch.device("meta") to check a config: the fit is checked, there is nothing to copy into
     net.load_state_dict(source, strict=False)  # only the new head stays freshly initialised
 
 
