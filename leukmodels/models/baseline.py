@@ -51,11 +51,8 @@ class BaselineCNN(ParameterCountMixin, nn.Module):
             ConvBlock(c_in, c_out, kernel_size, convs_per_block) for c_in, c_out in zip([3] + widths[:-1], widths)])
         self.pool = nn.AdaptiveAvgPool2d(1)
         channels = widths[-1]
-        head: list[nn.Module] = []
-        if fc_layers == 2:
-            head += [nn.Linear(channels, channels), nn.ReLU(inplace=True), nn.Dropout(dropout)]
-        head += [nn.Dropout(dropout) if fc_layers == 1 else nn.Identity(), nn.Linear(channels, num_classes)]
-        self.head = nn.Sequential(*head)
+        hidden = [nn.Linear(channels, channels), nn.ReLU(inplace=True)] if fc_layers == 2 else []
+        self.head = nn.Sequential(*hidden, nn.Dropout(dropout), nn.Linear(channels, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
