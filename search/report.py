@@ -1,0 +1,296 @@
+"""One self-contained HTML page per search: what was tried, what won, and how the winner does on unseen patients.
+
+    python search/report.py [--leaderboard results/leaderboard.parquet] [--search NAME] [--out FILE]
+
+Writes results/<search>/report.html (next to the leaderboard). Every figure is a matplotlib PNG embedded as base64
+and the page has no scripts, fonts or links to fetch: it opens from disk with no network. Sections: the ranked
+leaderboard, best score by family, Optuna optimisation history and parameter importances (from the study in
+results/optuna.db), learning curves of the top trials (the per-epoch history saved in each trial's last checkpoint),
+and, once search/evaluate.py has run, the held-out test metrics plus the winner's ROC curve, confusion matrix,
+per-patient accuracy and the test cells it got most wrong. Results on generated data carry a banner saying so.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import html
+import io
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+if __package__ in (None, ""):  # run as `python search/report.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from search.evaluate import board_dir, read_board  # noqa: E402
+
+BOARD_COLUMNS = ("rank", "trial_id", "family", "status", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
+                 "best_epoch", "epochs_run", "asha_stopped", "num_parameters", "image_size", "filters", "depth",
+                 "lr", "batch_size", "optimizer", "dropout", "aug_strength", "train_seconds", "images_per_s")
+TEST_COLUMNS = ("val_rank", "trial_id", "family", "tta", "retrained", "weighted_f1", "balanced_accuracy", "roc_auc",
+                "accuracy", "sensitivity", "specificity", "n_test_images", "n_test_patients", "test_source")
+CLASS_NAMES = ("HEM", "ALL")
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
+.banner{background:#b00020;color:#fff;font-weight:bold;font-size:20px;padding:10px;margin:8px 0}
+.note{color:#555;font-style:italic}img{max-width:100%}h2{border-bottom:1px solid #ddd}"""
+
+
+def new_figure(*args, **kwargs):
+    """plt.subplots in matplotlib's default style (optuna's plots switch the global style to ggplot)."""
+    with plt.style.context("default"):
+        return plt.subplots(*args, **kwargs)
+
+
+def figure_html(fig, alt: str) -> str:
+    """A matplotlib figure as an inline base64 PNG <img> (closes the figure)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def table_html(frame: pd.DataFrame, columns: Sequence[str]) -> str:
+    shown = frame[[c for c in columns if c in frame]]
+    return shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
+
+
+# -- sections -----------------------------------------------------------------------------------------------------
+def family_section(rows: pd.DataFrame, metric: str) -> str:
+    best = rows.dropna(subset=[metric]).sort_values(metric, ascending=False).groupby("family", sort=False).head(1)
+    if best.empty:
+        return note("No trial reported a score.")
+    fig, ax = new_figure(figsize=(6, 0.5 + 0.5 * len(best)))
+    ax.barh(best["family"], best[metric], color="tab:purple")
+    ax.set_xlabel(f"best validation {metric}")
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    return figure_html(fig, "best score by family") + table_html(best, ("family", "trial_id", metric, "num_parameters"))
+
+
+def optuna_section(storage: Optional[str], study_name: str) -> str:
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    if storage is None:
+        return note("No Optuna study found (no optuna.db next to the leaderboard); pass --optuna-storage.")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    names = optuna.get_all_study_names(storage=storage)
+    name = study_name if study_name in names else (names[0] if len(names) == 1 else None)
+    if name is None:
+        return note(f"No study named {study_name!r} in {storage} (it holds {names}); pass --study.")
+    study = optuna.load_study(study_name=name, storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    parts = [note(f"Study {name!r} in {storage}: {len(study.trials)} trials, {len(done)} complete "
+                  "(ASHA-stopped trials count as complete with their last value).")]
+    if not done:
+        return "".join(parts)
+    with warnings.catch_warnings(), plt.style.context("ggplot"):  # optuna sets ggplot: keep it inside this block
+        warnings.simplefilter("ignore")  # optuna's matplotlib backend is marked experimental
+        parts.append(figure_html(optuna_plots.plot_optimization_history(study).figure, "optimisation history"))
+        if len(done) < 2:
+            parts.append(note("Parameter importances need at least 2 completed trials."))
+        else:
+            try:
+                parts.append(figure_html(optuna_plots.plot_param_importances(study).figure, "parameter importances"))
+            except (ValueError, RuntimeError) as err:  # e.g. no parameter varied across the trials
+                parts.append(note(f"Parameter importances unavailable: {str(err).splitlines()[0]}"))
+    return "".join(parts)
+
+
+def trial_history(checkpoint: str) -> list[dict]:
+    """Per-epoch metrics of a trial: the history saved in its last epoch's checkpoint (a sibling of the best one)."""
+    from leukmodels.checkpoint import CHECKPOINT_FILE, load_checkpoint, resolve_checkpoint
+
+    best = resolve_checkpoint(checkpoint)
+    siblings = sorted(best.parent.parent.glob(f"*/{CHECKPOINT_FILE}")) if best.is_file() else []
+    for path in [*reversed(siblings), best]:  # the newest epoch first; the best one as the fallback
+        try:
+            payload = load_checkpoint(path)
+        except (OSError, ValueError):
+            continue
+        return list(payload.get("extra", {}).get("history") or [payload.get("metrics", {})])
+    return []
+
+
+def learning_curves_section(rows: pd.DataFrame, top: int) -> str:
+    fig, (ax_score, ax_loss) = new_figure(1, 2, figsize=(11, 3.8))
+    drawn = []
+    for _, row in rows.head(top).iterrows():
+        history = pd.DataFrame(trial_history(row["checkpoint"])) if isinstance(row["checkpoint"], str) else None
+        if history is None or history.empty or "epoch" not in history:
+            continue
+        label = f"{row['trial_id']} ({row['family']})"
+        line, = ax_score.plot(history["epoch"], history["weighted_f1"], marker="o", label=label)
+        ax_loss.plot(history["epoch"], history["val_loss"], marker="o", color=line.get_color(), label=f"{label} val")
+        ax_loss.plot(history["epoch"], history["train_loss"], ls="--", color=line.get_color())
+        drawn.append(row["trial_id"])
+    if not drawn:
+        plt.close(fig)
+        return note("No per-epoch history found in the trials' checkpoints.")
+    ax_score.set(xlabel="epoch", ylabel="validation weighted F1", ylim=(0, 1), title="validation score")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="val loss (solid), train loss (dashed)")
+    ax_score.legend(fontsize=8)
+    return figure_html(fig, "learning curves")
+
+
+def winner_section(test_rows: pd.DataFrame, preds: pd.DataFrame, worst: int) -> str:
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+    plain = test_rows[(test_rows["val_rank"] == 1) & ~test_rows["retrained"]]
+    if plain.empty:
+        return note("The validation winner was not evaluated on the test patients.")
+    chosen = plain.sort_values("tta").iloc[-1]  # with TTA when it was evaluated with it
+    mine = preds[(preds["trial_id"] == chosen["trial_id"]) & (preds["tta"] == chosen["tta"])
+                 & ~preds["retrained"]].reset_index(drop=True)
+    what = f"{chosen['trial_id']} ({chosen['family']}), {'with' if chosen['tta'] else 'without'} 8-way TTA"
+    parts = [f"<p>Winner on validation: <b>{html.escape(what)}</b>; {len(mine)} test cells from "
+             f"{mine['patient'].nunique()} patients ({html.escape(str(chosen['test_source']))}).</p>"]
+    labels, prob = mine["label"].to_numpy(), mine["prob_all"].to_numpy()
+    fig, (ax_roc, ax_cm) = new_figure(1, 2, figsize=(10, 4))
+    if len(np.unique(labels)) == 2:
+        RocCurveDisplay.from_predictions(labels, prob, pos_label=1, name="P(ALL)", ax=ax_roc)
+        ax_roc.plot([0, 1], [0, 1], ls=":", color="grey")
+    else:
+        ax_roc.text(0.5, 0.5, "ROC needs both classes", ha="center")
+    ax_roc.set_title("ROC on test patients")
+    ConfusionMatrixDisplay.from_predictions(labels, (prob > 0.5).astype(int), labels=[0, 1],
+                                            display_labels=CLASS_NAMES, ax=ax_cm, colorbar=False)
+    ax_cm.set_title("confusion matrix (threshold 0.5)")
+    parts.append(figure_html(fig, "ROC curve and confusion matrix"))
+
+    correct = (prob > 0.5).astype(int) == labels
+    per_patient = (pd.DataFrame({"patient": mine["patient"], "label": labels, "correct": correct})
+                   .groupby("patient").agg(accuracy=("correct", "mean"), label=("label", "max"), cells=("correct",
+                                                                                                     "size"))
+                   .sort_values("accuracy"))
+    fig, ax = new_figure(figsize=(max(5, 0.45 * len(per_patient)), 3.5))
+    colours = ["tab:red" if lab == 1 else "tab:blue" for lab in per_patient["label"]]
+    ax.bar(per_patient.index.astype(str), per_patient["accuracy"], color=colours)
+    ax.set(ylim=(0, 1), ylabel="accuracy", title="per-patient accuracy (red: ALL patients, blue: HEM)")
+    ax.tick_params(axis="x", rotation=90)
+    parts.append(figure_html(fig, "per-patient accuracy"))
+    parts.append(most_wrong_grid(mine, worst))
+    return "".join(parts)
+
+
+def most_wrong_grid(preds: pd.DataFrame, count: int) -> str:
+    """Thumbnails of the `count` test cells with the largest |label - P(ALL)|, titled with truth and P(ALL)."""
+    from PIL import Image
+
+    worst = preds.assign(error=(preds["label"] - preds["prob_all"]).abs()).nlargest(count, "error")
+    if worst.empty:
+        return note("No test cells.")
+    columns = min(8, len(worst))
+    rows = -(-len(worst) // columns)
+    fig, axes = new_figure(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    missing = 0
+    for ax, (_, cell) in zip(axes.ravel(), worst.iterrows()):
+        try:
+            with Image.open(cell["path"]) as image:
+                ax.imshow(image.convert("RGB").resize((96, 96)))
+        except OSError:
+            missing += 1
+            ax.text(0.5, 0.5, "image\nunreadable", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"true {CLASS_NAMES[int(cell['label'])]} P(ALL)={cell['prob_all']:.2f}\npatient {cell['patient']}",
+                     fontsize=7)
+    head = f"<h3>The {len(worst)} test cells it got most wrong</h3>"
+    return head + figure_html(fig, "most wrong test cells") + (note(f"{missing} image(s) could not be read.")
+                                                               if missing else "")
+
+
+# -- page ---------------------------------------------------------------------------------------------------------
+def build_report(board: pd.DataFrame, search: str, test_metrics: Optional[pd.DataFrame],
+                 predictions: Optional[pd.DataFrame], storage: Optional[str], study: str, top: int = 5,
+                 worst: int = 16) -> str:
+    rows = board[board["search"].astype(str) == search]
+    metric = str(rows["metric"].iloc[0]) if "metric" in rows and len(rows) else "weighted_f1"
+    rows = rows.sort_values(metric, ascending=False, na_position="last")
+    generated = bool(rows.get("data_generated", pd.Series([False])).fillna(False).any())
+    test_rows = None if test_metrics is None else test_metrics[test_metrics["search"].astype(str) == search]
+    if test_rows is not None and "data_generated" in test_rows:
+        generated |= bool(test_rows["data_generated"].any())
+    root = rows["data_root"].dropna().iloc[0] if "data_root" in rows and rows["data_root"].notna().any() else "?"
+    body = [f"<h1>Search {html.escape(search)}</h1>"]
+    if generated:
+        body.append('<div class="banner">GENERATED DATA — not C-NMC results</div>')
+    body.append(f"<p>Data: {html.escape(str(root))}. {len(rows)} trials, ranked by validation "
+                f"{html.escape(metric)} (patient-level split). Written {dt.datetime.now():%Y-%m-%d %H:%M}.</p>")
+    body += ["<h2>Leaderboard</h2>", table_html(rows, BOARD_COLUMNS),
+             "<h2>Best score by family</h2>", family_section(rows, metric),
+             "<h2>Optuna: optimisation history and parameter importances</h2>", optuna_section(storage, study),
+             f"<h2>Learning curves of the top {top} trials</h2>", learning_curves_section(rows, top),
+             "<h2>Held-out test patients</h2>"]
+    if test_rows is None or test_rows.empty or predictions is None:
+        body.append(note("Not evaluated yet: run python search/evaluate.py --search " + search))
+    else:
+        body.append(table_html(test_rows.sort_values(["val_rank", "retrained", "tta"]), TEST_COLUMNS))
+        body.append(winner_section(test_rows, predictions[predictions["search"].astype(str) == search], worst))
+    title = f"leukemia-tune report: {search}" + (" (GENERATED DATA)" if generated else "")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def write_atomic(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="search/report.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--leaderboard", default="results/leaderboard.parquet")
+    p.add_argument("--search", help="search name (default: the most recent search in the leaderboard)")
+    p.add_argument("--test-metrics", help="evaluate.py output (default: test_metrics.parquet next to the leaderboard)")
+    p.add_argument("--optuna-storage", help="Optuna storage URL (default: sqlite:///<leaderboard dir>/optuna.db)")
+    p.add_argument("--study", help="Optuna study name (default: the search name)")
+    p.add_argument("--top", type=int, default=5, help="trials shown in the learning curves (5)")
+    p.add_argument("--worst", type=int, default=16, help="most-wrong test cells shown (16)")
+    p.add_argument("--out", help="HTML file (default: <leaderboard dir>/<search>/report.html)")
+    args = p.parse_args(argv)
+
+    board = read_board(Path(args.leaderboard))
+    if board.empty:
+        raise SystemExit(f"report: the leaderboard {args.leaderboard} is empty")
+    search = args.search or str(board.sort_values("started_at")["search"].iloc[-1])
+    if search not in set(board["search"].astype(str)):
+        raise SystemExit(f"report: no search {search!r} in {args.leaderboard}")
+    results = board_dir(Path(args.leaderboard))
+    metrics_path = Path(args.test_metrics) if args.test_metrics else results / "test_metrics.parquet"
+    preds_path = metrics_path.with_name("test_predictions.parquet")
+    test_metrics = pd.read_parquet(metrics_path) if metrics_path.is_file() else None
+    predictions = pd.read_parquet(preds_path) if preds_path.is_file() else None
+    storage = args.optuna_storage or ((f"sqlite:///{results / 'optuna.db'}")
+                                      if (results / "optuna.db").is_file() else None)
+    page = build_report(board, search, test_metrics, predictions, storage, args.study or search, args.top, args.worst)
+    out = Path(args.out) if args.out else results / search / "report.html"
+    write_atomic(page, out)
+    print(f"wrote {out} ({len(page) / 1e6:.1f} MB, self-contained)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
