@@ -1,0 +1,126 @@
+"""search/predict.py and search/export.py on a checkpoint of the tiny generated search (see test_evaluate.py)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_evaluate import tiny_search  # noqa: F401  (session fixture shared with this module)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_search):  # noqa: F811
+    """A trial's checkpoint, its model, and the held-out test images decoded by the training decoder."""
+    from leukmodels.checkpoint import load_model
+    from leukmodels.data import decode, discover
+    from search.leaderboard import read
+
+    checkpoint = read(tiny_search["leaderboard"]).sort_values("trial_id")["checkpoint"].iloc[-1]
+    model, config = load_model(checkpoint)
+    manifest = discover(tiny_search["root"])
+    test = manifest[manifest["source"] == "prelim_test"].head(12)
+    decoded = decode(test, config.image_size, cache=False, progress=False)
+    return {"checkpoint": checkpoint, "model": model, "config": config, "paths": list(test["path"]),
+            "images": decoded.images, "folder": Path(test["path"].iloc[0]).parent}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_prediction_csv_matches_the_models_own_outputs(trained, tmp_path, tta, capsys):
+    from leukmodels.metrics import predict_proba
+    from search import predict
+
+    out = tmp_path / "preds.csv"
+    args = ["--checkpoint", trained["checkpoint"], "--out", str(out), *trained["paths"]] + (["--tta"] if tta else [])
+    assert predict.main(args) == 0
+    rows = read_csv(out)
+    assert [r["path"] for r in rows] == trained["paths"]
+    expected = predict_proba(trained["model"], trained["images"], tta=tta)
+    got = np.array([float(r["prob_all"]) for r in rows])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert [r["label"] for r in rows] == ["ALL" if p > 0.5 else "HEM" for p in got]
+    assert "12 image(s) predicted, 0 unreadable" in capsys.readouterr().err
+
+
+def test_unreadable_images_are_reported_and_the_rest_predicted(trained, tmp_path, capsys):
+    from search import predict
+
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for path in trained["paths"][:3]:
+        (folder / Path(path).name).write_bytes(Path(path).read_bytes())
+    broken = folder / "broken.bmp"
+    broken.write_bytes(b"BM this is not a bitmap")
+    missing = tmp_path / "missing.bmp"
+    out = tmp_path / "preds.csv"
+    code = predict.main(["--checkpoint", trained["checkpoint"], "--out", str(out), str(folder), str(missing)])
+    assert code == 0  # something was predicted: the errors are on stderr
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if line.startswith("predict: error:")]
+    assert len(error_lines) == 2
+    assert any(str(broken) in line for line in error_lines) and any(str(missing) in line for line in error_lines)
+    rows = read_csv(out)
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(Path(p).name for p in trained["paths"][:3])
+    assert "3 image(s) predicted, 2 unreadable" in err
+
+
+def test_nothing_readable_exits_non_zero(trained, tmp_path, capsys):
+    from search import predict
+
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    assert predict.main(["--checkpoint", trained["checkpoint"], str(broken)]) == 2
+    assert "nothing predicted" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path, capsys):
+    from search import predict
+
+    bogus = tmp_path / "model.pt"
+    bogus.write_text("hello")
+    assert predict.main(["--checkpoint", str(bogus), str(bogus)]) == 2
+    assert "not a leukemia-tune checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated in torch 2.14; still works
+def test_exported_torchscript_and_onnx_agree_with_pytorch(trained, tmp_path, capsys):
+    import onnxruntime as ort
+    import torch
+
+    from leukmodels.metrics import predict_proba
+    from search import export
+
+    out = tmp_path / "export"
+    assert export.main(["--checkpoint", trained["checkpoint"], "--out", str(out), "--images",
+                        str(trained["folder"])]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(" OK") == 2 and "MISMATCH" not in printed
+
+    # independently of export.py's own check: run both files on 5 images (a batch size never traced)
+    images = np.ascontiguousarray(trained["images"][:5])
+    expected = predict_proba(trained["model"], images)
+    scripted = torch.jit.load(str(out / "model.torchscript.pt"))
+    with torch.no_grad():
+        ts_probs = scripted(torch.from_numpy(images)).numpy()
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    onnx_probs = session.run(None, {"images_uint8": images})[0]
+    for probs in (ts_probs, onnx_probs):
+        assert probs.shape == (5, 2)
+        np.testing.assert_allclose(probs[:, 1], expected, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(ts_probs, onnx_probs, rtol=0, atol=1e-4)
+
+
+def test_export_check_fails_loudly_on_a_mismatch(trained, tmp_path, monkeypatch, capsys):
+    from search import export
+
+    monkeypatch.setattr(export, "run_onnx", lambda path, images: np.tile([[0.9, 0.1]], (len(images), 1)))
+    code = export.main(["--checkpoint", trained["checkpoint"], "--out", str(tmp_path), "--format", "onnx"])
+    assert code == 1 and "MISMATCH" in capsys.readouterr().out
