@@ -5,7 +5,8 @@ on the GPU never comes back to the CPU. Per-sample randomness is drawn from one 
 training loop per epoch and rank), so a run is reproducible and a resumed run sees the same augmentations.
 
 Order: dihedral group (random transpose + vertical flip + horizontal flip = all 8 flips / 90-degree rotations, exact
-pixel moves), then a free rotation (affine_grid + grid_sample, bilinear, black fill: the background IS black), then
+pixel moves), then a free rotation for a share of the batch (affine_grid + grid_sample, bilinear, black fill: the
+background IS black), then
 colour jitter (brightness, contrast, saturation, hue) on the cell only, then normalisation.
 `strength` in [0, 1] scales every probability and magnitude; strength 0 is exactly `normalise`.
 """
@@ -112,12 +113,14 @@ def augment(batch_uint8: torch.Tensor, strength: float, generator: Optional[torc
     if strength == 0.0 or batch_uint8.shape[0] == 0:
         return normalise(batch_uint8)
     n, device = batch_uint8.shape[0], batch_uint8.device
-    u = torch.rand(n, 8, generator=generator, device=device)  # all per-sample draws of this batch at once
+    u = torch.rand(n, 9, generator=generator, device=device)  # all per-sample draws of this batch at once
 
     x = batch_uint8.float().div_(255.0)  # N x 3 x S x S in [0, 1]
     x = _dihedral(x, u[:, 0:3], p=0.5 * strength)
+    # Free rotation for a share `strength` of the samples only: bilinear resampling smooths fine texture, and
+    # evaluation images are never resampled, so the rest keep their exact pixels.
     angle = (u[:, 3] * 2.0 - 1.0) * math.radians(MAX_ROTATION_DEG) * strength  # N
-    x = _rotate(x, angle)
+    x = _where(u[:, 8] < strength, _rotate(x, angle), x)
     x = _colour_jitter(x, u[:, 4:8], strength)
     mean, std = _stats(x)
     return (x - mean) / std

@@ -1,0 +1,145 @@
+"""Checkpoints that resume exactly and load with `torch.load(weights_only=True)`.
+
+A checkpoint is one file (by convention `<run>/epoch_XXXX/checkpoint.pt`, a directory per epoch so that the Ray layer
+can hand the directory to `ray.train.Checkpoint.from_directory`). Its contents are only tensors and primitives:
+
+    {"format": "leukemia-tune-checkpoint/1", "model": state_dict (no DDP "module." prefix), "optimizer": state_dict,
+     "scheduler": state_dict, "epoch": completed epochs (1-based), "config": TrainConfig.to_dict(),
+     "metrics": that epoch's metrics, "rng": torch / cuda / numpy / python RNG states, "extra": dict (optional)}
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from leukmodels.config import TrainConfig, model_kwargs
+
+FORMAT = "leukemia-tune-checkpoint/1"
+CHECKPOINT_FILE = "checkpoint.pt"
+PathLike = Union[str, os.PathLike]
+
+
+def resolve_checkpoint(path: PathLike) -> Path:
+    """A checkpoint file, or a directory holding `checkpoint.pt`, -> the file's path."""
+    path = Path(path)
+    return path / CHECKPOINT_FILE if path.is_dir() else path
+
+
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        inner = inner if isinstance(inner, torch.nn.Module) else getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def clean_state_dict(state: dict) -> dict:
+    """Strip the "module." (DDP) and "_orig_mod." (torch.compile) prefixes a wrapped model's keys carry."""
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+# -- RNG state, encoded with tensors and primitives only ---------------------------------------------------------
+def capture_rng_state() -> dict:
+    algo, keys, pos, has_gauss, cached = np.random.get_state()
+    version, mt_state, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),  # ByteTensor
+        "numpy": {"algo": str(algo), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "state": [int(v) for v in mt_state], "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()  # list of ByteTensors, one per visible device
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    npy = state["numpy"]
+    np.random.set_state((npy["algo"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- save / load -------------------------------------------------------------------------------------------------
+def save_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],
+                    scheduler: Optional[Any], epoch: int, config: Union[TrainConfig, dict], metrics: dict,
+                    extra: Optional[dict] = None) -> Path:
+    """Write atomically (temporary file in the same directory, then os.replace); returns the file's path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "model": clean_state_dict(unwrapped(model).state_dict()),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": int(epoch),
+        "config": config.to_dict() if isinstance(config, TrainConfig) else dict(config),
+        "metrics": dict(metrics),
+        "rng": capture_rng_state(),
+        "extra": dict(extra or {}),
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint file (or directory holding checkpoint.pt) with weights_only=True.
+
+    Raises FileNotFoundError when missing and ValueError "<path>: not a leukemia-tune checkpoint (...)" when the file
+    is anything else (another program's pickle, a bare state_dict, a text file, a newer format).
+    """
+    path = resolve_checkpoint(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the unpickler objects to, the file is not ours
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a leukemia-tune checkpoint ({reason[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: not a leukemia-tune checkpoint (format {found!r}, expected {FORMAT!r})")
+    return payload
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    """The model a config describes, from the registry in leukmodels.models."""
+    from leukmodels import models  # imported here: the registry pulls in torchvision, not needed to read a file
+
+    return models.create_model(config.family, **model_kwargs(config))
+
+
+def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, TrainConfig]:
+    """Rebuild the model of a checkpoint, load its weights, put it in eval mode on `device` (default CPU)."""
+    payload = load_checkpoint(path)
+    config = TrainConfig.from_dict(payload["config"])
+    model = build_model(config.replace(pretrained=None))  # the weights come from the checkpoint, not that file
+    model.load_state_dict(payload["model"])
+    return model.to(device or "cpu").eval(), config
+
+
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "build_model", "resolve_checkpoint",
+           "clean_state_dict", "unwrapped", "capture_rng_state", "restore_rng_state", "FORMAT", "CHECKPOINT_FILE"]
