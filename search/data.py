@@ -1,0 +1,93 @@
+"""Data for one search: discover the root, split by patient, decode at every image size, `ray.put` once.
+
+    data = prepare_data(root=None, image_sizes=[32], split_seed=0)   # no Ray needed
+    refs = data.put()                                                # {32: {"train": ObjectRef, "val": ObjectRef}}
+
+Every trial gets the same object refs (through `tune.with_parameters`), so each node holds one copy of each array in
+its object store and every Train worker reads it zero-copy (numpy arrays come back from `ray.get` as read-only views
+of shared memory). The held-out test patients are never decoded here: the search sees train and val only; the test
+set is for the final evaluation of the winners (issue 7), drawn by the same split seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+SEARCH_SPLITS = ("train", "val")  # never "test"
+
+
+@dataclass
+class SearchData:
+    root: str  # the discovered data root (C-NMC_Leukemia folder or TCIA top)
+    generated: bool  # True when the tree was written by leukmodels.synthetic (results are NOT on C-NMC)
+    fingerprint: str  # identity of the train+val images and labels and of the split (location-independent)
+    split_seed: int
+    val_fraction: float
+    sets: dict[int, dict[str, Any]]  # image size -> {"train": DecodedSet, "val": DecodedSet}
+    counts: dict[str, int] = field(default_factory=dict)  # images per split, e.g. {"train": 608, "val": 160}
+    patients: dict[str, int] = field(default_factory=dict)  # patients per split
+
+    def put(self) -> dict[int, dict[str, Any]]:
+        """`ray.put` every decoded set once: image size -> split -> ObjectRef. Needs `ray.init()` first."""
+        import ray
+
+        refs: dict[int, dict[str, Any]] = {}
+        for size, splits in self.sets.items():
+            refs[size] = {}
+            for name, decoded in splits.items():
+                # a memory-mapped cache file would be pickled through a copy anyway; make it one contiguous array
+                decoded.images = np.ascontiguousarray(decoded.images)
+                refs[size][name] = ray.put(decoded)
+        return refs
+
+    def describe(self) -> str:
+        kind = "GENERATED (synthetic, not C-NMC)" if self.generated else "real"
+        sizes = ",".join(str(s) for s in sorted(self.sets))
+        return (f"data {self.root} [{kind}] fingerprint {self.fingerprint}: train {self.counts.get('train')} images "
+                f"/ {self.patients.get('train')} patients, val {self.counts.get('val')} / {self.patients.get('val')}"
+                f" (split seed {self.split_seed}); decoded at {sizes} px")
+
+
+def data_fingerprint(splits: dict, split_seed: int, val_fraction: float) -> str:
+    """sha256 over every train/val image's (split, image id, patient, label, file size) and the split settings:
+    the same images split the same way give the same fingerprint wherever the folder lives."""
+    digest = hashlib.sha256(f"search-data v1 seed={split_seed} val={val_fraction}\n".encode())
+    for name in SEARCH_SPLITS:
+        frame = splits[name].sort_values("image_id")
+        for image_id, patient, label, path in zip(frame["image_id"], frame["patient"], frame["label"], frame["path"]):
+            digest.update(f"{name}\t{image_id}\t{patient}\t{int(label)}\t{os.path.getsize(path)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def prepare_data(root: Optional[str] = None, image_sizes: Sequence[int] = (32,), split_seed: int = 0,
+                 val_fraction: float = 0.2, cache_dir: Optional[str] = None, progress: bool = True) -> SearchData:
+    """Discover `root` (None: the project's generated set, built once and reused), split by patient, decode the
+    train and val splits at every size. Raises DataError/ValueError naming the bad path or value."""
+    from leukmodels.data import decode, discover, split_by_patient
+
+    if root is None:
+        from leukmodels.synthetic import default_dataset
+
+        root = str(default_dataset())
+    if not Path(root).expanduser().exists():
+        raise ValueError(f"--data {root}: no such folder")
+    manifest = discover(root)
+    splits = split_by_patient(manifest, val_fraction=val_fraction, seed=split_seed)
+    sets: dict[int, dict[str, Any]] = {}
+    for size in sorted({int(s) for s in image_sizes}):
+        sets[size] = {name: decode(splits[name], size, cache_dir=cache_dir, progress=progress)
+                      for name in SEARCH_SPLITS}
+    return SearchData(
+        root=str(manifest.attrs.get("root", root)), generated=bool(manifest.attrs.get("generated", False)),
+        fingerprint=data_fingerprint(splits, split_seed, val_fraction), split_seed=int(split_seed),
+        val_fraction=float(val_fraction), sets=sets,
+        counts={name: len(splits[name]) for name in SEARCH_SPLITS},
+        patients={name: int(splits[name]["patient"].nunique()) for name in SEARCH_SPLITS})
+
+
+__all__ = ["SearchData", "prepare_data", "data_fingerprint", "SEARCH_SPLITS"]

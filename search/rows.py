@@ -1,0 +1,192 @@
+"""Leaderboard rows from Tune trials, written as each trial ends and again from the ResultGrid at the end.
+
+    context = SearchContext(search="resnet-20261127-2342", metric="weighted_f1", max_epochs=4, data=...)
+    row = build_row(context, trial_id, config, history, error=None)
+
+`history` is the trial's reports in order (one dict per epoch: fit's metrics plus `nodes`, `train_seconds`,
+`checkpoint_path`, and Tune's `timestamp` / `time_total_s`). The row holds every TrainConfig field, the metrics of the
+best epoch by the search's metric, epochs run, status and where the trial ran.
+
+Status: "error" when the trial raised; "stopped" when it ended without error before `max_epochs` (ASHA's decision, or
+the search's time budget); "finished" otherwise. `asha_stopped` is True when the scheduler (`RecordingASHA`) recorded a
+stop decision below max_t for the trial, or, when no scheduler record is at hand (a resumed search's earlier trials),
+when the trial stopped early and the search had no time budget.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pandas as pd
+from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from search.spaces import train_config
+
+LOWER_IS_BETTER = {"val_loss"}
+METRIC_KEYS = ("weighted_f1", "accuracy", "balanced_accuracy", "roc_auc", "macro_f1", "sensitivity", "specificity",
+               "val_loss")
+
+
+@dataclass
+class SearchContext:
+    """What every row of one search shares."""
+
+    search: str
+    metric: str
+    max_epochs: int
+    data_fingerprint: str = ""
+    data_generated: bool = False
+    data_root: str = ""
+    code_version: str = ""
+    time_budget_s: Optional[float] = None
+
+
+class RecordingASHA(ASHAScheduler):
+    """ASHA that remembers which trials it stopped before `max_t` (a STOP at max_t is just the end of training)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stopped_early: set[str] = set()
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and result.get(self._time_attr, math.inf) < self._max_t:
+            self.stopped_early.add(trial.trial_id)
+        return decision
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def best_report(history: list[dict], metric: str) -> Optional[dict]:
+    """The report with the best finite `metric` (ties: the earlier epoch); None when no report has one."""
+    scored = [r for r in history if _finite(r.get(metric))]
+    if not scored:
+        return None
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+    return min(scored, key=lambda r: (sign * r[metric], r.get("epoch", 0)))
+
+
+def build_row(context: SearchContext, trial_id: str, config: dict, history: list[dict], error: Optional[str] = None,
+              asha_stopped: Optional[bool] = None) -> dict[str, Any]:
+    """One leaderboard row (see the module docstring); `asha_stopped` None means infer it."""
+    try:
+        train_fields = train_config(config).to_dict()
+    except (TypeError, ValueError) as bad:  # e.g. an impossible sampled value: keep what the config says
+        train_fields = {k: v for k, v in config.items() if ":" not in k}
+        error = error or f"config invalid: {bad}"
+    history = sorted(history, key=lambda r: (r.get("epoch", 0), r.get("timestamp", 0)))
+    epochs_run = max((int(r["epoch"]) for r in history if _finite(r.get("epoch"))), default=0)
+    best = best_report(history, context.metric) or {}
+    last = history[-1] if history else {}
+    if error:
+        status = "error"
+    elif epochs_run < context.max_epochs:
+        status = "stopped"
+    else:
+        status = "finished"
+    if asha_stopped is None:
+        asha_stopped = status == "stopped" and not context.time_budget_s
+    nodes = sorted({n for r in history for n in str(r.get("nodes") or "").split(",") if n})
+    world = int(last.get("world_size") or 1)
+    speeds = [r["images_per_s"] for r in history if _finite(r.get("images_per_s"))]
+    started = (last["timestamp"] - last["time_total_s"]) if _finite(last.get("timestamp")) and _finite(
+        last.get("time_total_s")) else None
+    row = {
+        "search": context.search, "trial_id": trial_id, "metric": context.metric, "status": status,
+        **train_fields,
+        **{key: best.get(key) for key in METRIC_KEYS},
+        "best_epoch": best.get("epoch"), "epochs_run": epochs_run, "asha_stopped": bool(asha_stopped and not error),
+        "error": error, "num_parameters": last.get("num_parameters"),
+        "train_seconds": last.get("train_seconds"),
+        # rank 0's training images/s times the workers: the trial's throughput (every rank runs the same steps)
+        "images_per_s": (sum(speeds) / len(speeds)) * world if speeds else None,
+        "nodes": ",".join(nodes) or None, "checkpoint": best.get("checkpoint_path") or last.get("checkpoint_path"),
+        "data_fingerprint": context.data_fingerprint, "data_generated": context.data_generated,
+        "data_root": context.data_root, "code_version": context.code_version,
+        "started_at": started, "finished_at": last.get("timestamp") if _finite(last.get("timestamp")) else time.time(),
+    }
+    return row
+
+
+def _short_error(error: Any) -> Optional[str]:
+    """A one-line message: the last non-empty line of a traceback or exception text (parquet cells stay small)."""
+    if error is None:
+        return None
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:500]
+
+
+def rows_from_grid(context: SearchContext, grid: Any, stopped_early: Optional[set] = None) -> list[dict]:
+    """One row per trial of a Tune ResultGrid (its per-epoch metrics_dataframe gives the best epoch)."""
+    # skip trials an interrupt left pending or running: they are not over (--resume continues them)
+    analysis = getattr(grid, "_experiment_analysis", None)
+    unfinished = {t.trial_id for t in getattr(analysis, "trials", []) if t.status not in ("TERMINATED", "ERROR")}
+    rows = []
+    for result in grid:
+        frame = result.metrics_dataframe
+        history = frame.to_dict("records") if isinstance(frame, pd.DataFrame) and len(frame) else []
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or _trial_id_from_path(result.path)
+        if trial_id in unfinished:
+            continue
+        config = {k: v for k, v in (result.config or {}).items()}
+        error = _short_error(result.error) if result.error else None
+        asha = None if stopped_early is None or trial_id not in stopped_early else True
+        rows.append(build_row(context, trial_id, config, history, error, asha_stopped=asha))
+    return rows
+
+
+def _trial_id_from_path(path: Optional[str]) -> str:
+    """Tune names a trial folder `<trainable>_<trial id>_<index>_<config...>`; with a search algorithm the id is
+    8 hex digits (`run_trial_374596e2_1_...`), otherwise `<8 hex>_<5 digits>`."""
+    import os
+    import re
+
+    name = os.path.basename(str(path or "").rstrip("/"))
+    match = re.search(r"_([0-9a-f]{8}(?:_\d{5})?)_", name)
+    return match.group(1) if match else name or "unknown"
+
+
+@dataclass
+class LeaderboardCallback(Callback):
+    """Appends each trial's row to the leaderboard the moment the trial ends, so an interrupted search keeps what
+    is finished. Picklable (Tune saves it with the experiment for `--resume`)."""
+
+    context: SearchContext
+    leaderboard_path: str
+    scheduler: Optional[RecordingASHA] = None
+    history: dict = field(default_factory=dict)  # trial id -> reports seen by this process
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        keep = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}  # drop config/ nested dicts
+        self.history.setdefault(trial.trial_id, []).append(keep)
+
+    def _write(self, trial: Any, error: Optional[str]) -> None:
+        from search import leaderboard
+
+        history = self.history.pop(trial.trial_id, [])
+        if not history and trial.last_result and "epoch" in trial.last_result:
+            history = [trial.last_result]
+        # recorded by our scheduler -> True; otherwise infer (after a resume the scheduler may be a fresh copy)
+        asha = True if self.scheduler is not None and trial.trial_id in self.scheduler.stopped_early else None
+        row = build_row(self.context, trial.trial_id, dict(trial.config), history, error, asha_stopped=asha)
+        leaderboard.append_rows(self.leaderboard_path, [row])
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trial, None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = None
+        try:
+            error = _short_error(trial.get_pickled_error() or trial.get_error())
+        except Exception:  # noqa: BLE001 - the row matters more than the message
+            pass
+        self._write(trial, error or "trial failed (no error message recorded)")
+
+
+__all__ = ["SearchContext", "RecordingASHA", "LeaderboardCallback", "build_row", "rows_from_grid", "best_report"]
