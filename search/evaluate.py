@@ -36,7 +36,7 @@ from search.predict import load_trial_model  # noqa: E402
 METRIC_COLUMNS = ("weighted_f1", "macro_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity",
                   "specificity")
 KEY_COLUMNS = ("search", "trial_id", "tta", "retrained")  # one evaluation; a re-run replaces rows with the same key
-USABLE_STATUS = ("finished", "stopped")  # search.leaderboard.STATUSES minus "error"  # trials whose best checkpoint is worth testing
+USABLE_STATUS = ("finished", "stopped")  # search.leaderboard.STATUSES minus "error": a best checkpoint worth testing
 
 
 # -- leaderboard and files ----------------------------------------------------------------------------------------
@@ -66,7 +66,8 @@ def select_trials(board: pd.DataFrame, search: Optional[str], top: Optional[int]
         search = str(order["search"].iloc[-1])
     rows = board[board["search"].astype(str) == str(search)]
     if rows.empty:
-        raise SystemExit(f"evaluate: no search {search!r} in the leaderboard; it has {sorted(board['search'].unique())}")
+        known = sorted(board["search"].unique())
+        raise SystemExit(f"evaluate: no search {search!r} in the leaderboard; it has {known}")
     if metric not in rows:
         raise SystemExit(f"evaluate: --metric {metric!r} is not a leaderboard column")
     if trials:
@@ -220,7 +221,8 @@ def retrain_on_train_val(row: pd.Series, config, splits: dict, out_dir: Path, ca
     ckpt_dir = out_dir / "retrained" / str(row["trial_id"])
     result = fit(config.replace(epochs=epochs), train_set, val_set, device=device, checkpoint_dir=str(ckpt_dir),
                  log=lambda line: print(f"  retrain {row['trial_id']}: {line}", file=sys.stderr))
-    return result.model.cpu().eval(), epochs, result.last_checkpoint_path  # the last epoch: no selection on val
+    # the last epoch's model: nothing is selected on val here
+    return result.model.to(device or "cpu").eval(), epochs, result.last_checkpoint_path
 
 
 def best_epoch(row: pd.Series, config) -> int:
@@ -233,7 +235,11 @@ def best_epoch(row: pd.Series, config) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    import torch
+
     from leukmodels.data import decode, discover
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     board_path = Path(args.leaderboard)
     board = read_board(board_path)
@@ -262,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows, pred_frames = [], []
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     for rank, (_, row) in enumerate(chosen.iterrows(), start=1):
-        model, config, ckpt_file = load_trial_model(row["checkpoint"])
+        model, config, ckpt_file = load_trial_model(row["checkpoint"], device=args.device)
         candidates = [(model, False, ckpt_file, None)]
         if args.retrain and rank == 1:
             r_model, r_epochs, r_file = retrain_on_train_val(row, config, splits, results_dir / str(search),
