@@ -140,6 +140,15 @@ def _make_optimizer(config: TrainConfig, model: nn.Module, cuda: bool) -> torch.
     return torch.optim.AdamW(groups, lr=config.lr, **fast)
 
 
+def _average_buffers(model: nn.Module, world_size: int) -> None:
+    """Average floating buffers (BatchNorm running statistics) over ranks: each rank updated them with its own
+    batches, so without this the ranks would evaluate (and rank 0 would save) slightly different models."""
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer.div_(world_size)
+
+
 def _evaluate(model: nn.Module, images: Any, labels: torch.Tensor, batch_size: int, device: torch.device,
               rank: int, world_size: int, distributed: bool) -> torch.Tensor:
     """Log-probabilities N x 2 of the whole validation set, identical on every rank (each rank predicts one chunk)."""
@@ -240,6 +249,7 @@ def fit(config: TrainConfig, train: Any, val: Any, *, device: Any = None, rank: 
         totals = torch.stack([loss_sum, torch.tensor(float(steps * batch), device=device)])
         if distributed:
             dist.all_reduce(totals)  # mean training loss over all ranks' images
+            _average_buffers(model, world_size)  # one model on every rank for evaluation and the checkpoint
         train_loss = float(totals[0] / totals[1])
 
         log_prob = _evaluate(model, val_batches.images, val_batches.labels, 2 * config.batch_size, device,
