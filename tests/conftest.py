@@ -1,0 +1,54 @@
+"""Shared test fixtures.
+
+- Every test session gets its own decode cache and default-data location under a tmp folder (LEUKTUNE_CACHE,
+  LEUKTUNE_DATA), so no test reads or writes ~/.cache or the repo's results/.
+- `tiny_cnmc`: a session-wide tiny generated C-NMC tree (Kaggle layout; 6 ALL + 4 HEM training patients of 8 cells,
+  2 labelled prelim-test and 1 final-test patient); its path is the `C-NMC_Leukemia` folder. Built once in seconds.
+- `ray_2cpu`: a local Ray with 2 logical CPUs for one test module (started on first use, shut down when the module
+  ends), so Ray tests of one module share a start (~10 s) and modules stay independent of each other (a module that
+  builds its own `ray.cluster_utils.Cluster` is not disturbed). Mark tests that use it `@pytest.mark.slow`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TINY = dict(n_all=6, n_hem=4, images_per_patient=8, n_prelim=2, n_final=1, seed=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory):
+    """Point the decode cache and the default generated data set at session tmp folders."""
+    base = tmp_path_factory.mktemp("leuktune-home")
+    saved = {key: os.environ.get(key) for key in ("LEUKTUNE_CACHE", "LEUKTUNE_DATA")}
+    os.environ["LEUKTUNE_CACHE"] = str(base / "cache")
+    os.environ["LEUKTUNE_DATA"] = str(base / "default-data")
+    yield base
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_cnmc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny generated C-NMC tree (see module docstring); returns its C-NMC_Leukemia folder."""
+    from leukmodels.synthetic import generate
+
+    out = tmp_path_factory.mktemp("tiny-cnmc")
+    return Path(generate(out, workers=1, **TINY))
+
+
+@pytest.fixture(scope="module")
+def ray_2cpu():
+    """A local Ray with 2 logical CPUs for this module; shut down at the module's end."""
+    import ray
+
+    if ray.is_initialized():  # a previous module leaked one: start from a clean slate
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=True)
+    yield ray
+    ray.shutdown()

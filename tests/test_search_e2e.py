@@ -1,0 +1,142 @@
+"""End-to-end searches on a local 2-CPU Ray: Tune + Optuna + ASHA over Ray Train DDP trials on a tiny generated set.
+
+Kept few and small (24 px images, 1-3 epochs): each Ray Train trial spends most of its time starting its workers.
+The resume test runs first, in subprocesses with their own Ray, before this module's in-process Ray is started.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from search import leaderboard
+from search.run import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _common(data: Path, tmp: Path, name: str) -> list[str]:
+    return ["--family", "resnet", "--data", str(data), "--image-sizes", "24", "--results", str(tmp / "results"),
+            "--storage", str(tmp / "ray"), "--name", name]
+
+
+def _rows(tmp: Path, name: str) -> pd.DataFrame:
+    board = leaderboard.read(tmp / "results" / "leaderboard.parquet")
+    return board[board["search"] == name].reset_index(drop=True)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the search driver and every process of its session (its local Ray: GCS, raylet, workers)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=60)
+
+
+def test_killed_search_resumes_without_rerunning_or_duplicating(tiny_cnmc, tmp_path):
+    name = "resume-me"
+    argv = _common(tiny_cnmc, tmp_path, name) + ["--num-samples", "3", "--max-epochs", "3", "--grace-epochs", "3",
+                                                 "--workers-per-trial", "1"]
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen([sys.executable, "-m", "search.run", *argv], cwd=tmp_path, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    board = tmp_path / "results" / "leaderboard.parquet"
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and first.poll() is None:
+            if board.exists() and len(_rows(tmp_path, name)):
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, f"the search ended before it could be killed:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
+        before = _rows(tmp_path, name)
+        assert len(before) >= 1
+    finally:
+        _kill_group(first)
+    killed_at = time.time()
+    assert len(_rows(tmp_path, name)) < 3  # the search really was interrupted
+
+    resumed = subprocess.run([sys.executable, "-m", "search.run", "--resume", "--name", name,
+                              "--results", str(tmp_path / "results"), "--storage", str(tmp_path / "ray")],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=500)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = _rows(tmp_path, name)
+    assert len(after) == 3 and after["trial_id"].is_unique  # every trial once: none lost, none duplicated
+    assert set(after["status"]) <= {"finished", "stopped"}
+    for _, row in before.iterrows():  # finished before the kill: not rerun (same row, no checkpoint written since)
+        again = after[after["trial_id"] == row["trial_id"]].iloc[0]
+        assert again["finished_at"] == row["finished_at"] and again["epochs_run"] == row["epochs_run"]
+        run_dir = tmp_path / "ray" / name / "train_runs" / row["trial_id"]
+        assert all(p.stat().st_mtime < killed_at for p in run_dir.glob("checkpoint_*"))
+
+
+@pytest.fixture(scope="module")
+def first_search(ray_2cpu, tiny_cnmc, tmp_path_factory):
+    """Search A: 3 trials of 2 DDP workers each (one at a time on 2 CPUs), ASHA grace 1, max 3 epochs, factor 3.
+
+    With one trial at a time, each trial meets ASHA's rung at epoch 1 after the earlier trials recorded theirs:
+    the 2nd is stopped if it is below the 1st, the 3rd if below the 67th percentile of the two before. roc_auc on
+    the tiny validation set is continuous (no ties), and the seeded TPE and seeded training make the run repeatable.
+    """
+    tmp = tmp_path_factory.mktemp("search-a")
+    argv = _common(tiny_cnmc, tmp, "search-a") + [
+        "--num-samples", "3", "--max-epochs", "3", "--grace-epochs", "1", "--reduction-factor", "3",
+        "--workers-per-trial", "2", "--metric", "roc_auc", "--seed", "0"]
+    code = main(argv)
+    return tmp, code
+
+
+def test_search_ranks_every_ddp_trial_and_asha_stops_some(first_search):
+    tmp, code = first_search
+    assert code == 0
+    rows = _rows(tmp, "search-a")
+    assert len(rows) == 3 and rows["trial_id"].is_unique
+    assert list(rows["rank"]) == [1, 2, 3] and (rows["metric"] == "roc_auc").all()
+    assert rows["roc_auc"].is_monotonic_decreasing
+    for column in ("lr", "weight_decay", "filters", "depth", "batch_size", "optimizer", "weighted_f1", "accuracy",
+                   "balanced_accuracy", "roc_auc", "best_epoch", "epochs_run", "nodes", "checkpoint",
+                   "data_fingerprint", "num_parameters", "train_seconds", "started_at", "finished_at"):
+        assert rows[column].notna().all(), column
+    assert rows["data_generated"].all() and (rows["image_size"] == 24).all()
+    assert all(Path(path, "checkpoint.pt").is_file() for path in rows["checkpoint"])
+    assert rows["asha_stopped"].sum() >= 1
+    stopped = rows[rows["asha_stopped"]]
+    assert (stopped["status"] == "stopped").all() and (stopped["epochs_run"] < 3).all()
+    assert (rows.loc[~rows["asha_stopped"], "epochs_run"] == 3).all()
+    # each trial trained with 2 DDP workers: every report says so
+    progress = [pd.read_csv(p) for p in (tmp / "ray" / "search-a").glob("*/progress.csv")]
+    assert len(progress) == 3 and all((frame["world_size"] == 2).all() for frame in progress)
+    # the Optuna study (SQLite, study = search name) holds every trial; ASHA-stopped ones count as complete
+    study = optuna.load_study(study_name="search-a", storage=f"sqlite:///{tmp / 'results' / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    assert sorted(t.value for t in complete) == pytest.approx(sorted(rows["roc_auc"]))
+
+
+def test_second_search_in_the_same_ray_session_runs_all_trials(first_search, tiny_cnmc, ray_2cpu):
+    tmp, _ = first_search
+    deadline = time.time() + 60  # finished trials' placement groups are given back
+    while time.time() < deadline and ray_2cpu.available_resources().get("CPU", 0) < 2:
+        time.sleep(1)
+    assert ray_2cpu.available_resources().get("CPU", 0) == 2
+    code = main(_common(tiny_cnmc, tmp, "search-b") + ["--num-samples", "2", "--max-epochs", "1",
+                                                        "--grace-epochs", "1", "--workers-per-trial", "1"])
+    assert code == 0
+    assert len(_rows(tmp, "search-a")) == 3 and len(_rows(tmp, "search-b")) == 2
+    assert set(_rows(tmp, "search-b")["status"]) == {"finished"}
+
+
+def test_impossible_resources_fail_before_launch(first_search, tiny_cnmc, ray_2cpu, capsys):
+    tmp, _ = first_search
+    code = main(_common(tiny_cnmc, tmp, "too-big") + ["--workers-per-trial", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--workers-per-trial" in err[0]
+    assert not (tmp / "ray" / "too-big").exists() and not (tmp / "results" / "searches" / "too-big.json").exists()

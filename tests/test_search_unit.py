@@ -1,0 +1,204 @@
+"""Fast tests of the search layer without a Ray cluster: CLI flags and their errors, the search space, the data
+preparation, and leaderboard rows built from fake trial histories."""
+from __future__ import annotations
+
+import pickle
+import shutil
+
+import optuna
+import pandas as pd
+import pytest
+
+from leukmodels.config import TrainConfig
+from leukmodels.models import list_families
+from search import leaderboard
+from search.rows import SearchContext, best_report, build_row, rows_from_grid
+from search.run import PROFILES, main, resolve_args
+from search.spaces import SearchSpace, check_buildable, resolve_families, sample_configs, train_config
+
+
+# -- CLI ------------------------------------------------------------------------------------------------------------
+def test_defaults_follow_the_hardware_profile():
+    args = resolve_args(["--family", "resnet"])
+    profile = PROFILES[args.profile]
+    assert args.family == ["resnet"]
+    assert (args.num_samples, args.max_epochs, args.image_sizes) == (
+        profile["num_samples"], profile["max_epochs"], profile["image_sizes"])
+    assert args.metric == "weighted_f1" and args.name.startswith("resnet-")
+    assert args.num_samples >= 8 and args.grace_epochs < args.max_epochs  # a real search with early stopping
+
+
+def test_family_all_and_several():
+    assert resolve_args(["--family", "all"]).family == list_families()
+    assert resolve_args(["--family", "baseline", "resnet", "baseline"]).family == ["baseline", "resnet"]
+    smoke = resolve_args(["--smoke-test"])
+    assert smoke.family == ["resnet"] and smoke.num_samples >= 2
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--family", "transformer"], "--family"),
+    ([], "--family"),
+    (["--family", "resnet", "--num-samples", "0"], "--num-samples"),
+    (["--family", "resnet", "--max-epochs", "-2"], "--max-epochs"),
+    (["--family", "resnet", "--grace-epochs", "0"], "--grace-epochs"),
+    (["--family", "resnet", "--max-epochs", "2", "--grace-epochs", "3"], "--grace-epochs"),
+    (["--family", "resnet", "--time-budget", "0"], "--time-budget"),
+    (["--family", "resnet", "--time-budget", "-5"], "--time-budget"),
+    (["--family", "resnet", "--workers-per-trial", "0"], "--workers-per-trial"),
+    (["--family", "resnet", "--workers-per-trial", "2", "--gpus-per-worker", "0.5"], "--gpus-per-worker"),
+    (["--family", "resnet", "--cpus-per-worker", "-1"], "--cpus-per-worker"),
+    (["--family", "resnet", "--image-sizes", "4"], "--image-sizes"),
+    (["--family", "resnet", "--data", "/no/such/folder"], "--data"),
+    (["--resume"], "--resume"),
+])
+def test_bad_flags_fail_with_one_line_before_anything_starts(argv, flag, tmp_path, capsys):
+    code = main(argv + ["--results", str(tmp_path / "results"), "--storage", str(tmp_path / "ray")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and flag in err, err
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "results" / "searches").exists()
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "examples:" in out and "--smoke-test" in out and "--resume" in out
+
+
+def test_resume_of_an_unknown_search_is_refused(tmp_path, capsys):
+    code = main(["--resume", "--name", "nothing-here", "--results", str(tmp_path)])
+    assert code == 2 and "nothing-here" in capsys.readouterr().err
+
+
+# -- search space ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", [f for f in list_families() if f != "torchvision"])
+def test_space_samples_buildable_configs_for_every_family(family):
+    space = SearchSpace([family], image_sizes=[32, 48], batch_sizes=[32, 64], epochs=3, seed=7)
+    configs = sample_configs(space, 25, seed=1)
+    for config in configs:
+        assert config.family == family and config.epochs == 3 and config.seed == 7
+        assert 1e-4 <= config.lr <= 3e-2 and config.image_size in (32, 48)
+        assert check_buildable(config) > 0
+    optimizers = {c.optimizer for c in configs}
+    assert optimizers == {"adamw", "sgd"}
+
+
+def test_torchvision_space_is_buildable_at_its_sizes():
+    space = SearchSpace(["torchvision"], image_sizes=[96], epochs=2)
+    for config in sample_configs(space, 8, seed=0):
+        assert check_buildable(config) > 0
+
+
+def test_too_small_image_is_a_value_error_naming_the_size():
+    with pytest.raises(ValueError, match="image_size"):
+        check_buildable(TrainConfig(family="baseline", depth=5, image_size=16))
+
+
+def test_several_families_prefix_their_params_and_map_back():
+    space = SearchSpace(["baseline", "resnet"], image_sizes=[32], epochs=2)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        constants = space(trial)
+        family = trial.params["family"]
+        seen.add(family)
+        own = [name for name in trial.params if ":" in name]
+        assert own and all(name.startswith(family + ":") for name in own)  # only the chosen family's params
+        config = train_config({**trial.params, **constants})
+        assert config.family == family and config.filters == trial.params[f"{family}:filters"]
+        study.tell(trial, 0.0)
+    assert seen == {"baseline", "resnet"}
+
+
+def test_momentum_only_for_sgd_and_space_pickles():
+    space = SearchSpace(["resnet"], image_sizes=[32])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(10):
+        trial = study.ask()
+        space(trial)
+        assert ("momentum" in trial.params) == (trial.params["optimizer"] == "sgd")
+        study.tell(trial, 0.0)
+    assert pickle.loads(pickle.dumps(space)) == space  # Tune pickles the searcher (and the space) for --resume
+
+
+def test_unknown_config_key_is_refused():
+    with pytest.raises(ValueError, match="unknown config key"):
+        train_config({"family": "resnet", "learning_rate": 0.1})
+    with pytest.raises(ValueError, match="transformer"):
+        resolve_families(["resnet", "transformer"])
+
+
+# -- data -----------------------------------------------------------------------------------------------------------
+def test_prepare_data_uses_train_and_val_patients_only(tiny_cnmc, tmp_path):
+    from leukmodels.data import discover, split_by_patient
+    from search.data import prepare_data
+
+    data = prepare_data(str(tiny_cnmc), image_sizes=[16, 24], split_seed=0, progress=False)
+    assert data.generated and set(data.sets) == {16, 24}
+    splits = split_by_patient(discover(tiny_cnmc), seed=0)
+    test_patients = set(splits["test"]["patient"])
+    for size, sets in data.sets.items():
+        assert set(sets) == {"train", "val"}
+        assert sets["train"].images.shape[1:] == (3, size, size)
+        seen = set(sets["train"].patients) | set(sets["val"].patients)
+        assert not seen & test_patients
+        assert not set(sets["train"].patients) & set(sets["val"].patients)
+    # the fingerprint names the images and the split, not the folder they sit in
+    copy = shutil.copytree(tiny_cnmc, tmp_path / "elsewhere" / "C-NMC_Leukemia")
+    assert prepare_data(str(copy), image_sizes=[16], progress=False).fingerprint == data.fingerprint
+    assert prepare_data(str(tiny_cnmc), image_sizes=[16], split_seed=1, progress=False).fingerprint != \
+        data.fingerprint
+
+
+# -- leaderboard rows -----------------------------------------------------------------------------------------------
+CONFIG = {"family": "resnet", "filters": 8, "depth": 1, "stages": 2, "block": "basic", "image_size": 32,
+          "epochs": 3, "lr": 1e-3, "resnet:filters": 8}
+
+
+def _history(values, nodes=("n1",), world=2):
+    return [{"epoch": i + 1, "weighted_f1": v, "accuracy": v, "balanced_accuracy": v, "roc_auc": v,
+             "val_loss": 1 - v, "images_per_s": 100.0, "num_parameters": 1234, "train_seconds": 5.0 * (i + 1),
+             "nodes": ",".join(nodes), "world_size": world, "checkpoint_path": f"/ckpt/epoch{i + 1}",
+             "timestamp": 1_700_000_000 + 10 * i, "time_total_s": 30.0 + 10 * i} for i, v in enumerate(values)]
+
+
+def test_row_takes_the_best_epoch_and_status():
+    context = SearchContext(search="s", metric="weighted_f1", max_epochs=3, data_fingerprint="f", data_root="/d")
+    row = build_row(context, "t1", CONFIG, _history([0.5, 0.8, 0.7], nodes=("a", "b")))
+    assert row["status"] == "finished" and not row["asha_stopped"]
+    assert (row["best_epoch"], row["weighted_f1"], row["epochs_run"]) == (2, 0.8, 3)
+    assert row["checkpoint"] == "/ckpt/epoch2" and row["nodes"] == "a,b" and row["images_per_s"] == 200.0
+    assert "resnet:filters" not in row and row["filters"] == 8
+    stopped = build_row(context, "t2", CONFIG, _history([0.4]))
+    assert stopped["status"] == "stopped" and stopped["asha_stopped"] and stopped["epochs_run"] == 1
+    budget = build_row(SearchContext(search="s", metric="weighted_f1", max_epochs=3, time_budget_s=60), "t3",
+                       CONFIG, _history([0.4]))
+    assert budget["status"] == "stopped" and not budget["asha_stopped"]
+    failed = build_row(context, "t4", CONFIG, [], error="ValueError: image_size=8 is too small")
+    assert failed["status"] == "error" and failed["epochs_run"] == 0 and "image_size" in failed["error"]
+    assert best_report(_history([0.5, 0.8]), "val_loss")["epoch"] == 2  # lower is better for losses
+
+
+def test_rows_from_a_fake_result_grid_land_in_the_leaderboard_ranked(tmp_path):
+    class FakeResult:
+        def __init__(self, trial_id, values, error=None):
+            self.metrics_dataframe = pd.DataFrame(_history(values)) if values else None
+            self.metrics = {"trial_id": trial_id, **(_history(values)[-1] if values else {})}
+            self.config, self.error = dict(CONFIG), error
+            self.path = f"/storage/s/run_trial_{trial_id}_1_lr=0.001"
+
+    grid = [FakeResult("aaaa0001", [0.5, 0.6, 0.9]), FakeResult("aaaa0002", [0.3]),
+            FakeResult("aaaa0003", None, error=RuntimeError("Traceback...\nValueError: boom"))]
+    context = SearchContext(search="s", metric="weighted_f1", max_epochs=3)
+    rows = rows_from_grid(context, grid, stopped_early={"aaaa0002"})
+    board = leaderboard.append_rows(tmp_path / "lb.parquet", rows)
+    assert list(board["trial_id"]) == ["aaaa0001", "aaaa0002", "aaaa0003"]
+    assert list(board["rank"]) == [1, 2, 3]
+    assert list(board["status"]) == ["finished", "stopped", "error"]
+    assert board["asha_stopped"].tolist() == [False, True, False]
+    assert board.loc[2, "error"] == "ValueError: boom"
+    again = leaderboard.append_rows(tmp_path / "lb.parquet", rows)  # a resumed search writes the same keys again
+    assert len(again) == 3
