@@ -1,4 +1,5 @@
 """fit(): learning on held-out patients, exact resume, checkpoints, on_epoch contract, sharding, fail-fast errors."""
+import json
 import math
 
 import numpy as np
@@ -197,3 +198,16 @@ def test_nan_metrics_are_floats_not_crashes(small_sets):
     assert list(metrics) == CONTRACT_KEYS
     assert isinstance(metrics["weighted_f1"], float) and 0.0 <= metrics["weighted_f1"] <= 1.0
     assert math.isnan(metrics["train_loss"]) or metrics["train_loss"] > 0
+
+
+def test_bench_smoke_writes_json_to_the_given_path(tmp_path, capsys):
+    from leukmodels.bench import main
+
+    out = tmp_path / "deep" / "bench.json"
+    result = main(["--smoke-test", "--families", "baseline", "--io-workers", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == result["rows"] and saved["device_type"] == "cpu"
+    (row,) = saved["rows"]
+    assert row["family"] == "baseline" and row["mode"] == "fp32" and row["images_per_s"] > 0
+    assert saved["data_path"]["ratio_cached_vs_imagefolder"] > 0
+    assert "images/s" in capsys.readouterr().out
