@@ -74,10 +74,10 @@ def _rotate(x: torch.Tensor, angle_rad: torch.Tensor) -> torch.Tensor:
 
 def _hue_matrices(angle_rad: torch.Tensor) -> torch.Tensor:
     """N x 3 x 3 rotations about the grey axis (1, 1, 1) / sqrt(3) (Rodrigues' formula): shifts hue, keeps grey."""
-    k = torch.full((3,), 1.0 / math.sqrt(3.0), device=angle_rad.device)
-    cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]], device=angle_rad.device)
-    outer = torch.outer(k, k)
-    eye = torch.eye(3, device=angle_rad.device)
+    device, k = angle_rad.device, 1.0 / math.sqrt(3.0)  # k: each component of the unit grey axis
+    cross = k * torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]], device=device)  # [axis]_x
+    outer = torch.full((3, 3), k * k, device=device)  # axis axis^T
+    eye = torch.eye(3, device=device)
     c, s = angle_rad.cos().view(-1, 1, 1), angle_rad.sin().view(-1, 1, 1)
     return c * eye + s * cross + (1 - c) * outer  # N x 3 x 3
 

@@ -175,9 +175,10 @@ def fit(config: TrainConfig, train: Any, val: Any, *, device: Any = None, rank: 
     distributed = _check_world(rank, world_size)
     _check_data(config, train, "train", min_items=2 * world_size)
     _check_data(config, val, "val", min_items=1)
-    device = torch.device(device) if device is not None else (
-        torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
+    if cuda and device.index is None:  # DDP's device_ids and the generators need the index
+        device = torch.device("cuda", torch.cuda.current_device())
     log = log if (log is not None and rank == 0) else (lambda message: None)
 
     _seed_everything(config.seed)  # identical initial weights on every rank

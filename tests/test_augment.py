@@ -86,3 +86,12 @@ def test_bad_batches_raise(bad):
 def test_bad_strength_raises():
     with pytest.raises(ValueError, match="strength"):
         augment(_cells(n=1), 1.5)
+
+
+def test_hue_shift_is_a_rotation_that_keeps_grey():
+    from leukmodels.augment import _hue_matrices
+
+    m = _hue_matrices(torch.tensor([0.3, -0.2, 0.0]))  # 3 x 3 x 3
+    torch.testing.assert_close(m @ torch.ones(3), torch.ones(3, 3))  # grey pixels stay grey
+    torch.testing.assert_close(m @ m.transpose(1, 2), torch.eye(3).expand(3, 3, 3))  # orthogonal
+    torch.testing.assert_close(m[2], torch.eye(3))
