@@ -30,12 +30,13 @@ def sample_stats(tmp_path_factory) -> dict:
     """Area and mean colour of every training cell of a modest tree (6 ALL + 6 HEM patients x 8 cells)."""
     top = synthetic.generate(tmp_path_factory.mktemp("stats"), n_all=6, n_hem=6, images_per_patient=8,
                              n_prelim=0, n_final=0, seed=3, workers=2)
-    stats = {"all": {"area": [], "rgb": []}, "hem": {"area": [], "rgb": []}}
+    stats = {cls: {"area": [], "rgb": [], "within": []} for cls in ("all", "hem")}
     for path in top.glob("training_data/fold_*/*/*.bmp"):
         pixels = np.asarray(Image.open(path))                 # H x W x 3
         foreground = pixels.max(axis=-1) > 0
         stats[path.parent.name]["area"].append(int(foreground.sum()))
         stats[path.parent.name]["rgb"].append(pixels[foreground].mean(axis=0))
+        stats[path.parent.name]["within"].append(pixels[foreground].std(axis=0))
     return {cls: {k: np.array(v) for k, v in d.items()} for cls, d in stats.items()}
 
 
@@ -145,6 +146,8 @@ def test_colour_matches_real_cells(sample_stats):
     assert np.all(np.abs(rgb.mean(axis=0) - [70, 30, 80]) < 6), rgb.mean(axis=0)
     assert np.all((rgb.std(axis=0) > 3) & (rgb.std(axis=0) < 14)), rgb.std(axis=0)   # real: about 8
     assert rgb[:, 2].mean() > rgb[:, 0].mean() > rgb[:, 1].mean()                     # violet
+    within = np.concatenate([sample_stats["all"]["within"], sample_stats["hem"]["within"]]).mean(axis=0)
+    assert np.all((within > 6) & (within < 14)), within                               # mottled: real about 10
 
 
 def test_generate_refuses_bad_sizes_and_existing_tree(small_tree, tmp_path):
