@@ -112,8 +112,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     which.add_argument("--trials", nargs="+", metavar="ID", help="evaluate these trial ids instead of the top K")
     p.add_argument("--metric", default="weighted_f1", help="leaderboard column that ranks trials (weighted_f1)")
     p.add_argument("--data", help="data root (default: the leaderboard row's data_root)")
-    p.add_argument("--split-seed", type=int, help="seed of split_by_patient (default: what the search recorded, "
-                   "else 0, search/data.py's default)")
+    p.add_argument("--split-seed", type=int, help="seed of split_by_patient (default: split_seed the search "
+                   "recorded, else the rows' seed column, which search/run.py also uses for the split, else 0)")
     p.add_argument("--tta", choices=("both", "on", "off"), default="both",
                    help="8-way dihedral test-time augmentation: evaluate with it, without it, or both (both)")
     p.add_argument("--retrain", action="store_true", help="also retrain the best trial's config on train+val "
@@ -258,7 +258,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     manifest = discover(data_root)
     generated = bool(manifest.attrs.get("generated", False))
     recorded = recorded_split(first, results_dir)
-    seed = next(s for s in (args.split_seed, recorded["seed"], 0) if s is not None)
+    # search/run.py seeds the split with --seed, which it also writes into every config's `seed` column
+    config_seed = None if "seed" not in first or pd.isna(first["seed"]) else int(first["seed"])
+    seed = next(s for s in (args.split_seed, recorded["seed"], config_seed, 0) if s is not None)
     test, info, splits = held_out_test(manifest, int(seed), recorded)
     print(f"evaluate: search {search!r}, {len(chosen)} trial(s), test = {info['test_source']} "
           f"({len(test)} images, {info['n_test_patients']} patients), data {'GENERATED' if generated else 'C-NMC'} "
@@ -267,10 +269,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     decoded_by_size: dict[int, object] = {}
     rows, pred_frames = [], []
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    skipped = []
     for rank, (_, row) in enumerate(chosen.iterrows(), start=1):
-        model, config, ckpt_file = load_trial_model(row["checkpoint"], device=args.device)
+        try:
+            model, config, ckpt_file = load_trial_model(row["checkpoint"], device=args.device)
+        except (FileNotFoundError, ValueError) as err:  # e.g. a checkpoint Ray's num_to_keep already deleted
+            print(f"evaluate: warning: skipping trial {row['trial_id']}: {err}", file=sys.stderr)
+            skipped.append(str(row["trial_id"]))
+            continue
         candidates = [(model, False, ckpt_file, None)]
-        if args.retrain and rank == 1:
+        if args.retrain and not rows:  # only the best trial that could be loaded
             r_model, r_epochs, r_file = retrain_on_train_val(row, config, splits, results_dir / str(search),
                                                              cache_dir, device=args.device)
             candidates.append((r_model, True, r_file, r_epochs))
@@ -300,6 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"  {row['trial_id']:<24} tta={'on ' if tta else 'off'} retrained={retrained!s:<5} "
                       f"weighted_f1={metrics['weighted_f1']:.4f} bal_acc={metrics['balanced_accuracy']:.4f} "
                       f"auc={metrics['roc_auc']:.4f}", file=sys.stderr)
+    if not rows:
+        raise SystemExit(f"evaluate: no trial could be evaluated (skipped {skipped})")
     table = pd.DataFrame(rows)
     write_parquet_atomic(table, out_path, KEY_COLUMNS)
     write_parquet_atomic(pd.concat(pred_frames, ignore_index=True), preds_path, KEY_COLUMNS)

@@ -16,6 +16,8 @@ fixed seed; it prints the largest absolute difference in P(ALL) per format and f
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import warnings
@@ -62,19 +64,25 @@ def export_torchscript(wrapper: UInt8Classifier, example: torch.Tensor, path: Pa
     return path
 
 
-def export_onnx(wrapper: UInt8Classifier, example: torch.Tensor, path: Path, opset: int = 17) -> Path:
-    """The TorchScript-based exporter (dynamo=False) first: it handles these CNNs in seconds; dynamo as fallback."""
-    common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
+def export_onnx(wrapper: UInt8Classifier, example: torch.Tensor, path: Path, opset: int = 18) -> Path:
+    """torch.export-based exporter (dynamo=True, torch's default) with a dynamic batch axis; the legacy TorchScript
+    exporter (dynamo=False, deprecated) only as a fallback. Both handle every family here; the result is checked."""
+    names = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
     try:
-        torch.onnx.export(wrapper, (example,), str(path), dynamo=False,
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **common)
+        batch = torch.export.Dim("batch", min=1)
+        with contextlib.redirect_stdout(io.StringIO()):  # the dynamo exporter prints its progress
+            torch.onnx.export(wrapper, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
+                              dynamic_shapes={INPUT_NAME: {0: batch}}, **names)
     except Exception as first:  # noqa: BLE001 - report both if the fallback fails too
+        print(f"export: dynamo ONNX exporter failed ({str(first).splitlines()[0][:200]}); trying dynamo=False",
+              file=sys.stderr)
         try:
-            batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(wrapper, (example,), str(path), dynamo=True,
-                              dynamic_shapes={"images_uint8": {0: batch}}, **common)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=17,
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **names)
         except Exception as second:  # noqa: BLE001
-            raise RuntimeError(f"ONNX export failed: dynamo=False: {first}; dynamo=True: {second}") from second
+            raise RuntimeError(f"ONNX export failed: dynamo=True: {first}; dynamo=False: {second}") from second
     import onnx
 
     onnx.checker.check_model(onnx.load(str(path)))

@@ -119,7 +119,10 @@ def trial_history(checkpoint: str) -> list[dict]:
     from leukmodels.checkpoint import CHECKPOINT_FILE, load_checkpoint, resolve_checkpoint
 
     best = resolve_checkpoint(checkpoint)
-    siblings = sorted(best.parent.parent.glob(f"*/{CHECKPOINT_FILE}")) if best.is_file() else []
+    if not best.exists() and best.suffix != ".pt":  # a checkpoint folder that is gone: its siblings may remain
+        best = best / CHECKPOINT_FILE
+    run_dir = best.parent.parent  # epoch_XXXX/ (fit) or checkpoint_<time>/ (Ray) folders of one run; the best one may
+    siblings = sorted(run_dir.glob(f"*/{CHECKPOINT_FILE}")) if run_dir.is_dir() else []  # be gone (num_to_keep)
     for path in [*reversed(siblings), best]:  # the newest epoch first; the best one as the fallback
         try:
             payload = load_checkpoint(path)

@@ -177,3 +177,19 @@ def test_unknown_trial_id_is_a_clear_error(tiny_search):
 
     with pytest.raises(SystemExit, match="nope"):
         evaluate.main(["--leaderboard", str(tiny_search["leaderboard"]), "--trials", "nope"])
+
+
+def test_a_trial_whose_checkpoint_is_gone_is_skipped_with_a_warning(tiny_search, tmp_path, capsys):
+    from search import evaluate
+    from search.leaderboard import append_rows, read
+
+    rows = read(tiny_search["leaderboard"]).drop(columns=["rank", "schema_version"])
+    first = rows.sort_values("weighted_f1", ascending=False)["trial_id"].iloc[0]
+    rows.loc[rows["trial_id"] == first, "checkpoint"] = str(tmp_path / "deleted_by_num_to_keep")
+    board = tmp_path / "leaderboard.parquet"
+    append_rows(board, rows.to_dict("records"))
+    out = tmp_path / "test_metrics.parquet"
+    assert evaluate.main(["--leaderboard", str(board), "--top", "2", "--tta", "off", "--out", str(out),
+                          "--cache-dir", str(tiny_search["cache"])]) == 0
+    assert f"skipping trial {first}" in capsys.readouterr().err
+    assert set(pd.read_parquet(out)["trial_id"]) == set(CONFIGS) - {first}
