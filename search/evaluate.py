@@ -119,7 +119,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--retrain", action="store_true", help="also retrain the best trial's config on train+val "
                    "patients for its best epoch count, then evaluate that model")
     p.add_argument("--out", help="test metrics parquet (default: test_metrics.parquet next to the leaderboard)")
-    p.add_argument("--cache-dir", help="decode cache folder (default: <leaderboard dir>/cache)")
+    p.add_argument("--cache-dir", help="decode cache folder (default: decode's own, $LEUKTUNE_CACHE or "
+                   "~/.cache/leukemia-tune, shared with the search)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     args = p.parse_args(argv)
     if args.top is not None and args.top < 1:
@@ -248,7 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results_dir = board_dir(board_path)
     out_path = Path(args.out) if args.out else results_dir / "test_metrics.parquet"
     preds_path = out_path.with_name("test_predictions.parquet")
-    cache_dir = args.cache_dir or str(results_dir / "cache")
+    cache_dir = args.cache_dir  # None: leukmodels.data.decode's default cache, the one the search filled
     tta_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.tta]
 
     first = chosen.iloc[0]
@@ -286,6 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             decoded_by_size[config.image_size] = decode(test, config.image_size, cache_dir=cache_dir,
                                                         progress=False)
         decoded = decoded_by_size[config.image_size]
+        assert (decoded.image_ids == test["image_id"].astype(str).to_numpy()).all()  # decode keeps manifest order
         for model_, retrained, file_, epochs in candidates:
             for tta in tta_modes:
                 metrics, prob_all = evaluate_model(model_, config, decoded, tta, device=args.device)
@@ -295,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     f"val_{args.metric}": float(row.get(args.metric, np.nan)),
                     "retrain_epochs": epochs, "checkpoint": file_, **metrics, **info,
                     "n_test_images": len(decoded), "data_root": str(data_root), "data_generated": generated,
-                    "data_fingerprint": getattr(decoded, "fingerprint", None), "config": json.dumps(config.to_dict()),
+                    "test_fingerprint": decoded.fingerprint, "config": json.dumps(config.to_dict()),
                     "evaluated_at": now,
                 })
                 pred_frames.append(pd.DataFrame({

@@ -139,3 +139,14 @@ def test_learning_curves_come_from_the_whole_history(tiny_search):  # noqa: F811
         assert [h["epoch"] for h in history] == list(range(1, row["epochs_run"] + 1))
         assert [h["weighted_f1"] for h in history] == [h["weighted_f1"] for h in tiny_search["histories"][
             row["trial_id"]]]
+
+
+def test_report_before_evaluation_says_so(tiny_search, tmp_path):  # noqa: F811
+    from search import report as report_cli
+
+    out = tmp_path / "report.html"
+    assert report_cli.main(["--leaderboard", str(tiny_search["leaderboard"]), "--test-metrics",
+                            str(tmp_path / "none.parquet"), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "Not evaluated yet: run python search/evaluate.py --search tiny" in page
+    assert len(embedded_images(page)) == 4  # family bars, optimisation history, importances, learning curves
