@@ -44,17 +44,28 @@ class SearchContext:
     time_budget_s: Optional[float] = None
 
 
-class RecordingASHA(ASHAScheduler):
-    """ASHA that remembers which trials it stopped before `max_t` (a STOP at max_t is just the end of training)."""
+_EARLY_STOPS: dict[str, set] = {}  # search name -> trial ids ASHA stopped before max_t (this driver process)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+
+def early_stops(search: str) -> set:
+    """Trial ids of `search` that the scheduler stopped early, as recorded in this process."""
+    return _EARLY_STOPS.setdefault(search, set())
+
+
+class RecordingASHA(ASHAScheduler):
+    """ASHA that records which trials it stopped before `max_t` (a STOP at max_t is just the end of training).
+
+    The record is a process-wide registry keyed by search name, not an attribute: Tune pickles the scheduler and the
+    callbacks for `--resume` and restores copies, and both sides must still see the same record."""
+
+    def __init__(self, *args: Any, search: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.stopped_early: set[str] = set()
+        self.search = search
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and result.get(self._time_attr, math.inf) < self._max_t:
-            self.stopped_early.add(trial.trial_id)
+            early_stops(self.search).add(trial.trial_id)
         return decision
 
 
@@ -69,6 +80,16 @@ def best_report(history: list[dict], metric: str) -> Optional[dict]:
         return None
     sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
     return min(scored, key=lambda r: (sign * r[metric], r.get("epoch", 0)))
+
+
+def is_over(context: SearchContext, trial_id: str, history: list[dict], error: Optional[str]) -> bool:
+    """Whether a trial that Tune reports as ended is really over: errored, ran max_epochs, was stopped by ASHA, or
+    was cut by the time budget. A trial cut short by an interrupt (Ctrl-C, a killed driver) is not: `--resume`
+    continues it, so no row is written for it now."""
+    if error:
+        return True
+    epochs = max((int(r["epoch"]) for r in history if _finite(r.get("epoch"))), default=0)
+    return epochs >= context.max_epochs or trial_id in early_stops(context.search) or bool(context.time_budget_s)
 
 
 def build_row(context: SearchContext, trial_id: str, config: dict, history: list[dict], error: Optional[str] = None,
@@ -90,7 +111,7 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
     else:
         status = "finished"
     if asha_stopped is None:
-        asha_stopped = status == "stopped" and not context.time_budget_s
+        asha_stopped = trial_id in early_stops(context.search) or (status == "stopped" and not context.time_budget_s)
     nodes = sorted({n for r in history for n in str(r.get("nodes") or "").split(",") if n})
     world = int(last.get("world_size") or 1)
     speeds = [r["images_per_s"] for r in history if _finite(r.get("images_per_s"))]
@@ -121,8 +142,9 @@ def _short_error(error: Any) -> Optional[str]:
     return (lines[-1] if lines else type(error).__name__)[:500]
 
 
-def rows_from_grid(context: SearchContext, grid: Any, stopped_early: Optional[set] = None) -> list[dict]:
-    """One row per trial of a Tune ResultGrid (its per-epoch metrics_dataframe gives the best epoch)."""
+def rows_from_grid(context: SearchContext, grid: Any) -> list[dict]:
+    """One row per ended trial of a Tune ResultGrid (its per-epoch metrics_dataframe gives the best epoch); trials
+    that are not over (`is_over`) get no row, so an earlier row of theirs (written before a kill) stays as it was."""
     # skip trials an interrupt left pending or running: they are not over (--resume continues them)
     analysis = getattr(grid, "_experiment_analysis", None)
     unfinished = {t.trial_id for t in getattr(analysis, "trials", []) if t.status not in ("TERMINATED", "ERROR")}
@@ -132,12 +154,10 @@ def rows_from_grid(context: SearchContext, grid: Any, stopped_early: Optional[se
         history = frame.to_dict("records") if isinstance(frame, pd.DataFrame) and len(frame) else []
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or _trial_id_from_path(result.path)
-        if trial_id in unfinished:
-            continue
-        config = {k: v for k, v in (result.config or {}).items()}
         error = _short_error(result.error) if result.error else None
-        asha = None if stopped_early is None or trial_id not in stopped_early else True
-        rows.append(build_row(context, trial_id, config, history, error, asha_stopped=asha))
+        if trial_id in unfinished or not is_over(context, trial_id, history, error):
+            continue
+        rows.append(build_row(context, trial_id, dict(result.config or {}), history, error))
     return rows
 
 
@@ -155,30 +175,36 @@ def _trial_id_from_path(path: Optional[str]) -> str:
 @dataclass
 class LeaderboardCallback(Callback):
     """Appends each trial's row to the leaderboard the moment the trial ends, so an interrupted search keeps what
-    is finished. Picklable (Tune saves it with the experiment for `--resume`)."""
+    is finished, and frees the worker placement group of a trial that ended early (see search/trial.py).
+    Picklable (Tune saves it with the experiment for `--resume`)."""
 
     context: SearchContext
     leaderboard_path: str
-    scheduler: Optional[RecordingASHA] = None
     history: dict = field(default_factory=dict)  # trial id -> reports seen by this process
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         keep = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}  # drop config/ nested dicts
         self.history.setdefault(trial.trial_id, []).append(keep)
 
-    def _write(self, trial: Any, error: Optional[str]) -> None:
+    def _ended(self, trial: Any, error: Optional[str]) -> None:
         from search import leaderboard
+        from search.trial import release_placement_group
 
         history = self.history.pop(trial.trial_id, [])
         if not history and trial.last_result and "epoch" in trial.last_result:
             history = [trial.last_result]
-        # recorded by our scheduler -> True; otherwise infer (after a resume the scheduler may be a fresh copy)
-        asha = True if self.scheduler is not None and trial.trial_id in self.scheduler.stopped_early else None
-        row = build_row(self.context, trial.trial_id, dict(trial.config), history, error, asha_stopped=asha)
-        leaderboard.append_rows(self.leaderboard_path, [row])
+        last = history[-1] if history else (trial.last_result or {})
+        if error or int(last.get("epoch") or 0) < self.context.max_epochs:
+            try:  # stopped by ASHA / interrupted / failed: its Train controller may be gone without cleaning up
+                release_placement_group(str(last.get("placement_group") or ""))
+            except Exception as failure:  # noqa: BLE001 - never let cleanup take the search down
+                print(f"warning: could not free the placement group of trial {trial.trial_id}: {failure}")
+        if is_over(self.context, trial.trial_id, history, error):
+            row = build_row(self.context, trial.trial_id, dict(trial.config), history, error)
+            leaderboard.append_rows(self.leaderboard_path, [row])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._write(trial, None)
+        self._ended(trial, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = None
@@ -186,7 +212,8 @@ class LeaderboardCallback(Callback):
             error = _short_error(trial.get_pickled_error() or trial.get_error())
         except Exception:  # noqa: BLE001 - the row matters more than the message
             pass
-        self._write(trial, error or "trial failed (no error message recorded)")
+        self._ended(trial, error or "trial failed (no error message recorded)")
 
 
-__all__ = ["SearchContext", "RecordingASHA", "LeaderboardCallback", "build_row", "rows_from_grid", "best_report"]
+__all__ = ["SearchContext", "RecordingASHA", "LeaderboardCallback", "build_row", "rows_from_grid", "best_report",
+           "early_stops", "is_over"]

@@ -167,8 +167,8 @@ def start_ray(args: argparse.Namespace) -> None:
         return
     if args.address:
         ray.init(address=args.address)
-    else:  # workers import this checkout even when it is not pip-installed
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+    else:  # a new local Ray ("local": never attach to another one running here); workers import this checkout
+        ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}})
 
 

@@ -11,7 +11,12 @@ see them. The Train run is named after the Tune trial id and stored under the se
 continues from the last epoch via `ray.train.get_checkpoint()`.
 
 Every report carries `nodes` (comma-joined node ids of all ranks, gathered once over the process group) and
-`train_seconds` (since the worker function started), so the leaderboard records where and how long a trial ran.
+`train_seconds` (since the worker function started), so the leaderboard records where and how long a trial ran, and
+`placement_group` (the workers' placement group id). When ASHA stops a trial, Tune kills the trial's actor and with it
+the Train controller, which never gets to remove its placement group; Ray Train's detached PlacementGroupCleaner
+should, but it finds its cluster through the state API and gives up when several Ray instances run on one host. So
+the search's callback removes the group of every trial that ends early (`release_placement_group`), or the next
+trials would wait forever for CPUs that nobody holds.
 """
 from __future__ import annotations
 
@@ -73,10 +78,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     config = TrainConfig.from_dict(loop_config["config"])
     train_set, val_set = ray.get([loop_config["train_ref"], loop_config["val_ref"]])  # DecodedSet, read-only arrays
     nodes = ",".join(sorted(set(_node_ids_of_all_ranks())))
+    group = ray.util.get_current_placement_group()  # the trial's worker PG: the Tune side frees it if Tune stops us
+    group_id = group.id.hex() if group is not None else ""
     local_dir = tempfile.mkdtemp(prefix="leuk-ckpt-") if rank == 0 else None  # fit writes epoch_XXXX/ here
 
     def on_epoch(metrics: dict, epoch_dir: Optional[str]) -> None:
-        metrics = {**metrics, "nodes": nodes, "world_size": world_size, "train_seconds": time.time() - started}
+        metrics = {**metrics, "nodes": nodes, "world_size": world_size, "train_seconds": time.time() - started,
+                   "placement_group": group_id}
         checkpoint = ray.train.Checkpoint.from_directory(epoch_dir) if epoch_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)  # every rank; rank 0's metrics reach Tune
         if epoch_dir:
@@ -95,6 +103,20 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     finally:
         if local_dir:
             shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def release_placement_group(group_hex: str) -> bool:
+    """Remove a trial's worker placement group by id (idempotent); True if a removal was requested."""
+    if not group_hex:
+        return False
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    group = PlacementGroup(PlacementGroupID(bytes.fromhex(group_hex)))
+    if placement_group_table(group).get("state") == "REMOVED":
+        return False
+    remove_placement_group(group)
+    return True
 
 
 def run_trial(config: dict[str, Any], data_refs: Optional[dict] = None, settings: Optional[dict] = None) -> None:
@@ -133,4 +155,4 @@ def run_trial(config: dict[str, Any], data_refs: Optional[dict] = None, settings
     trainer.fit()  # raises (TrainingFailedError) when retries are exhausted: Tune records the trial as error
 
 
-__all__ = ["TrialSettings", "run_trial", "train_worker", "TRAIN_RUNS_DIR"]
+__all__ = ["TrialSettings", "run_trial", "train_worker", "release_placement_group", "TRAIN_RUNS_DIR"]

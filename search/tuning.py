@@ -64,10 +64,10 @@ def run_search(args: argparse.Namespace, started: float) -> int:
             raise ValueError(f"--resume: no Tune experiment at {experiment}")
         print(f"resuming {experiment}", flush=True)
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
-        scheduler = None  # the restored scheduler is Tune's copy; rows infer asha_stopped for it
     else:
         scheduler = RecordingASHA(time_attr="epoch", max_t=args.max_epochs, grace_period=args.grace_epochs,
-                                  reduction_factor=args.reduction_factor, metric=args.metric, mode="max")
+                                  reduction_factor=args.reduction_factor, metric=args.metric, mode="max",
+                                  search=args.name)
         space = SearchSpace(args.family, image_sizes=args.image_sizes, batch_sizes=args.batch_sizes,
                             epochs=args.max_epochs, seed=args.seed)
         import optuna
@@ -82,13 +82,13 @@ def run_search(args: argparse.Namespace, started: float) -> int:
                                         max_concurrent_trials=plan.max_concurrent_trials,
                                         time_budget_s=args.time_budget),
             run_config=tune.RunConfig(name=args.name, storage_path=args.storage, verbose=1,
-                                      callbacks=[LeaderboardCallback(context, board, scheduler)]))
+                                      callbacks=[LeaderboardCallback(context, board)]))
     print(f"search {args.name}: {args.num_samples} trials of {'+'.join(args.family)} at "
           f"{'/'.join(map(str, args.image_sizes))} px, up to {args.max_epochs} epochs (ASHA grace "
           f"{args.grace_epochs}), {plan.max_concurrent_trials} at once; storage {experiment}", flush=True)
     grid = tuner.fit()
 
-    rows = rows_from_grid(context, grid, scheduler.stopped_early if scheduler is not None else None)
+    rows = rows_from_grid(context, grid)
     table = leaderboard.append_rows(board, rows) if rows else leaderboard.read(board)
     mine = leaderboard.rank_table(table, search=args.name)
     print(f"\nleaderboard of {args.name} ({len(mine)} trials; all searches: {board}):")
@@ -96,6 +96,11 @@ def run_search(args: argparse.Namespace, started: float) -> int:
         columns = [c for c in leaderboard.KEY_COLUMNS if c in mine.columns] + ["asha_stopped", "train_seconds"]
         print(leaderboard._display(mine, columns).to_string(index=False))
     print(summary_line(grid, time.time() - started), flush=True)
+    pending = len(grid) - len(rows)
+    if pending:  # an interrupt left trials unfinished; their rows are written when --resume finishes them
+        print(f"search interrupted with {pending} trial(s) unfinished; continue it with: python search/run.py "
+              f"--resume --name {args.name} --results {args.results} --storage {args.storage}", flush=True)
+        return 1
     return 0 if any(r["status"] != "error" for r in rows) else 1
 
 

@@ -49,6 +49,6 @@ def ray_2cpu():
 
     if ray.is_initialized():  # a previous module leaked one: start from a clean slate
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=True)  # "local": never attach to another Ray
     yield ray
     ray.shutdown()

@@ -12,7 +12,7 @@ import pytest
 from leukmodels.config import TrainConfig
 from leukmodels.models import list_families
 from search import leaderboard
-from search.rows import SearchContext, best_report, build_row, rows_from_grid
+from search.rows import SearchContext, best_report, build_row, early_stops, is_over, rows_from_grid
 from search.run import PROFILES, main, resolve_args
 from search.spaces import SearchSpace, check_buildable, resolve_families, sample_configs, train_config
 
@@ -192,8 +192,11 @@ def test_rows_from_a_fake_result_grid_land_in_the_leaderboard_ranked(tmp_path):
 
     grid = [FakeResult("aaaa0001", [0.5, 0.6, 0.9]), FakeResult("aaaa0002", [0.3]),
             FakeResult("aaaa0003", None, error=RuntimeError("Traceback...\nValueError: boom"))]
-    context = SearchContext(search="s", metric="weighted_f1", max_epochs=3)
-    rows = rows_from_grid(context, grid, stopped_early={"aaaa0002"})
+    grid.append(FakeResult("aaaa0004", [0.2, 0.3]))  # cut short by an interrupt: not over, no row (resume ends it)
+    context = SearchContext(search="fake-grid", metric="weighted_f1", max_epochs=3)
+    early_stops("fake-grid").add("aaaa0002")  # what RecordingASHA records when it stops a trial before max_t
+    assert not is_over(context, "aaaa0004", _history([0.2, 0.3]), None)
+    rows = rows_from_grid(context, grid)
     board = leaderboard.append_rows(tmp_path / "lb.parquet", rows)
     assert list(board["trial_id"]) == ["aaaa0001", "aaaa0002", "aaaa0003"]
     assert list(board["rank"]) == [1, 2, 3]
