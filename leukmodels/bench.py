@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,10 +29,13 @@ from leukmodels.augment import augment
 from leukmodels.checkpoint import build_model
 from leukmodels.config import TrainConfig
 
+GROUP = 5  # steps timed together (one device sync per group)
+
 
 def step_throughput(family: str, size: int, batch_size: int, steps: int, warmup: int, device: torch.device,
                     bf16_channels_last: bool) -> dict:
-    """Images/s of `steps` timed training steps after `warmup` untimed ones (cuDNN autotuning, allocator)."""
+    """Images/s of `steps` timed training steps after `warmup` untimed ones (cuDNN autotuning, allocator): the
+    median step time over groups of GROUP steps."""
     model = build_model(TrainConfig(family=family, image_size=size)).to(device)
     memory_format = torch.channels_last if bf16_channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
@@ -50,17 +54,22 @@ def step_throughput(family: str, size: int, batch_size: int, steps: int, warmup:
         loss.backward()
         optimizer.step()
 
+    def timed(count: int) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(count):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) / count
+
     for _ in range(warmup):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return {"images_per_s": round(steps * batch_size / seconds, 1), "step_ms": round(1000 * seconds / steps, 2),
+    # the median over groups of GROUP steps: robust to bursts of load from other processes on a shared machine
+    per_step = [timed(min(GROUP, steps - done)) for done in range(0, steps, GROUP)]
+    seconds = float(np.median(per_step))
+    return {"images_per_s": round(batch_size / seconds, 1), "step_ms": round(1000 * seconds, 2),
             "num_parameters": int(sum(p.numel() for p in model.parameters()))}
 
 
