@@ -13,8 +13,10 @@ colour jitter (brightness, contrast, saturation, hue) on the cell only, then nor
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -43,6 +45,20 @@ def _stats(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _check(batch: torch.Tensor) -> None:
     if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[1] != 3:
         raise ValueError(f"expected a uint8 N x 3 x H x W batch, got {tuple(batch.shape)} {batch.dtype}")
+
+
+def as_tensor(array) -> torch.Tensor:
+    """numpy (or tensor) -> tensor sharing its memory. Arrays from Ray's object store and read-only memory maps are
+    not writable; nothing here writes to them, so PyTorch's warning about that is silenced rather than paid for with
+    a copy."""
+    if isinstance(array, torch.Tensor):
+        return array
+    array = np.ascontiguousarray(array)
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def normalise(batch_uint8: torch.Tensor) -> torch.Tensor:
@@ -126,4 +142,4 @@ def augment(batch_uint8: torch.Tensor, strength: float, generator: Optional[torc
     return (x - mean) / std
 
 
-__all__ = ["augment", "normalise", "STAIN_MEAN", "STAIN_STD"]
+__all__ = ["augment", "normalise", "as_tensor", "STAIN_MEAN", "STAIN_STD"]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score)
 
-from leukmodels.augment import normalise
+from leukmodels.augment import as_tensor, normalise
 
 SCALAR_METRICS = ("weighted_f1", "macro_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
 
@@ -81,9 +81,8 @@ def predict_log_proba(model: torch.nn.Module, images_uint8, batch_size: int = 25
     outputs = []
     try:
         for start in range(0, len(images_uint8), batch_size):
-            chunk = images_uint8[start:start + batch_size]
-            chunk = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(chunk))
-            x = normalise(chunk.to(device, non_blocking=True))  # N x 3 x S x S float32
+            chunk = as_tensor(images_uint8[start:start + batch_size])  # B x 3 x S x S uint8
+            x = normalise(chunk.to(device, non_blocking=True))  # B x 3 x S x S float32
             views = _dihedral_views(x) if tta else [x]
             log_probs = []
             for view in views:

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from leukmodels.augment import augment
+from leukmodels.augment import as_tensor, augment
 from leukmodels.checkpoint import CHECKPOINT_FILE, build_model, load_checkpoint, restore_rng_state, save_checkpoint
 from leukmodels.config import TrainConfig
 from leukmodels.metrics import classification_metrics, predict_log_proba
@@ -88,13 +88,13 @@ class _DeviceBatches:
         self.labels = torch.as_tensor(np.asarray(data.labels), dtype=torch.int64).to(device)
         self.images = data.images  # numpy (maybe memory-mapped) N x 3 x S x S uint8
         if device.type == "cuda" and self.images.nbytes < STAGE_FRACTION * torch.cuda.mem_get_info(device)[0]:
-            self.images = torch.from_numpy(np.ascontiguousarray(self.images)).to(device)
+            self.images = as_tensor(self.images).to(device)
 
     def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(self.images, torch.Tensor):
             x = self.images[idx.to(self.images.device)]
         else:
-            x = torch.from_numpy(self.images[idx.numpy()])  # B x 3 x S x S uint8, gathered on the CPU
+            x = as_tensor(self.images[idx.numpy()])  # B x 3 x S x S uint8, gathered (copied) on the CPU
             if self.device.type == "cuda":
                 x = x.pin_memory()
             x = x.to(self.device, non_blocking=True)

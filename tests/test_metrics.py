@@ -130,3 +130,14 @@ def test_tta_averages_the_eight_dihedral_views_and_keeps_training_mode():
                        _dihedral_views(torch.from_numpy(images))], axis=0)
     np.testing.assert_allclose(tta, by_hand, rtol=0, atol=1e-6)
     assert not np.allclose(tta, predict_proba(model, images), atol=1e-3)  # it does change this model's output
+
+
+def test_read_only_arrays_predict_without_warnings():
+    import warnings
+
+    images = _images()
+    images.flags.writeable = False  # as Ray's object store and read-only memory maps hand them out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prob = predict_proba(RotationInvariant(), images)
+    assert prob.shape == (6,)
