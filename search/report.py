@@ -139,6 +139,8 @@ def learning_curves_section(rows: pd.DataFrame, top: int) -> str:
         history = pd.DataFrame(trial_history(row["checkpoint"])) if isinstance(row["checkpoint"], str) else None
         if history is None or history.empty or "epoch" not in history:
             continue
+        if "epochs_run" in row and not pd.isna(row["epochs_run"]):  # an ASHA-stopped worker may finish one more
+            history = history[history["epoch"] <= int(row["epochs_run"])]  # epoch than the search ever saw
         label = f"{row['trial_id']} ({row['family']})"
         line, = ax_score.plot(history["epoch"], history["weighted_f1"], marker="o", label=label)
         ax_loss.plot(history["epoch"], history["val_loss"], marker="o", color=line.get_color(), label=f"{label} val")
