@@ -14,6 +14,7 @@ when the trial stopped early and the search had no time budget.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -88,8 +89,22 @@ def is_over(context: SearchContext, trial_id: str, history: list[dict], error: O
     continues it, so no row is written for it now."""
     if error:
         return True
-    epochs = max((int(r["epoch"]) for r in history if _finite(r.get("epoch"))), default=0)
+    epochs = max((int(r["epoch"]) for r in with_prior_epochs(history) if _finite(r.get("epoch"))), default=0)
     return epochs >= context.max_epochs or trial_id in early_stops(context.search) or bool(context.time_budget_s)
+
+
+def with_prior_epochs(history: list[dict]) -> list[dict]:
+    """The reports plus the epochs before a restart that a resumed trial's first report carries (`prior_epochs`)."""
+    seen = {r.get("epoch") for r in history}
+    earlier = []
+    for report in history:
+        text = report.get("prior_epochs")
+        if isinstance(text, str) and text:
+            for epoch in json.loads(text):
+                if epoch.get("epoch") not in seen:
+                    seen.add(epoch.get("epoch"))
+                    earlier.append({k: v for k, v in epoch.items() if not isinstance(v, (dict, list))})
+    return earlier + list(history)
 
 
 def build_row(context: SearchContext, trial_id: str, config: dict, history: list[dict], error: Optional[str] = None,
@@ -100,7 +115,7 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
     except (TypeError, ValueError) as bad:  # e.g. an impossible sampled value: keep what the config says
         train_fields = {k: v for k, v in config.items() if ":" not in k}
         error = error or f"config invalid: {bad}"
-    history = sorted(history, key=lambda r: (r.get("epoch", 0), r.get("timestamp", 0)))
+    history = sorted(with_prior_epochs(history), key=lambda r: (r.get("epoch", 0), r.get("timestamp", 0)))
     epochs_run = max((int(r["epoch"]) for r in history if _finite(r.get("epoch"))), default=0)
     best = best_report(history, context.metric) or {}
     last = history[-1] if history else {}
@@ -175,7 +190,7 @@ def _trial_id_from_path(path: Optional[str]) -> str:
 @dataclass
 class LeaderboardCallback(Callback):
     """Appends each trial's row to the leaderboard the moment the trial ends, so an interrupted search keeps what
-    is finished, and frees the worker placement group of a trial that ended early (see search/trial.py).
+    is finished, and frees the trial's worker placement group (see search/trial.py).
     Picklable (Tune saves it with the experiment for `--resume`)."""
 
     context: SearchContext
@@ -194,9 +209,12 @@ class LeaderboardCallback(Callback):
         if not history and trial.last_result and "epoch" in trial.last_result:
             history = [trial.last_result]
         last = history[-1] if history else (trial.last_result or {})
-        if error or int(last.get("epoch") or 0) < self.context.max_epochs:
-            try:  # stopped by ASHA / interrupted / failed: its Train controller may be gone without cleaning up
-                release_placement_group(str(last.get("placement_group") or ""))
+        # Tune stops a trial (ASHA below max_t, and also ASHA's STOP at max_t, which can beat the trial's own
+        # return) by killing its actor, and with it the Train controller that would have removed the workers'
+        # placement group. Free it here whatever the ending; removing a removed group is a no-op.
+        if last.get("placement_group"):
+            try:
+                release_placement_group(str(last["placement_group"]))
             except Exception as failure:  # noqa: BLE001 - never let cleanup take the search down
                 print(f"warning: could not free the placement group of trial {trial.trial_id}: {failure}")
         if is_over(self.context, trial.trial_id, history, error):

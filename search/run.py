@@ -165,6 +165,9 @@ def start_ray(args: argparse.Namespace) -> None:
 
     if ray.is_initialized():  # called from a test or a notebook that started Ray itself
         return
+    # A busy small machine can take over a minute to start a worker group (every worker imports torch); Ray Train's
+    # default 60 s would fail such a trial. Inherited by the local Ray's processes; a cluster sets its own.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "180")
     if args.address:
         ray.init(address=args.address)
     else:  # a new local Ray ("local": never attach to another one running here); workers import this checkout

@@ -12,14 +12,16 @@ continues from the last epoch via `ray.train.get_checkpoint()`.
 
 Every report carries `nodes` (comma-joined node ids of all ranks, gathered once over the process group) and
 `train_seconds` (since the worker function started), so the leaderboard records where and how long a trial ran, and
-`placement_group` (the workers' placement group id). When ASHA stops a trial, Tune kills the trial's actor and with it
-the Train controller, which never gets to remove its placement group; Ray Train's detached PlacementGroupCleaner
-should, but it finds its cluster through the state API and gives up when several Ray instances run on one host. So
-the search's callback removes the group of every trial that ends early (`release_placement_group`), or the next
-trials would wait forever for CPUs that nobody holds.
+`placement_group` (the workers' placement group id). When ASHA stops a trial (early, or with its STOP at max_t that can
+beat the trial's own return), Tune kills the trial's actor and with it the Train controller, which never gets to
+remove its placement group; Ray Train's detached PlacementGroupCleaner should, but it finds its cluster through the
+state API and gives up when several Ray instances run on one host. So the search's callback removes the group of
+every trial that ends (`release_placement_group`), or the next trials would wait forever for CPUs nobody holds.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -67,7 +69,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from leukmodels.checkpoint import CHECKPOINT_FILE
+    from leukmodels.checkpoint import CHECKPOINT_FILE, load_checkpoint
     from leukmodels.config import TrainConfig
     from leukmodels.train import fit
 
@@ -82,24 +84,36 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     group_id = group.id.hex() if group is not None else ""
     local_dir = tempfile.mkdtemp(prefix="leuk-ckpt-") if rank == 0 else None  # fit writes epoch_XXXX/ here
 
+    reports: list[int] = []
+    first_extras: dict[str, str] = {}
+
+    def extras() -> dict:
+        once = first_extras if not reports else {}
+        return {"nodes": nodes, "world_size": world_size, "train_seconds": time.time() - started,
+                "placement_group": group_id, **once}
+
     def on_epoch(metrics: dict, epoch_dir: Optional[str]) -> None:
-        metrics = {**metrics, "nodes": nodes, "world_size": world_size, "train_seconds": time.time() - started,
-                   "placement_group": group_id}
         checkpoint = ray.train.Checkpoint.from_directory(epoch_dir) if epoch_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)  # every rank; rank 0's metrics reach Tune
+        ray.train.report({**metrics, **extras()}, checkpoint=checkpoint)  # every rank; rank 0's metrics reach Tune
+        reports.append(metrics["epoch"])
         if epoch_dir:
             shutil.rmtree(epoch_dir, ignore_errors=True)  # persisted to storage by the report above
 
     previous = ray.train.get_checkpoint()  # set when this run is a retry or a resumed trial
     try:
-        if previous is None:
-            fit(config, train_set, val_set, device=ray.train.torch.get_device(), rank=rank, world_size=world_size,
-                checkpoint_dir=local_dir, on_epoch=on_epoch)
-        else:
-            with previous.as_directory() as folder:
-                fit(config, train_set, val_set, device=ray.train.torch.get_device(), rank=rank,
-                    world_size=world_size, checkpoint_dir=local_dir, on_epoch=on_epoch,
-                    resume_from=os.path.join(folder, CHECKPOINT_FILE))
+        with (previous.as_directory() if previous is not None else contextlib.nullcontext(None)) as folder:
+            resume_from = os.path.join(folder, CHECKPOINT_FILE) if folder else None
+            if resume_from and rank == 0:
+                # the epochs before this restart: Tune's record of a restarted trial starts afresh, so the first
+                # report carries them (JSON) and the leaderboard row still sees every epoch
+                prior = load_checkpoint(resume_from)["extra"].get("history", [])
+                first_extras["prior_epochs"] = json.dumps(prior)
+            result = fit(config, train_set, val_set, device=ray.train.torch.get_device(), rank=rank,
+                         world_size=world_size, checkpoint_dir=local_dir, on_epoch=on_epoch, resume_from=resume_from)
+        if not reports:
+            # resumed from the last epoch's checkpoint (the driver died between that report and the trial's end):
+            # nothing left to train, but Tune must still get a final result with the metric
+            ray.train.report({**result.history[-1], **extras()})
     finally:
         if local_dir:
             shutil.rmtree(local_dir, ignore_errors=True)

@@ -96,12 +96,19 @@ def run_search(args: argparse.Namespace, started: float) -> int:
         columns = [c for c in leaderboard.KEY_COLUMNS if c in mine.columns] + ["asha_stopped", "train_seconds"]
         print(leaderboard._display(mine, columns).to_string(index=False))
     print(summary_line(grid, time.time() - started), flush=True)
-    pending = len(grid) - len(rows)
+    # every trial of the grid has a row unless an interrupt cut it short (rows written before a kill count too)
+    pending = len({_trial_id(result) for result in grid} - set(mine["trial_id"]))
     if pending:  # an interrupt left trials unfinished; their rows are written when --resume finishes them
         print(f"search interrupted with {pending} trial(s) unfinished; continue it with: python search/run.py "
               f"--resume --name {args.name} --results {args.results} --storage {args.storage}", flush=True)
         return 1
     return 0 if any(r["status"] != "error" for r in rows) else 1
+
+
+def _trial_id(result) -> str:
+    from search.rows import _trial_id_from_path
+
+    return (result.metrics or {}).get("trial_id") or _trial_id_from_path(result.path)
 
 
 def summary_line(grid, wall_s: float) -> str:

@@ -180,6 +180,12 @@ def test_row_takes_the_best_epoch_and_status():
     failed = build_row(context, "t4", CONFIG, [], error="ValueError: image_size=8 is too small")
     assert failed["status"] == "error" and failed["epochs_run"] == 0 and "image_size" in failed["error"]
     assert best_report(_history([0.5, 0.8]), "val_loss")["epoch"] == 2  # lower is better for losses
+    # a trial restarted from its epoch-2 checkpoint: Tune saw only epoch 3, whose report carries epochs 1-2
+    import json
+    full = _history([0.5, 0.9, 0.7])
+    resumed = [{**full[2], "prior_epochs": json.dumps(full[:2])}]
+    row = build_row(context, "t5", CONFIG, resumed)
+    assert (row["best_epoch"], row["weighted_f1"], row["epochs_run"], row["status"]) == (2, 0.9, 3, "finished")
 
 
 def test_rows_from_a_fake_result_grid_land_in_the_leaderboard_ranked(tmp_path):
