@@ -17,9 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 METRICS = ("weighted_f1", "accuracy", "balanced_accuracy", "roc_auc", "macro_f1", "sensitivity", "specificity")
 
 # Defaults by hardware (see --help). CPU: sized so the default main job (>= 8 trials with early stopping) finishes in
-# under 10 minutes on 2 cores, most of a trial being the ~20-30 s it takes Ray Train to start its worker group.
+# well under 10 minutes on 2 cores (measured: 10 trials x 5 epochs in 170 s; 12 x 8 in the closing note), most of a
+# trial being the ~20 s (40 s on a busy machine) it takes Ray Train to start its worker group.
 PROFILES = {
-    "cpu": dict(num_samples=10, max_epochs=5, grace_epochs=1, image_sizes=[32], batch_sizes=[32, 64],
+    "cpu": dict(num_samples=12, max_epochs=8, grace_epochs=1, image_sizes=[32], batch_sizes=[32, 64],
                 workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0),
     "gpu": dict(num_samples=32, max_epochs=20, grace_epochs=3, image_sizes=[64, 96, 128], batch_sizes=[64, 128, 256],
                 workers_per_trial=1, cpus_per_worker=4.0, gpus_per_worker=1.0),
@@ -36,8 +37,9 @@ EPILOG = """examples:
   python search/run.py --resume --name resnet-20261127-120000   # continue a killed or interrupted search
   python search/leaderboard.py --top 10                # the ranked table of every search so far
 
-defaults follow the hardware: without a GPU (as on a 2-core laptop) 10 trials of up to 5 epochs at 32 px, one
-1-CPU worker per trial; with a GPU 32 trials of up to 20 epochs at 64/96/128 px, one GPU per trial.
+defaults follow the hardware: without a GPU (as on a 2-core laptop) 12 trials of up to 8 epochs at 32 px, one
+1-CPU worker per trial (two trials at once on 2 cores: a trial is mostly its worker start-up, so two small trials
+side by side beat one 2-worker DDP trial there); with a GPU 32 trials of up to 20 epochs at 64/96/128 px, one GPU per trial.
 ASHA stops a trial at epoch 1, 2, 4, ... (grace x reduction factor^k) when it is not in the top 1/2 there.
 Outputs: results/leaderboard.parquet (one ranked row per trial), results/optuna.db (study = search name;
 optuna-dashboard sqlite:///results/optuna.db), results/ray/<name>/ (Tune + Train runs, checkpoints)."""
@@ -55,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
       "'resnet' with --smoke-test)")
     a("--data", metavar="DIR", help="C-NMC folder (Kaggle or TCIA layout); default: the generated C-NMC-like set, "
       "built once and reused ($LEUKTUNE_DATA)")
-    a("--num-samples", type=int, help="trials to run (cpu default 10, gpu 32)")
-    a("--max-epochs", type=int, help="epochs of a trial that is never stopped (cpu 5, gpu 20)")
+    a("--num-samples", type=int, help="trials to run (cpu default 12, gpu 32)")
+    a("--max-epochs", type=int, help="epochs of a trial that is never stopped (cpu 8, gpu 20)")
     a("--grace-epochs", type=int, help="epochs before ASHA may stop a trial (cpu 1, gpu 3)")
     a("--reduction-factor", type=int, default=2, help="ASHA keeps the top 1/factor at each rung (default 2)")
     a("--workers-per-trial", type=int, help="Ray Train workers (DDP ranks) per trial (default 1)")
