@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 if __package__ in (None, ""):  # run as `python search/run.py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

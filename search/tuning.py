@@ -93,8 +93,8 @@ def run_search(args: argparse.Namespace, started: float) -> int:
     mine = leaderboard.rank_table(table, search=args.name)
     print(f"\nleaderboard of {args.name} ({len(mine)} trials; all searches: {board}):")
     if len(mine):
-        columns = [c for c in leaderboard.KEY_COLUMNS if c in mine.columns] + ["asha_stopped", "train_seconds"]
-        print(leaderboard._display(mine, columns).to_string(index=False))
+        leaderboard.main(["--path", board, "--search", args.name, "--columns", ",".join(
+            [*leaderboard.KEY_COLUMNS, "asha_stopped", "train_seconds"])])
     print(summary_line(grid, time.time() - started), flush=True)
     # every trial of the grid has a row unless an interrupt cut it short (rows written before a kill count too)
     pending = len({_trial_id(result) for result in grid} - set(mine["trial_id"]))
