@@ -11,6 +11,7 @@ set is for the final evaluation of the winners (issue 7), drawn by the same spli
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,19 @@ class SearchData:
     sets: dict[int, dict[str, Any]]  # image size -> {"train": DecodedSet, "val": DecodedSet}
     counts: dict[str, int] = field(default_factory=dict)  # images per split, e.g. {"train": 608, "val": 160}
     patients: dict[str, int] = field(default_factory=dict)  # patients per split
+    patient_ids: dict[str, list[str]] = field(default_factory=dict)  # split -> sorted patient ids
+
+    def write_split(self, path: str | Path) -> Path:
+        """Record how the search split its patients (atomically), as `results/<search>/split.json`: evaluation
+        recomputes the split from it and refuses test patients that the search trained or validated on."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"seed": self.split_seed, "val_fraction": self.val_fraction, "fingerprint": self.fingerprint,
+                  "root": self.root, "generated": self.generated, **self.patient_ids}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+        return path
 
     def put(self) -> dict[int, dict[str, Any]]:
         """`ray.put` every decoded set once: image size -> split -> ObjectRef. Needs `ray.init()` first."""
@@ -87,7 +101,8 @@ def prepare_data(root: Optional[str] = None, image_sizes: Sequence[int] = (32,),
         fingerprint=data_fingerprint(splits, split_seed, val_fraction), split_seed=int(split_seed),
         val_fraction=float(val_fraction), sets=sets,
         counts={name: len(splits[name]) for name in SEARCH_SPLITS},
-        patients={name: int(splits[name]["patient"].nunique()) for name in SEARCH_SPLITS})
+        patients={name: int(splits[name]["patient"].nunique()) for name in SEARCH_SPLITS},
+        patient_ids={name: sorted(splits[name]["patient"].astype(str).unique()) for name in SEARCH_SPLITS})
 
 
 __all__ = ["SearchData", "prepare_data", "data_fingerprint", "SEARCH_SPLITS"]

@@ -47,6 +47,7 @@ def run_search(args: argparse.Namespace, started: float) -> int:
 
     data = prepare_data(args.data, args.image_sizes, split_seed=args.seed, progress=True)
     print(data.describe(), flush=True)
+    data.write_split(Path(args.results) / args.name / "split.json")  # read by search/evaluate.py
     refs = data.put()
     settings = TrialSettings(workers=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
                              gpus_per_worker=args.gpus_per_worker, max_failures=args.max_failures,

@@ -153,6 +153,22 @@ def test_prepare_data_uses_train_and_val_patients_only(tiny_cnmc, tmp_path):
         data.fingerprint
 
 
+def test_split_record_is_what_evaluation_reads_back(tiny_cnmc, tmp_path):
+    import pandas as pd
+
+    from search.data import prepare_data
+    from search.evaluate import recorded_split
+
+    data = prepare_data(str(tiny_cnmc), image_sizes=[16], split_seed=3, progress=False)
+    data.write_split(tmp_path / "s1" / "split.json")
+    found = recorded_split(pd.Series({"search": "s1"}), tmp_path)
+    assert found["seed"] == 3 and found["val_fraction"] == data.val_fraction
+    assert set(found["train"]) == set(data.sets[16]["train"].patients)
+    assert set(found["val"]) == set(data.sets[16]["val"].patients)
+    assert not set(found["train"]) & set(found["val"])
+    assert not list((tmp_path / "s1").glob(".*tmp*"))  # written atomically, nothing left over
+
+
 # -- leaderboard rows -----------------------------------------------------------------------------------------------
 CONFIG = {"family": "resnet", "filters": 8, "depth": 1, "stages": 2, "block": "basic", "image_size": 32,
           "epochs": 3, "lr": 1e-3, "resnet:filters": 8}
