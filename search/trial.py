@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
+from search import faults
 from search.spaces import check_buildable, train_config
 
 TRAIN_RUNS_DIR = "train_runs"  # <storage>/<search name>/train_runs/<trial id>: one Ray Train run per Tune trial
@@ -98,6 +99,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         reports.append(metrics["epoch"])
         if epoch_dir:
             shutil.rmtree(epoch_dir, ignore_errors=True)  # persisted to storage by the report above
+        faults.after_report(context.get_experiment_name(), int(metrics["epoch"]), rank)  # TEST-ONLY; inert by default
 
     previous = ray.train.get_checkpoint()  # set when this run is a retry or a resumed trial
     try:
