@@ -1,0 +1,138 @@
+"""Bad input at the CLI: `search.run.main(argv)` must exit non-zero with ONE line naming the culprit, and start nothing.
+
+Most rows are refused before Ray starts (search.run.check_before_launch), so these tests are fast. The rows whose
+check needs Ray (an image that does not decode, a GPU request on a CPU-only cluster) are at the end, marked slow, and
+share one local Ray. Data-layer refusals of the same inputs are tested in tests/test_data_layout.py and
+tests/test_data_decode.py; RELIABILITY.md lists which test covers which row.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cnmc_trees import LABELS_CSV, kaggle_tree, write_image
+from leukmodels.data import discover
+from search.run import main
+
+
+def _refused(argv: list[str], tmp_path: Path, capsys, *, results: Path | None = None) -> str:
+    """Run the CLI; assert exit 2, one stderr line, nothing started; return that line."""
+    results = results or tmp_path / "results"
+    code = main(["--family", "resnet", "--image-sizes", "24", "--results", str(results),
+                 "--storage", str(tmp_path / "ray"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "ray").exists()  # no Tune experiment, no Train run
+    return err
+
+
+def _tree(tmp_path: Path) -> Path:
+    return kaggle_tree(tmp_path / "data")
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+def test_empty_data_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    err = _refused(["--data", str(tmp_path / "empty")], tmp_path, capsys)
+    assert f"no C-NMC images under {tmp_path / 'empty'}" in err
+
+
+def test_class_folders_without_images(tmp_path, capsys):
+    top = _tree(tmp_path)
+    for image in (top / "training_data").glob("fold_*/hem/*.bmp"):
+        image.unlink()  # every hem/ folder is there but empty
+    err = _refused(["--data", str(top)], tmp_path, capsys)
+    assert f"--data {top}" in err and "HEM patients, found 0" in err
+
+
+def test_duplicate_image_names(tmp_path, capsys):
+    top = _tree(tmp_path)
+    first = next((top / "training_data" / "fold_0" / "all").glob("*.bmp"))
+    shutil.copy(first, top / "training_data" / "fold_1" / "all" / first.name)
+    err = _refused(["--data", str(top)], tmp_path, capsys)
+    assert f"duplicate image name {first.stem}" in err
+
+
+def test_labels_csv_with_wrong_columns(tmp_path, capsys):
+    top = _tree(tmp_path)
+    csv = top / "validation_data" / LABELS_CSV
+    pd.read_csv(csv, dtype=str).rename(columns={"labels": "label"}).to_csv(csv, index=False)
+    err = _refused(["--data", str(top)], tmp_path, capsys)
+    assert f"labels CSV {csv} has columns" in err
+
+
+def test_labels_csv_naming_an_unknown_file(tmp_path, capsys):
+    top = _tree(tmp_path)
+    csv = top / "validation_data" / LABELS_CSV
+    frame = pd.read_csv(csv, dtype=str)
+    extra = frame.iloc[[0]].assign(new_names="9999.bmp")  # a row for a file that is not there
+    pd.concat([frame, extra]).to_csv(csv, index=False)
+    err = _refused(["--data", str(top)], tmp_path, capsys)
+    assert "name a file missing from" in err and "9999" in err
+
+
+def test_stray_non_image_files_are_ignored(tmp_path):
+    """Handled: only *.bmp files are images; notes, thumbnails and .DS_Store files beside them are skipped."""
+    top = _tree(tmp_path)
+    before = len(discover(top))
+    (top / "training_data" / "fold_0" / "all" / "notes.txt").write_text("seen by a human")
+    (top / "training_data" / "fold_0" / "hem" / ".DS_Store").write_bytes(b"\0\1")
+    assert len(discover(top)) == before
+
+
+def test_oversized_frames_are_resized_like_the_rest(tmp_path):
+    """Handled: a 600 x 600 frame among 450 x 450 ones (the real final-test quirk) decodes to the same S x S."""
+    from leukmodels.data.decode import load_image
+
+    small, large = write_image(tmp_path / "a.bmp", 450, seed=1), write_image(tmp_path / "b.bmp", 600, seed=1)
+    a, b = load_image(str(small), 24), load_image(str(large), 24)
+    assert a.shape == b.shape == (3, 24, 24) and b.dtype.name == "uint8"
+    assert abs(int(a.astype(int).sum()) - int(b.astype(int).sum())) < 0.1 * a.sum()  # same cell, same share
+
+
+# -- flags ----------------------------------------------------------------------------------------------------------
+def test_image_size_too_small_for_every_config_of_the_family(tmp_path, capsys):
+    err = _refused(["--family", "torchvision", "--image-sizes", "24"], tmp_path, capsys)
+    assert "--image-sizes 24" in err and "torchvision" in err
+
+
+def test_cluster_address_that_does_not_answer_fails_fast(tmp_path, capsys):
+    err = _refused(["--address", "127.0.0.1:1"], tmp_path, capsys)  # port 1: nothing listens, refused at once
+    assert "--address 127.0.0.1:1" in err and "no Ray answers" in err
+
+
+def test_results_folder_that_cannot_be_written(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    err = _refused([], tmp_path, capsys, results=tmp_path / "a-file" / "results")
+    assert f"cannot write leaderboard {tmp_path / 'a-file' / 'results' / 'leaderboard.parquet'}" in err
+
+
+def test_storage_that_cannot_be_written(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    code = main(["--family", "resnet", "--results", str(tmp_path / "results"),
+                 "--storage", str(tmp_path / "a-file" / "ray")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"--storage {tmp_path / 'a-file' / 'ray'}" in err and "not a folder" in err
+
+
+# -- rows whose check needs Ray (one shared local Ray) -------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated", "not-an-image"])
+def test_image_that_does_not_decode_names_the_file(damage, ray_2cpu, tmp_path, capsys):
+    top = _tree(tmp_path)
+    victim = next((top / "training_data" / "fold_1" / "hem").glob("*.bmp"))
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"this is not a bitmap")
+    err = _refused(["--data", str(top)], tmp_path, capsys)
+    assert f"cannot decode image {victim}" in err
+
+
+@pytest.mark.slow
+def test_more_gpus_per_worker_than_any_node_has(ray_2cpu, tmp_path, capsys):
+    err = _refused(["--gpus-per-worker", "1"], tmp_path, capsys)
+    assert "--gpus-per-worker 1" in err and "largest node has none" in err
