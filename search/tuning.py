@@ -103,7 +103,25 @@ def run_search(args: argparse.Namespace, started: float) -> int:
         print(f"search interrupted with {pending} trial(s) unfinished; continue it with: python search/run.py "
               f"--resume --name {args.name} --results {args.results} --storage {args.storage}", flush=True)
         return 1
+    try:
+        fail_orphaned_optuna_trials(args)
+    except Exception as failure:  # noqa: BLE001 - tidying the study must not fail a finished search
+        print(f"warning: could not check the Optuna study {args.name} for orphaned trials: {failure}", flush=True)
     return 0 if any(r["status"] != "error" for r in rows) else 1
+
+
+def fail_orphaned_optuna_trials(args: argparse.Namespace) -> int:
+    """Once every Tune trial of the search has ended, any trial still RUNNING in its Optuna study is an orphan (the
+    driver was killed between Optuna's ask and Tune's state save): mark it FAIL so the study shows no live trials."""
+    import optuna
+
+    study = optuna.load_study(study_name=args.name, storage=optuna_storage(args.results))
+    orphans = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    for number in orphans:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    if orphans:
+        print(f"marked {len(orphans)} orphaned Optuna trial(s) {orphans} of study {args.name} as FAIL", flush=True)
+    return len(orphans)
 
 
 def _trial_id(result) -> str:
