@@ -8,8 +8,8 @@ O_EXCL files `<dir>/slot-<i>` holding the Tune trial id, so a retried or resumed
 - LEUKTUNE_FAULT_KILL="<index>:<epoch>": on its FIRST attempt, trial <index>'s rank-0 worker writes its pid to
   `<dir>/kill-<index>.pid` after reporting (and persisting the checkpoint of) <epoch>, then waits there for the test to
   SIGKILL it: the kill lands after epoch <epoch>'s checkpoint and before epoch <epoch>+1 is done, deterministically.
-- LEUKTUNE_FAULT_RAISE="<index>:<epoch>": trial <index>'s workers raise RuntimeError after reporting <epoch>, on every
-  attempt (Train's retries cannot save it).
+- LEUKTUNE_FAULT_RAISE="<index>:<epoch>": trial <index>'s workers raise RuntimeError after reporting <epoch> or any
+  later epoch, on every attempt (a retry resumes from the last checkpoint and raises again: retries cannot save it).
 - LEUKTUNE_FAULT_HOLD="<index>:<epoch>": trial <index>'s rank-0 worker writes `<dir>/hold-<index>.pid` after <epoch>
   and waits (so the test can interrupt the search driver while that trial is surely still running).
 """
@@ -70,7 +70,7 @@ def after_report(trial_id: str, epoch: int, rank: int) -> None:
     if index is None:
         return
     raise_at = _target("LEUKTUNE_FAULT_RAISE")
-    if raise_at == (index, epoch):
+    if raise_at is not None and raise_at[0] == index and epoch >= raise_at[1]:
         raise RuntimeError(f"injected fault: trial {index} raises at epoch {epoch} (LEUKTUNE_FAULT_RAISE)")
     kill_at = _target("LEUKTUNE_FAULT_KILL")
     marker = folder_path / f"kill-{index}.pid"
