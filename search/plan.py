@@ -25,6 +25,11 @@ from typing import Any
 UNITS = 10_000  # Ray stores resource amounts as fixed point with 4 decimals; we count in those units, exactly
 DEFAULT_DRIVER_CPUS = 0.0
 DRIVER_MEMORY_BYTES = 1 << 20  # token `memory` so Tune accepts a 0-CPU driver; no worker asks for `memory`
+# A custom resource that only the head node of clusters/*.yaml declares (1000 units): trial drivers ask for a sliver
+# of it, so they and their Train controllers stay on the head. A driver on a GPU node dies with that node, and Tune
+# does not retry trials (Train's retries only cover its workers); workers on a lost node are retried by Train.
+DRIVER_NODE_RESOURCE = "leukemia_tune_driver"
+DRIVER_NODE_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -66,10 +71,14 @@ class Plan:
     driver_cpus: float = DEFAULT_DRIVER_CPUS
 
 
-def driver_resources(driver_cpus: float = DEFAULT_DRIVER_CPUS) -> dict[str, float]:
+def driver_resources(driver_cpus: float = DEFAULT_DRIVER_CPUS, nodes: list[dict] | None = None) -> dict[str, float]:
     """Resource dict for `tune.with_resources(trial_fn, ...)`: the driver's CPUs, and a token of `memory` so that
-    a 0-CPU request is not all zeros (Tune rejects those)."""
-    return {"CPU": float(driver_cpus), "memory": DRIVER_MEMORY_BYTES}
+    a 0-CPU request is not all zeros (Tune rejects those); plus a share of DRIVER_NODE_RESOURCE where a node of
+    `nodes` declares it (the head of clusters/*.yaml), which pins drivers to that node."""
+    resources = {"CPU": float(driver_cpus), "memory": DRIVER_MEMORY_BYTES}
+    if any(node.get(DRIVER_NODE_RESOURCE, 0) > 0 for node in nodes or []):
+        resources[DRIVER_NODE_RESOURCE] = DRIVER_NODE_SHARE
+    return resources
 
 
 def cluster_nodes() -> list[dict[str, Any]]:
@@ -174,5 +183,5 @@ def plan_concurrency(nodes: list[dict[str, Any]], trial: TrialResources,
     return Plan(max_concurrent_trials=trials, per_trial=trial, reason=reason, driver_cpus=float(driver_cpus))
 
 
-__all__ = ["TrialResources", "Plan", "plan_concurrency", "plan_for_cluster", "cluster_nodes", "driver_resources",
+__all__ = ["DRIVER_NODE_RESOURCE", "TrialResources", "Plan", "plan_concurrency", "plan_for_cluster", "cluster_nodes", "driver_resources",
            "DEFAULT_DRIVER_CPUS"]

@@ -18,7 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search import leaderboard
 from search.data import prepare_data
-from search.plan import TrialResources, driver_resources, plan_for_cluster
+from search.plan import TrialResources, cluster_nodes, driver_resources, plan_for_cluster
 from search.rows import LeaderboardCallback, RecordingASHA, SearchContext, rows_from_grid
 from search.spaces import SearchSpace
 from search.trial import TRAIN_RUNS_DIR, TrialSettings, run_trial
@@ -53,7 +53,7 @@ def run_search(args: argparse.Namespace, started: float) -> int:
                              gpus_per_worker=args.gpus_per_worker, max_failures=args.max_failures,
                              train_storage=_join(args.storage, args.name, TRAIN_RUNS_DIR), metric=args.metric)
     trainable = tune.with_resources(tune.with_parameters(run_trial, data_refs=refs, settings=settings.to_dict()),
-                                    driver_resources(plan.driver_cpus))
+                                    driver_resources(plan.driver_cpus, cluster_nodes()))
     context = SearchContext(search=args.name, metric=args.metric, max_epochs=args.max_epochs,
                             data_fingerprint=data.fingerprint, data_generated=data.generated, data_root=data.root,
                             code_version=leaderboard.code_version(), time_budget_s=args.time_budget)

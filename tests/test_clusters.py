@@ -155,6 +155,23 @@ def test_setup_installs_project_next_to_the_pinned_ray(cluster_file):
     assert f"ray[default,tune,train]=={ray.__version__}" in setup
 
 
+def test_head_alone_holds_the_trial_driver_resource(cluster_file):
+    """Trial drivers ask for a share of DRIVER_NODE_RESOURCE (search/plan.py): only the head may declare it, so a
+    lost GPU node takes workers (which Train retries elsewhere) but never a trial's driver (which Tune would not)."""
+    from search.plan import DRIVER_NODE_RESOURCE
+
+    config = load(cluster_file)
+    if config["provider"]["type"] == "local":
+        assert f'"{DRIVER_NODE_RESOURCE}"' in start_commands(config, "head")
+        assert DRIVER_NODE_RESOURCE not in start_commands(config, "worker")
+    else:
+        head = config["available_node_types"][config["head_node_type"]]
+        assert head["resources"].get(DRIVER_NODE_RESOURCE, 0) > 0
+        for name, node_type in config["available_node_types"].items():
+            if name != config["head_node_type"]:
+                assert DRIVER_NODE_RESOURCE not in node_type.get("resources", {})
+
+
 def test_head_advertises_no_gpus(cluster_file):
     config = prepared(load(cluster_file))
     head = config["available_node_types"][config["head_node_type"]]

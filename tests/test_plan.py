@@ -103,6 +103,15 @@ def test_driver_resources_are_not_all_zero_for_tune():
     assert resources["CPU"] == 0 and resources["memory"] > 0
 
 
+def test_drivers_are_pinned_to_the_node_that_declares_the_driver_resource():
+    from search.plan import DRIVER_NODE_RESOURCE
+
+    head, gpu_node = {"CPU": 8, DRIVER_NODE_RESOURCE: 1000}, {"CPU": 48, "GPU": 4}
+    assert DRIVER_NODE_RESOURCE not in driver_resources(nodes=[gpu_node])  # a local Ray declares none
+    pinned = driver_resources(nodes=[head, gpu_node])
+    assert 0 < pinned[DRIVER_NODE_RESOURCE] <= 1000 / 1000  # a thousand drivers fit on the head
+
+
 @pytest.mark.slow
 def test_cluster_nodes_and_zero_cpu_drivers_on_a_real_ray(tmp_path):
     """Real Ray with 2 logical CPUs and 2 fake GPUs: the nodes are read back, and Tune runs two 0-CPU drivers at
