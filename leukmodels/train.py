@@ -85,7 +85,7 @@ class _DeviceBatches:
 
     def __init__(self, data: Any, device: torch.device) -> None:
         self.device = device
-        self.labels = torch.as_tensor(np.asarray(data.labels), dtype=torch.int64).to(device)
+        self.labels = as_tensor(data.labels).to(device=device, dtype=torch.int64, copy=True)  # own, writable copy
         self.images = data.images  # numpy (maybe memory-mapped) N x 3 x S x S uint8
         if device.type == "cuda" and self.images.nbytes < STAGE_FRACTION * torch.cuda.mem_get_info(device)[0]:
             self.images = as_tensor(self.images).to(device)
