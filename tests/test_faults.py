@@ -25,6 +25,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from processes import kill_group
 from search import leaderboard
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -51,14 +52,6 @@ def _wait_for(condition, what: str, process: subprocess.Popen, log: Path, timeou
         assert process.poll() is None, f"the search ended before {what}:\n{log.read_text()[-4000:]}"
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=60)
 
 
 def _alive(pid: int) -> bool:
@@ -113,7 +106,7 @@ def faulted(tiny_cnmc, tmp_path_factory):
         out["rows_after_sigint"] = _rows(tmp)
         out["slots"] = _slots(fault_dir)
     finally:
-        _kill_group(first)  # its Ray (GCS, raylet, parked workers): a clean stop may leave stragglers
+        kill_group(first)  # its Ray (GCS, raylet, parked workers): a clean stop may leave stragglers
 
     storage = f"sqlite:///{tmp / 'results' / 'optuna.db'}"
     study = optuna.load_study(study_name=NAME, storage=storage)
@@ -131,7 +124,7 @@ def faulted(tiny_cnmc, tmp_path_factory):
         try:
             out["resume_code"] = resumed.wait(timeout=400)
         finally:
-            _kill_group(resumed)
+            kill_group(resumed)
     out["resume_log"] = log.read_text()
     out["rows_after_resume"] = _rows(tmp)
     out["study_after_resume"] = optuna.load_study(study_name=NAME, storage=storage).trials

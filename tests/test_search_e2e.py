@@ -5,8 +5,6 @@ The resume test runs first, in subprocesses with their own Ray, before this modu
 """
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from processes import kill_group
 from search import leaderboard
 from search.run import main
 
@@ -31,15 +30,6 @@ def _common(data: Path, tmp: Path, name: str) -> list[str]:
 def _rows(tmp: Path, name: str) -> pd.DataFrame:
     board = leaderboard.read(tmp / "results" / "leaderboard.parquet")
     return board[board["search"] == name].reset_index(drop=True)
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the search driver and every process of its session (its local Ray: GCS, raylet, workers)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=60)
 
 
 def test_killed_search_resumes_without_rerunning_or_duplicating(tiny_cnmc, tmp_path):
@@ -60,7 +50,7 @@ def test_killed_search_resumes_without_rerunning_or_duplicating(tiny_cnmc, tmp_p
         before = _rows(tmp_path, name)
         assert len(before) >= 1
     finally:
-        _kill_group(first)
+        kill_group(first)
     killed_at = time.time()
     assert len(_rows(tmp_path, name)) < 3  # the search really was interrupted
 
@@ -72,7 +62,7 @@ def test_killed_search_resumes_without_rerunning_or_duplicating(tiny_cnmc, tmp_p
             code = resumed.wait(timeout=450)
         finally:
             if resumed.poll() is None:
-                _kill_group(resumed)
+                kill_group(resumed)
     assert code == 0, (tmp_path / "resumed.log").read_text()[-4000:]
     after = _rows(tmp_path, name)
     assert len(after) == 3 and after["trial_id"].is_unique  # every trial once: none lost, none duplicated
