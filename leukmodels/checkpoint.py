@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from leukmodels.atomic import atomic_path
 from leukmodels.config import TrainConfig, model_kwargs
 
 FORMAT = "leukemia-tune-checkpoint/1"
@@ -82,8 +83,6 @@ def save_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Option
                     scheduler: Optional[Any], epoch: int, config: Union[TrainConfig, dict], metrics: dict,
                     extra: Optional[dict] = None) -> Path:
     """Write atomically (temporary file in the same directory, then os.replace); returns the file's path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "model": clean_state_dict(unwrapped(model).state_dict()),
@@ -95,14 +94,9 @@ def save_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Option
         "rng": capture_rng_state(),
         "extra": dict(extra or {}),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:

@@ -19,6 +19,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from leukmodels.atomic import atomic_path
+
 SEARCH_SPLITS = ("train", "val")  # never "test"
 
 
@@ -37,14 +39,11 @@ class SearchData:
     def write_split(self, path: str | Path) -> Path:
         """Record how the search split its patients (atomically), as `results/<search>/split.json`: evaluation
         recomputes the split from it and refuses test patients that the search trained or validated on."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = {"seed": self.split_seed, "val_fraction": self.val_fraction, "fingerprint": self.fingerprint,
                   "root": self.root, "generated": self.generated, **self.patient_ids}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
-        return path
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
+        return Path(path)
 
     def put(self) -> dict[int, dict[str, Any]]:
         """`ray.put` every decoded set once: image size -> split -> ObjectRef. Needs `ray.init()` first."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,6 +30,7 @@ import pandas as pd
 if __package__ in (None, ""):  # run as `python search/evaluate.py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from leukmodels.atomic import atomic_path  # noqa: E402
 from search.predict import load_trial_model  # noqa: E402
 
 METRIC_COLUMNS = ("weighted_f1", "macro_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity",
@@ -87,19 +87,14 @@ def select_trials(board: pd.DataFrame, search: Optional[str], top: Optional[int]
 def write_parquet_atomic(new: pd.DataFrame, path: Path, key_columns: Sequence[str]) -> None:
     """Merge `new` into the parquet at `path` (rows with the same key are replaced) via a temp file + os.replace."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = new
     if path.is_file():
         old = pd.read_parquet(path)
         keys = set(map(tuple, new[list(key_columns)].astype(str).to_numpy()))
         keep = [tuple(k) not in keys for k in old[list(key_columns)].astype(str).to_numpy()]
         table = pd.concat([old[keep], new], ignore_index=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

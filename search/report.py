@@ -16,7 +16,6 @@ import base64
 import datetime as dt
 import html
 import io
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -33,6 +32,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from leukmodels.atomic import atomic_path  # noqa: E402
 from search.evaluate import board_dir, read_board  # noqa: E402
 
 BOARD_COLUMNS = ("rank", "trial_id", "family", "status", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
@@ -255,13 +255,8 @@ def build_report(board: pd.DataFrame, search: str, test_metrics: Optional[pd.Dat
 
 
 def write_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
