@@ -6,7 +6,8 @@ Rows accumulate across searches. `append_rows` merges new rows under an exclusiv
 once keep both sets), replaces a row with the same (search, trial_id) (so a resumed search adds no duplicates), and
 writes a temporary file in the same folder, fsyncs it and renames it over the old one (so a reader never sees half a
 file and a failed write leaves the old file as it was). The schema is built explicitly, so column types never drift
-between appends, and carries a version: a file from a newer version is refused, never overwritten.
+between appends, and carries a version: a file from a newer version is refused, never overwritten; a file from an
+older version is read with its renamed columns mapped and the new ones empty, and written back as the current one.
 """
 from __future__ import annotations
 
@@ -35,12 +36,12 @@ import pyarrow.parquet as pq
 
 from leukmodels.config import TrainConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_PATH = "results/leaderboard.parquet"
 METRIC_COLUMNS = ("weighted_f1", "accuracy", "balanced_accuracy", "roc_auc", "macro_f1", "sensitivity",
                   "specificity", "val_loss")
 LOWER_IS_BETTER = frozenset({"val_loss"})
-STATUSES = ("finished", "stopped", "error")  # finished/stopped rank before error
+STATUSES = ("finished", "stopped", "time_budget", "error")  # every status but error ranks by its metric
 _VERSION_KEY = b"leukemia_tune.leaderboard.schema_version"
 _UTC = pa.timestamp("us", tz="UTC")
 
@@ -62,10 +63,11 @@ SCHEMA = pa.schema(
      pa.field("status", pa.string(), nullable=False)]
     + _config_fields()  # starts with `family`
     + [pa.field(name, pa.float64()) for name in METRIC_COLUMNS]
-    + [pa.field("best_epoch", pa.int64()), pa.field("epochs_run", pa.int64()), pa.field("asha_stopped", pa.bool_()),
-       pa.field("error", pa.string()), pa.field("num_parameters", pa.int64()),
-       pa.field("train_seconds", pa.float64()), pa.field("images_per_s", pa.float64()),
-       pa.field("nodes", pa.string()), pa.field("checkpoint", pa.string()),
+    + [pa.field("best_epoch", pa.int64()), pa.field("epochs_run", pa.int64()), pa.field("early_stopped", pa.bool_()),
+       pa.field("error", pa.string()), pa.field("notes", pa.string()), pa.field("num_parameters", pa.int64()),
+       pa.field("train_seconds", pa.float64()), pa.field("overhead_seconds", pa.float64()),
+       pa.field("images_per_s", pa.float64()), pa.field("nodes", pa.string()), pa.field("checkpoint", pa.string()),
+       pa.field("searcher", pa.string()), pa.field("scheduler", pa.string()),
        pa.field("data_fingerprint", pa.string()), pa.field("data_generated", pa.bool_()),
        pa.field("data_root", pa.string()), pa.field("code_version", pa.string()),
        pa.field("started_at", _UTC), pa.field("finished_at", _UTC), pa.field("schema_version", pa.int64())],
@@ -181,9 +183,10 @@ def _read_table(path: Path) -> pa.Table:
         raise LeaderboardError(f"cannot read leaderboard {path}: {_why(error)}") from None
     meta = table.schema.metadata or {}
     version = meta.get(_VERSION_KEY, b"?").decode()
-    if version != str(SCHEMA_VERSION):
-        raise LeaderboardError(f"leaderboard {path} has schema version {version}; this code reads version "
+    if not version.isdigit() or int(version) > SCHEMA_VERSION:
+        raise LeaderboardError(f"leaderboard {path} has schema version {version}; this code reads versions up to "
                                f"{SCHEMA_VERSION} (upgrade leukemia-tune or write elsewhere); the file is left as is")
+    table = _upgraded(table, int(version))
     if set(table.schema.names) != set(COLUMNS):
         raise LeaderboardError(f"leaderboard {path} does not have the version-{SCHEMA_VERSION} columns; "
                                f"the file is left as is")
@@ -191,6 +194,22 @@ def _read_table(path: Path) -> pa.Table:
         return table.select(list(COLUMNS)).cast(SCHEMA)
     except pa.ArrowException as error:
         raise LeaderboardError(f"leaderboard {path} has unexpected column types: {_why(error)}") from None
+
+
+RENAMED = {1: {"asha_stopped": "early_stopped"}}  # schema version -> columns renamed after it
+
+
+def _upgraded(table: pa.Table, version: int) -> pa.Table:
+    """An older file's table in the current columns: renamed ones mapped, new ones empty."""
+    for old in range(version, SCHEMA_VERSION):
+        table = table.rename_columns([RENAMED.get(old, {}).get(name, name) for name in table.schema.names])
+    if version < SCHEMA_VERSION and set(table.schema.names) <= set(COLUMNS):
+        for name in COLUMNS:
+            if name not in table.schema.names:
+                table = table.append_column(SCHEMA.field(name), pa.nulls(len(table), SCHEMA.field(name).type))
+        index = table.schema.get_field_index("schema_version")
+        table = table.set_column(index, "schema_version", pa.array([SCHEMA_VERSION] * len(table), pa.int64()))
+    return table
 
 
 def _to_frame(table: pa.Table) -> pd.DataFrame:

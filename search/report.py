@@ -36,7 +36,7 @@ from leukmodels.atomic import atomic_path  # noqa: E402
 from search.evaluate import board_dir, read_board  # noqa: E402
 
 BOARD_COLUMNS = ("rank", "trial_id", "family", "status", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
-                 "best_epoch", "epochs_run", "asha_stopped", "num_parameters", "image_size", "filters", "depth",
+                 "best_epoch", "epochs_run", "early_stopped", "num_parameters", "image_size", "filters", "depth",
                  "lr", "batch_size", "optimizer", "dropout", "aug_strength", "train_seconds", "images_per_s")
 TEST_COLUMNS = ("val_rank", "trial_id", "family", "tta", "retrained", "weighted_f1", "balanced_accuracy", "roc_auc",
                 "accuracy", "sensitivity", "specificity", "n_test_images", "n_test_patients", "test_source")

@@ -1,91 +1,145 @@
-"""The main job: Optuna TPE + ASHA search in Ray Tune over Ray Train (DDP) trials, ranked into the leaderboard."""
+"""The main job: an Optuna + early-stopping search in Ray Tune over the model families, ranked into the leaderboard."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 if __package__ in (None, ""):  # run as `python search/run.py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO = Path(__file__).resolve().parents[1]
-ADDRESS_TIMEOUT_S = 5.0  # a cluster address must accept a TCP connection this fast (ray.init would wait minutes)
-METRICS = ("weighted_f1", "accuracy", "balanced_accuracy", "roc_auc", "macro_f1", "sensitivity", "specificity")
+from search.settings import PROFILES  # noqa: E402
+from search.strategies import SCHEDULERS, SEARCHERS  # noqa: E402
 
-# Defaults by hardware (see --help). CPU: sized so the default main job (>= 8 trials with early stopping) finishes in
-# well under 10 minutes on 2 cores (measured: 10 trials x 5 epochs in 170 s; 12 x 8 in the closing note), most of a
-# trial being the ~20 s (40 s on a busy machine) it takes Ray Train to start its worker group.
-PROFILES = {
-    "cpu": dict(num_samples=12, max_epochs=8, grace_epochs=1, image_sizes=[32], batch_sizes=[32, 64],
-                workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0),
-    "gpu": dict(num_samples=32, max_epochs=20, grace_epochs=3, image_sizes=[64, 96, 128], batch_sizes=[64, 128, 256],
-                workers_per_trial=1, cpus_per_worker=4.0, gpus_per_worker=1.0),
-    "smoke": dict(num_samples=2, max_epochs=2, grace_epochs=1, image_sizes=[24], batch_sizes=[32],
-                  workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0),
-}
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("balanced_accuracy", "weighted_f1", "macro_f1", "roc_auc", "accuracy", "sensitivity", "specificity")
+# Ray Train settings for DDP trials: poll workers every 0.25 s instead of 2 s (a report and the end of a run are
+# seen sooner; measured 10.5 -> 7.1 s per 2-worker trial here), no metrics exporter.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_METRICS_ENABLED": "0",
+             # a search may take a minute to start a worker group on a busy small machine (Ray's default: 60 s)
+             "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180"}
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}  # no spot preemption on one machine
 
 EPILOG = """examples:
   python search/run.py --family resnet                 # the main job: generated data, local Ray, >= 8 trials
   python search/run.py --smoke-test                    # a real but tiny search (2 trials, 2 epochs) in minutes
   python search/run.py --family baseline resnet --data ~/data/C-NMC_Leukemia --num-samples 40
+  python search/run.py --family resnet --address auto --dry-run     # what would this search do on this cluster?
   python search/run.py --family all --address auto --workers-per-trial 2 --gpus-per-worker 1 \\
       --storage s3://bucket/leukemia-tune               # on a Ray cluster (see clusters/)
   python search/run.py --resume --name resnet-20261127-120000   # continue a killed or interrupted search
   python search/leaderboard.py --top 10                # the ranked table of every search so far
 
-defaults follow the hardware: without a GPU (as on a 2-core laptop) 12 trials of up to 8 epochs at 32 px, one
-1-CPU worker per trial (two trials at once on 2 cores: a trial is mostly its worker start-up, so two small trials
-side by side beat one 2-worker DDP trial there); with a GPU 32 trials of up to 20 epochs at 64/96/128 px, one GPU per trial.
-ASHA stops a trial at epoch 1, 2, 4, ... (grace x reduction factor^k) when it is not in the top 1/2 there.
-Outputs: results/leaderboard.parquet (one ranked row per trial), results/optuna.db (study = search name;
-optuna-dashboard sqlite:///results/optuna.db), results/ray/<name>/ (Tune + Train runs, checkpoints)."""
+defaults follow the cluster the search runs on (its nodes once Ray is up, or the GPU nodes its autoscaler can
+start): without GPUs 12 trials of up to 8 epochs at 32 px, one 1-CPU worker per trial; with GPUs 32 trials of up to
+20 epochs at 64/96/128 px, one GPU per trial. A one-worker trial trains inside its Tune trial (no Ray Train worker
+group to start); --workers-per-trial 2 or more trains with Ray Train (DDP). ASHA stops a trial at epoch grace x
+factor^k when it is not in the top 1/factor there. Any flag you give wins over the profile; --dry-run shows the result.
+Outputs: results/leaderboard.parquet (one ranked row per trial), results/optuna.db (study = search name),
+results/<name>/search.log (everything Ray printed), results/ray/<name>/ (Tune state and checkpoints)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors are a ValueError (one line for `main`), not argparse's usage text and exit."""
+
+    def error(self, message: str) -> None:
+        raise ValueError(message)
+
+
+class _Once(argparse.Action):
+    """Stores a flag's value; the same flag given twice is refused (argparse would keep the last silently)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Optional[str] = None) -> None:
+        given = _given(namespace)
+        if self.dest in given:
+            raise ValueError(f"{option} given twice ({_text(getattr(namespace, self.dest))} and {_text(values)}); "
+                             f"give it once")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values if self.const is None else self.const)
+
+
+class _Merge(argparse.Action):
+    """A list flag given twice merges its values: `--family resnet --family baseline` searches both."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Optional[str] = None) -> None:
+        given = _given(namespace)
+        before = list(getattr(namespace, self.dest) or []) if self.dest in given else []
+        given.add(self.dest)
+        setattr(namespace, self.dest, list(dict.fromkeys([*before, *values])))
+
+
+def _given(namespace: Any) -> set:
+    if not hasattr(namespace, "given"):
+        namespace.given = set()
+    return namespace.given
+
+
+def _text(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python search/run.py", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search CNN architectures and training settings that tell leukemic blasts (ALL) from normal "
-                    "cells (HEM) in C-NMC 2019: Optuna TPE picks configs, ASHA stops weak trials early, each trial "
-                    "trains with Ray Train (DDP over --workers-per-trial workers), every trial is ranked into "
-                    "results/leaderboard.parquet. Data are split by patient; the test patients are never used here.")
-    a = p.add_argument
+                    "cells (HEM) in C-NMC 2019: Optuna proposes configs, a scheduler (ASHA) stops weak trials "
+                    "early, every trial is ranked into results/leaderboard.parquet. Data are split by patient; "
+                    "the test patients are never used here.")
+
+    def a(*names: str, **kwargs: Any) -> None:
+        if kwargs.get("nargs") == "+":
+            p.add_argument(*names, action=_Merge, **kwargs)
+        elif kwargs.pop("flag", False):
+            p.add_argument(*names, action=_Once, nargs=0, const=True, default=False, **kwargs)
+        else:
+            p.add_argument(*names, action=_Once, **kwargs)
+
     a("--family", nargs="+", metavar="NAME", help="model family/families to search, or 'all' (required; "
-      "'resnet' with --smoke-test)")
+      "'resnet' with --smoke-test); given twice, the families are merged")
     a("--data", metavar="DIR", help="C-NMC folder (Kaggle or TCIA layout); default: the generated C-NMC-like set, "
       "built once and reused ($LEUKTUNE_DATA)")
-    a("--num-samples", type=int, help="trials to run (cpu default 12, gpu 32)")
+    a("--num-samples", type=int, help="trials to run (cpu profile 12, gpu 32)")
     a("--max-epochs", type=int, help="epochs of a trial that is never stopped (cpu 8, gpu 20)")
-    a("--grace-epochs", type=int, help="epochs before ASHA may stop a trial (cpu 1, gpu 3)")
+    a("--grace-epochs", type=int, help="epochs before the scheduler may stop a trial (cpu 1, gpu 3)")
     a("--reduction-factor", type=int, default=2, help="ASHA keeps the top 1/factor at each rung (default 2)")
-    a("--workers-per-trial", type=int, help="Ray Train workers (DDP ranks) per trial (default 1)")
-    a("--cpus-per-worker", type=float, help="CPUs per worker (cpu 1, gpu 4)")
+    a("--searcher", default="tpe", choices=SEARCHERS, help="Optuna sampler that proposes configs (default tpe)")
+    a("--scheduler", default="asha", choices=SCHEDULERS, help="early stopping: asha, median (Tune's median "
+      "stopping rule) or fifo (every trial runs --max-epochs) (default asha)")
+    a("--workers-per-trial", type=int, help="training processes per trial: 1 trains inside the Tune trial, 2 or "
+      "more with Ray Train DDP (default 1)")
+    a("--cpus-per-worker", type=float, help="CPUs per worker (cpu 1, gpu up to 4)")
     a("--gpus-per-worker", type=float, help="GPUs per worker; fractions (0.25) only with one worker per trial")
     a("--image-sizes", type=int, nargs="+", metavar="S", help="candidate image sizes in px (cpu 32, gpu 64 96 128)")
+    a("--val-fraction", type=float, default=0.2, help="share of the training patients held out for validation, "
+      "drawn by patient (default 0.2)")
     a("--address", help="Ray cluster to join: 'auto' or ray://host:10001 (default: start a local Ray)")
     a("--storage", default="results/ray", help="Tune/Train storage: a folder or an s3:// URI (default results/ray; "
       "must be shared storage on a multi-node cluster)")
     a("--results", default="results", help="folder for leaderboard.parquet, optuna.db, searches/ (default results)")
     a("--name", help="search name (default: <families>-<YYYYmmdd-HHMMSS>); the Optuna study has the same name")
-    a("--resume", action="store_true", help="continue the search --name from its storage: finished trials are "
-      "kept, unfinished ones continue from their last checkpoint")
-    a("--seed", type=int, default=0, help="seeds the TPE sampler, the patient split and every trial (default 0)")
-    a("--metric", default="weighted_f1", choices=METRICS, help="what ASHA and TPE maximise (default weighted_f1)")
+    a("--resume", flag=True, help="continue the search --name from its storage: finished trials are kept, "
+      "unfinished ones continue from their last checkpoint (only --time-budget may change)")
+    a("--seed", type=int, default=0, help="seeds the sampler, the patient split and every trial (default 0)")
+    a("--metric", default="balanced_accuracy", choices=METRICS, help="what the scheduler and the sampler maximise "
+      "on the validation patients (default balanced_accuracy: a one-class predictor scores 0.5 whatever the class "
+      "ratio); weighted F1, the challenge metric, is reported beside it")
     a("--time-budget", type=float, metavar="SECONDS", help="stop the whole search after this many seconds")
-    a("--max-failures", type=int, default=2, help="Train-level retries of a trial from its checkpoint (default 2)")
-    a("--smoke-test", action="store_true", help="a real but tiny search: 2 trials of 2 epochs at 24 px")
+    a("--max-failures", type=int, default=2, help="retries of a trial from its checkpoint (default 2)")
+    a("--dry-run", flag=True, help="connect (or start the local Ray), print the profile, settings and plan, stop")
+    a("--smoke-test", flag=True, help="a real but tiny search: 2 trials of 2 epochs at 24 px")
     return p
 
 
-def resolve_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    """Parse and validate the flags, filling hardware defaults; ValueError with one line naming the bad flag."""
-    args = build_parser().parse_args(argv)
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The flags as given (profile defaults are filled once the cluster is known); ValueError naming a bad flag."""
     from search.spaces import resolve_families
 
+    args = build_parser().parse_args(argv)
+    _given(args)
     if args.resume and not args.name:
         raise ValueError("--resume needs --name NAME: the search to continue (a folder under --storage)")
     if args.family is None and args.smoke_test:
@@ -94,73 +148,67 @@ def resolve_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         raise ValueError("--family is required: one or more model families, or 'all' (see --help)")
     if args.family is not None:
         args.family = resolve_families(args.family)
-    profile = "smoke" if args.smoke_test else ("gpu" if _has_gpu() else "cpu")
-    args.profile = profile
-    for key, value in PROFILES[profile].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    for flag in ("num_samples", "max_epochs", "grace_epochs", "workers_per_trial", "reduction_factor"):
-        if getattr(args, flag) < 1 if flag != "reduction_factor" else args.reduction_factor < 2:
-            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= "
-                             f"{2 if flag == 'reduction_factor' else 1}")
-    if args.grace_epochs > args.max_epochs:
-        raise ValueError(f"--grace-epochs {args.grace_epochs} must be <= --max-epochs {args.max_epochs}")
-    if args.time_budget is not None and not (args.time_budget > 0 and math.isfinite(args.time_budget)):
-        raise ValueError(f"--time-budget {args.time_budget:g} must be a positive number of seconds")
-    if args.max_failures < -1:
-        raise ValueError(f"--max-failures {args.max_failures} must be >= 0 (or -1: retry forever)")
-    bad_sizes = [s for s in args.image_sizes if s < 16]
-    if bad_sizes:
-        raise ValueError(f"--image-sizes {bad_sizes[0]} is too small: use 16 px or more")
-    if args.data is not None and not Path(args.data).expanduser().is_dir():
-        raise ValueError(f"--data {args.data}: no such folder")
-    from search.plan import TrialResources
-
-    TrialResources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker).validate()
     if not args.name:
         args.name = f"{'+'.join(args.family) if len(args.family) < 4 else 'all'}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in args.name or args.name.startswith("."):
         raise ValueError(f"--name {args.name!r}: use a plain folder name")
     args.storage = args.storage if "://" in args.storage else str(Path(args.storage).expanduser().resolve())
     args.results = str(Path(args.results).expanduser().resolve())
+    validate(args)
     return args
 
 
-def _has_gpu() -> bool:
-    try:
-        import torch
+def validate(args: argparse.Namespace) -> None:
+    """Each setting that is set, checked on its own; ValueError with one line naming the flag."""
+    for flag in ("num_samples", "max_epochs", "grace_epochs", "workers_per_trial"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} {value} must be >= 1")
+    if args.reduction_factor < 2:
+        raise ValueError(f"--reduction-factor {args.reduction_factor} must be >= 2")
+    if args.grace_epochs and args.max_epochs and args.grace_epochs > args.max_epochs:
+        raise ValueError(f"--grace-epochs {args.grace_epochs} must be <= --max-epochs {args.max_epochs}")
+    if args.time_budget is not None and not (args.time_budget > 0 and math.isfinite(args.time_budget)):
+        raise ValueError(f"--time-budget {args.time_budget:g} must be a positive number of seconds")
+    if args.max_failures < -1:
+        raise ValueError(f"--max-failures {args.max_failures} must be >= 0 (or -1: retry forever)")
+    if not 0 < args.val_fraction < 1:
+        raise ValueError(f"--val-fraction {args.val_fraction:g} must be between 0 and 1")
+    small = [s for s in args.image_sizes or [] if s < 16]
+    if small:
+        raise ValueError(f"--image-sizes {small[0]} is too small: use 16 px or more")
+    if args.data is not None and not Path(args.data).expanduser().is_dir():
+        raise ValueError(f"--data {args.data}: no such folder")
+    if args.workers_per_trial is not None:
+        from search.plan import TrialResources
 
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
-        return False
+        TrialResources(args.workers_per_trial, args.cpus_per_worker if args.cpus_per_worker is not None else 1.0,
+                       args.gpus_per_worker or 0.0).validate()
 
 
-SAVED_FIELDS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "reduction_factor",
-                "workers_per_trial", "cpus_per_worker", "gpus_per_worker", "image_sizes", "batch_sizes", "seed",
-                "metric", "time_budget", "max_failures", "profile", "storage")
+def resolve_for_cluster(args: argparse.Namespace, nodes: list[dict], say=print):
+    """Profile, settings and plan for the cluster Ray is connected to; ValueError naming the flag that cannot fit."""
+    from search.plan import TrialResources, plan_concurrency
+    from search.preflight import check_sizes_fit
+    from search.settings import apply_profile, choose_profile, gpu_node_types
 
-
-def _search_file(args: argparse.Namespace) -> Path:
-    return Path(args.results) / "searches" / f"{args.name}.json"
-
-
-def save_or_load_settings(args: argparse.Namespace, write: bool = False) -> argparse.Namespace:
-    """A new search writes its resolved settings to results/searches/<name>.json (`write=True`, once the plan is
-    known to fit); --resume reads them back so the continued search uses the same space, data and budgets."""
-    path = _search_file(args)
+    profile, why = choose_profile(args, nodes, gpu_node_types())
     if args.resume:
-        if not path.is_file():
-            raise ValueError(f"--resume --name {args.name}: no settings at {path} (is --results the same?)")
-        saved = json.loads(path.read_text())
-        for key in SAVED_FIELDS:
-            setattr(args, key, saved[key])
-        return args
-    if path.exists():
-        raise ValueError(f"--name {args.name}: a search of that name exists ({path}); use --resume or a new name")
-    if write:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({key: getattr(args, key) for key in SAVED_FIELDS}, indent=2))
-    return args
+        profile = args.profile  # the saved settings already hold every value
+    apply_profile(args, profile, nodes)
+    validate(args)
+    check_sizes_fit(args)
+    plan = plan_concurrency(nodes, TrialResources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker))
+    say(f"profile: {profile} ({why})")
+    say(f"plan: {plan.reason}")
+    return plan
+
+
+def settings_text(args: argparse.Namespace) -> str:
+    from search.settings import SAVED_FIELDS
+
+    shown = {key: getattr(args, key) for key in SAVED_FIELDS}
+    return "settings: " + ", ".join(f"{key}={_text(value)}" for key, value in shown.items())
 
 
 def start_ray(args: argparse.Namespace) -> None:
@@ -168,71 +216,37 @@ def start_ray(args: argparse.Namespace) -> None:
 
     if ray.is_initialized():  # called from a test or a notebook that started Ray itself
         return
-    # A busy small machine can take over a minute to start a worker group (every worker imports torch); Ray Train's
-    # default 60 s would fail such a trial. Inherited by the local Ray's processes; a cluster sets its own.
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "180")
-    if args.address:
-        ray.init(address=args.address)
+    env = {**TRAIN_ENV, **({} if args.address else LOCAL_TRAIN_ENV)}
+    for key, value in env.items():
+        os.environ.setdefault(key, value)  # inherited by a local Ray's processes
+    if args.address:  # a job's runtime_env reaches every process of the job on a cluster
+        ray.init(address=args.address, runtime_env={"env_vars": env})
     else:  # a new local Ray ("local": never attach to another one running here); workers import this checkout
         ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}})
 
 
-def check_before_launch(args: argparse.Namespace) -> None:
-    """What can be checked before Ray starts, each a ValueError with one line naming the flag: a local --storage
-    that cannot be written, an --address where nothing answers (ray.init would retry for minutes), and a --data
-    tree whose layout, labels or patient split are wrong (image decoding errors come later, naming the file)."""
-    if "://" not in args.storage:
-        folder = Path(args.storage)
-        while not folder.exists():  # the nearest existing ancestor decides: Tune creates the rest
-            folder = folder.parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise ValueError(f"--storage {args.storage}: cannot write there ({folder} is "
-                             f"{'not a folder' if not folder.is_dir() else 'not writable'})")
-    if args.address and args.address not in ("auto", "local"):
-        import socket
+def prepare(args: argparse.Namespace) -> list[str]:
+    """What can be checked before Ray starts; returns notes on settings a --resume changed."""
+    from search import leaderboard
+    from search.preflight import check_before_launch
+    from search.settings import load_settings, refuse_existing
 
-        target = args.address.split("://", 1)[-1]
-        host, _, port = target.rpartition(":")
-        if not host or not port.isdigit():
-            host, port = target, "10001" if args.address.startswith("ray://") else "6379"
-        try:
-            socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S).close()
-        except OSError as why:
-            raise ValueError(f"--address {args.address}: no Ray answers at {host}:{port} "
-                             f"({why.strerror or why or 'timed out'})") from None
-    from search.spaces import SearchSpace, check_buildable, sample_configs
-
-    for family in args.family:  # a size no sampled config of a family fits would make every such trial an error
-        for size in args.image_sizes:
-            why = None
-            for config in sample_configs(SearchSpace([family], image_sizes=[size], epochs=1), 12, seed=args.seed):
-                try:
-                    check_buildable(config)  # meta device: no memory, no compute
-                    break
-                except ValueError as error:
-                    why = error
-            else:
-                raise ValueError(f"--image-sizes {size}: too small for every sampled {family} config ({why})")
-    if args.data is not None:
-        from leukmodels.data import discover, split_by_patient
-
-        manifest = discover(args.data)  # DataError naming the folder or file
-        try:
-            split_by_patient(manifest, seed=args.seed)
-        except ValueError as why:  # e.g. a class folder without images: name the tree it is about
-            raise ValueError(f"--data {args.data}: {why}") from None
+    notes = load_settings(args, args.given) if args.resume else []
+    if not args.resume and not args.dry_run:
+        refuse_existing(args)
+    leaderboard.append_rows(Path(args.results) / "leaderboard.parquet", [])  # fail now on unwritable results
+    check_before_launch(args)
+    return notes
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    started = time.time()
     from search import leaderboard
 
     try:
-        args = resolve_args(argv)
-        args = save_or_load_settings(args)
-        leaderboard.append_rows(Path(args.results) / "leaderboard.parquet", [])  # fail now on unwritable results
-        check_before_launch(args)
+        args = parse_args(argv)
+        for note in prepare(args):
+            print(f"resume: {note}")
     except (ValueError, OSError, leaderboard.LeaderboardError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -241,9 +255,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     own_ray = not ray.is_initialized()
     try:
         start_ray(args)
+        from search.plan import cluster_nodes
+
+        plan = resolve_for_cluster(args, cluster_nodes())
+        if args.dry_run:
+            print(settings_text(args))
+            print(f"dry run: nothing decoded or trained; run it without --dry-run")
+            return 0
         from search.tuning import run_search  # Ray-side half, imported once Ray is up
 
-        return run_search(args, started)
+        return run_search(args, plan)
     except (ValueError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

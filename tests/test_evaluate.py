@@ -54,7 +54,7 @@ def build_tiny_search(base: Path) -> dict:
                                                       "macro_f1", "sensitivity", "specificity", "val_loss")}
         rows.append({"search": SEARCH, "trial_id": trial_id, "metric": "weighted_f1", "status": "finished",
                      **config.to_dict(), **metric_values, "best_epoch": result.best_epoch,
-                     "epochs_run": len(result.history), "asha_stopped": False,
+                     "epochs_run": len(result.history), "early_stopped": False,
                      "num_parameters": int(result.best["num_parameters"]), "checkpoint": result.checkpoint_path,
                      "data_fingerprint": data.fingerprint, "data_generated": data.generated, "data_root": data.root,
                      "started_at": started, "finished_at": dt.datetime.now(dt.timezone.utc)})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -24,8 +25,9 @@ def make_row(trial_id: str, search: str = "s1", f1: float = 0.8, status: str = "
     row = {**config, "search": search, "trial_id": trial_id, "metric": "weighted_f1", "status": status,
            "weighted_f1": f1, "accuracy": 0.85, "balanced_accuracy": 0.79, "roc_auc": 0.9, "macro_f1": 0.78,
            "sensitivity": 0.9, "specificity": 0.68, "val_loss": 0.41, "best_epoch": 4, "epochs_run": 6,
-           "asha_stopped": status == "stopped", "error": "boom" if status == "error" else None,
-           "num_parameters": 123456, "train_seconds": 12.5, "images_per_s": 850.0, "nodes": "node-b,node-a",
+           "early_stopped": status == "stopped", "error": "boom" if status == "error" else None,
+           "notes": None, "num_parameters": 123456, "train_seconds": 12.5, "overhead_seconds": 0.4,
+           "images_per_s": 850.0, "nodes": "node-b,node-a", "searcher": "tpe", "scheduler": "asha",
            "checkpoint": f"/tmp/ckpt/{trial_id}", "data_fingerprint": "abc123def", "data_generated": True,
            "data_root": "/data/C-NMC_Leukemia", "code_version": lb.code_version(),
            "started_at": dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc), "finished_at": "2024-05-01T12:03:00Z"}
@@ -40,7 +42,7 @@ def test_every_column_round_trips_with_stable_types(tmp_path):
     assert set(config_fields()) <= set(lb.COLUMNS)
     lb.append_rows(path, [row])
     schema_after_one = pq.read_schema(path)
-    lb.append_rows(path, [make_row("t1", nodes=None, roc_auc=None, asha_stopped=None, finished_at=None)])
+    lb.append_rows(path, [make_row("t1", nodes=None, roc_auc=None, early_stopped=None, finished_at=None)])
     assert pq.read_schema(path).equals(schema_after_one, check_metadata=True)  # nulls never change a column's type
 
     got = lb.read(path).set_index("trial_id").loc["t0"]
@@ -182,12 +184,31 @@ def test_read_only_folder_is_a_clear_error_and_the_old_file_survives(existing):
 def test_a_newer_schema_version_is_refused_and_never_overwritten(existing):
     path, _, _ = existing
     table = pq.read_table(path)
-    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, lb._VERSION_KEY: b"2"}), path)
+    newer_version = str(lb.SCHEMA_VERSION + 1).encode()
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, lb._VERSION_KEY: newer_version}), path)
     newer = path.read_bytes()
     for attempt in (lambda: lb.append_rows(path, [make_row("t2")]), lambda: lb.read(path)):
-        with pytest.raises(lb.LeaderboardError, match="schema version 2; this code reads version 1"):
+        with pytest.raises(lb.LeaderboardError, match=f"schema version {lb.SCHEMA_VERSION + 1}; this code reads"):
             attempt()
     assert path.read_bytes() == newer
+
+
+def test_a_version_1_file_is_read_and_upgraded_with_its_rows_kept(tmp_path):
+    """Version 1 called early stops `asha_stopped` and had no overhead, notes, searcher or scheduler columns."""
+    path = tmp_path / "leaderboard.parquet"
+    new_columns = {"notes", "overhead_seconds", "searcher", "scheduler"}
+    row = {k: v for k, v in lb.normalise_row(make_row("old", status="stopped")).items() if k not in new_columns}
+    row["asha_stopped"] = row.pop("early_stopped")
+    row["rank"], row["schema_version"] = 1, 1
+    fields = [pa.field("asha_stopped" if f.name == "early_stopped" else f.name, f.type) for f in lb.SCHEMA
+              if f.name not in new_columns]
+    old_schema = pa.schema(fields, metadata={lb._VERSION_KEY: b"1"})
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema), path)
+    got = lb.read(path).iloc[0]
+    assert got["early_stopped"] and pd.isna(got["overhead_seconds"]) and got["trial_id"] == "old"
+    board = lb.append_rows(path, [make_row("new")])
+    assert set(board["trial_id"]) == {"old", "new"} and (board["schema_version"] == lb.SCHEMA_VERSION).all()
+    assert pq.read_schema(path).metadata[lb._VERSION_KEY] == str(lb.SCHEMA_VERSION).encode()
 
 
 def test_a_parquet_that_is_not_a_leaderboard_is_refused(tmp_path):
@@ -205,7 +226,7 @@ def test_a_parquet_that_is_not_a_leaderboard_is_refused(tmp_path):
     ({"status": "done"}, "status 'done' must be one of"),
     ({"metric": "f1"}, "metric 'f1' must be one of"),
     ({"epochs_run": 2.5}, "column epochs_run=2.5 is not int64"),
-    ({"asha_stopped": "yes"}, "column asha_stopped='yes' is not bool"),
+    ({"early_stopped": "yes"}, "column early_stopped='yes' is not bool"),
     ({"trial_id": None}, "column trial_id is required"),
 ])
 def test_bad_rows_are_refused_before_anything_is_written(tmp_path, change, message):

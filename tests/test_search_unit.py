@@ -12,27 +12,38 @@ import pytest
 from leukmodels.config import TrainConfig
 from leukmodels.models import list_families
 from search import leaderboard
-from search.rows import SearchContext, best_report, build_row, early_stops, is_over, rows_from_grid
-from search.run import PROFILES, main, resolve_args
+from search.rows import SearchContext, best_report, build_row, is_over, rows_from_grid
+from search.run import main, parse_args
+from search.settings import PROFILES, apply_profile, choose_profile
+from search.strategies import early_stops, search_run
 from search.spaces import SearchSpace, check_buildable, resolve_families, sample_configs, train_config
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------------
-def test_defaults_follow_the_hardware_profile():
-    args = resolve_args(["--family", "resnet"])
+def _resolved(argv, nodes=({"CPU": 2.0},)):
+    args = parse_args(argv)
+    profile, _ = choose_profile(args, list(nodes), {})
+    return apply_profile(args, profile, list(nodes))
+
+
+def test_defaults_follow_the_profile_of_the_cluster():
+    args = _resolved(["--family", "resnet"])
     profile = PROFILES[args.profile]
-    assert args.family == ["resnet"]
+    assert args.profile == "cpu" and args.family == ["resnet"]
     assert (args.num_samples, args.max_epochs, args.image_sizes) == (
         profile["num_samples"], profile["max_epochs"], profile["image_sizes"])
-    assert args.metric == "weighted_f1" and args.name.startswith("resnet-")
+    assert args.metric == "balanced_accuracy" and args.name.startswith("resnet-")
     assert args.num_samples >= 8 and args.grace_epochs < args.max_epochs  # a real search with early stopping
+    gpu = _resolved(["--family", "resnet", "--max-epochs", "5"], nodes=({"CPU": 8}, {"CPU": 48, "GPU": 4}))
+    assert gpu.profile == "gpu" and gpu.gpus_per_worker == 1 and gpu.image_sizes == PROFILES["gpu"]["image_sizes"]
+    assert gpu.max_epochs == 5  # a flag the user gave wins over the profile
 
 
 def test_family_all_and_several():
-    assert resolve_args(["--family", "all"]).family == list_families()
-    assert resolve_args(["--family", "baseline", "resnet", "baseline"]).family == ["baseline", "resnet"]
-    smoke = resolve_args(["--smoke-test"])
-    assert smoke.family == ["resnet"] and smoke.num_samples >= 2
+    assert parse_args(["--family", "all"]).family == list_families()
+    assert parse_args(["--family", "baseline", "resnet", "baseline"]).family == ["baseline", "resnet"]
+    smoke = _resolved(["--smoke-test"])
+    assert smoke.family == ["resnet"] and smoke.num_samples >= 2 and smoke.profile == "smoke"
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -181,21 +192,32 @@ def _history(values, nodes=("n1",), world=2):
              "timestamp": 1_700_000_000 + 10 * i, "time_total_s": 30.0 + 10 * i} for i, v in enumerate(values)]
 
 
-def test_row_takes_the_best_epoch_and_status():
+def test_row_takes_the_best_epoch_and_status(tmp_path):
     context = SearchContext(search="s", metric="weighted_f1", max_epochs=3, data_fingerprint="f", data_root="/d")
-    row = build_row(context, "t1", CONFIG, _history([0.5, 0.8, 0.7], nodes=("a", "b")))
-    assert row["status"] == "finished" and not row["asha_stopped"]
+    history = _history([0.5, 0.8, 0.7], nodes=("a", "b"))
+    for report in history:  # the weights of every epoch exist
+        report["checkpoint_path"] = str(tmp_path / f"epoch{report['epoch']}")
+        (tmp_path / f"epoch{report['epoch']}").mkdir()
+        (tmp_path / f"epoch{report['epoch']}" / "checkpoint.pt").write_bytes(b"x")
+    row = build_row(context, "t1", CONFIG, history, wall_seconds=20.0)
+    assert row["status"] == "finished" and not row["early_stopped"] and row["notes"] is None
     assert (row["best_epoch"], row["weighted_f1"], row["epochs_run"]) == (2, 0.8, 3)
-    assert row["checkpoint"] == "/ckpt/epoch2" and row["nodes"] == "a,b" and row["images_per_s"] == 200.0
+    assert row["checkpoint"] == str(tmp_path / "epoch2") and row["nodes"] == "a,b" and row["images_per_s"] == 200.0
+    assert row["train_seconds"] == 15.0 and row["overhead_seconds"] == 5.0  # 20 s seen by the driver, 15 training
     assert "resnet:filters" not in row and row["filters"] == 8
+    early_stops("s").add("t2")
     stopped = build_row(context, "t2", CONFIG, _history([0.4]))
-    assert stopped["status"] == "stopped" and stopped["asha_stopped"] and stopped["epochs_run"] == 1
-    budget = build_row(SearchContext(search="s", metric="weighted_f1", max_epochs=3, time_budget_s=60), "t3",
-                       CONFIG, _history([0.4]))
-    assert budget["status"] == "stopped" and not budget["asha_stopped"]
+    assert stopped["status"] == "stopped" and stopped["early_stopped"] and stopped["epochs_run"] == 1
+    assert stopped["checkpoint"] is None and "best checkpoint missing: /ckpt/epoch1" in stopped["notes"]
+    search_run("budgeted").deadline = 0.0  # the time budget is spent
+    budget = build_row(SearchContext(search="budgeted", metric="weighted_f1", max_epochs=3), "t3", CONFIG,
+                       _history([0.4]))
+    assert budget["status"] == "time_budget" and not budget["early_stopped"]
     failed = build_row(context, "t4", CONFIG, [], error="ValueError: image_size=8 is too small")
     assert failed["status"] == "error" and failed["epochs_run"] == 0 and "image_size" in failed["error"]
     assert best_report(_history([0.5, 0.8]), "val_loss")["epoch"] == 2  # lower is better for losses
+    # a tie goes to the later epoch, as Ray's checkpoint manager keeps the later of two equal checkpoints
+    assert best_report(_history([0.5, 0.8, 0.6, 0.8]), "weighted_f1")["epoch"] == 4
     # a trial restarted from its epoch-2 checkpoint: Tune saw only epoch 3, whose report carries epochs 1-2
     import json
     full = _history([0.5, 0.9, 0.7])
@@ -223,7 +245,7 @@ def test_rows_from_a_fake_result_grid_land_in_the_leaderboard_ranked(tmp_path):
     assert list(board["trial_id"]) == ["aaaa0001", "aaaa0002", "aaaa0003"]
     assert list(board["rank"]) == [1, 2, 3]
     assert list(board["status"]) == ["finished", "stopped", "error"]
-    assert board["asha_stopped"].tolist() == [False, True, False]
+    assert board["early_stopped"].tolist() == [False, True, False]
     assert board.loc[2, "error"] == "ValueError: boom"
     again = leaderboard.append_rows(tmp_path / "lb.parquet", rows)  # a resumed search writes the same keys again
     assert len(again) == 3

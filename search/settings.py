@@ -1,0 +1,146 @@
+"""A search's settings: hardware profiles, the profile a cluster gets, and the file `--resume` reads back.
+
+    profile, why = choose_profile(args, nodes, autoscaler_node_types())
+    apply_profile(args, profile, nodes)          # fills every flag the user did not give
+    save_settings(args); load_settings(args)     # results/searches/<name>.json
+
+The profile follows the cluster the search runs on (its nodes once Ray is up, or the GPU node types its autoscaler
+can start), not the machine the driver runs on: on `clusters/gpu.yaml` the driver sits on a head without GPUs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+# Defaults by profile. cpu: the default main job finishes in minutes on a 2-core laptop; gpu: one GPU per trial,
+# image sizes and epochs worth a GPU; smoke: a real but tiny search for checks.
+PROFILES = {
+    "cpu": dict(num_samples=12, max_epochs=8, grace_epochs=1, image_sizes=[32], batch_sizes=[32, 64],
+                workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0),
+    "gpu": dict(num_samples=32, max_epochs=20, grace_epochs=3, image_sizes=[64, 96, 128], batch_sizes=[64, 128, 256],
+                workers_per_trial=1, cpus_per_worker=4.0, gpus_per_worker=1.0),
+    "smoke": dict(num_samples=2, max_epochs=2, grace_epochs=1, image_sizes=[24], batch_sizes=[32],
+                  workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0),
+}
+GPU_CPUS_PER_WORKER_MAX = 4  # a GPU worker's CPUs only move batches: more would cut the trials a GPU node runs
+# Where `ray up` leaves the cluster file on the head node (read by the autoscaler); overridable for tests.
+AUTOSCALER_CONFIG = os.environ.get("LEUKTUNE_AUTOSCALER_CONFIG", "~/ray_bootstrap_config.yaml")
+
+SAVED_FIELDS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "reduction_factor",
+                "workers_per_trial", "cpus_per_worker", "gpus_per_worker", "image_sizes", "batch_sizes", "seed",
+                "metric", "time_budget", "max_failures", "profile", "storage", "searcher", "scheduler",
+                "val_fraction")
+CHANGEABLE_ON_RESUME = ("time_budget",)  # a resumed run gets a budget of its own
+
+
+def gpu_node_types(config_path: str = AUTOSCALER_CONFIG) -> dict[str, float]:
+    """GPU node types the cluster's autoscaler may start: name -> GPUs per node ({} without such a file)."""
+    path = Path(config_path).expanduser()
+    if not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    types = config.get("available_node_types") or {}
+    return {name: float((spec.get("resources") or {}).get("GPU", 0)) for name, spec in types.items()
+            if float((spec.get("resources") or {}).get("GPU", 0)) > 0 and int(spec.get("max_workers", 0) or 0) > 0}
+
+
+def choose_profile(args: argparse.Namespace, nodes: list[dict[str, Any]],
+                   node_types: Optional[dict[str, float]] = None) -> tuple[str, str]:
+    """(profile, the reason in words): smoke when asked; gpu when the user asks for GPUs, the cluster has some, or
+    its autoscaler can start GPU nodes; cpu otherwise."""
+    if args.smoke_test:
+        return "smoke", "--smoke-test"
+    if (args.gpus_per_worker or 0) > 0:
+        return "gpu", f"--gpus-per-worker {args.gpus_per_worker:g}"
+    gpus = sum(float(node.get("GPU", 0)) for node in nodes)
+    if gpus and args.gpus_per_worker is None:
+        with_gpus = sum(1 for node in nodes if node.get("GPU", 0))
+        return "gpu", f"the cluster has {gpus:g} GPU(s) on {with_gpus} of its {len(nodes)} node(s)"
+    if node_types and args.gpus_per_worker is None:
+        listed = ", ".join(f"{name} ({count:g} GPUs)" for name, count in node_types.items())
+        return "gpu", (f"no GPU node is up yet, but the autoscaler can start {listed}: trials wait until it has "
+                       f"started one (pass --gpus-per-worker 0 for a CPU search)")
+    cpus = sum(float(node.get("CPU", 0)) for node in nodes)
+    if args.gpus_per_worker == 0:
+        return "cpu", "--gpus-per-worker 0"
+    return "cpu", f"no GPU in the cluster ({cpus:g} CPUs on {len(nodes)} node(s)) and none its autoscaler can start"
+
+
+def gpu_worker_cpus(nodes: list[dict[str, Any]]) -> float:
+    """CPUs per GPU worker: what every GPU node can give each of its GPUs, at most GPU_CPUS_PER_WORKER_MAX."""
+    shares = [math.floor(float(n.get("CPU", 0)) / float(n["GPU"])) for n in nodes if float(n.get("GPU", 0)) >= 1]
+    return float(max(1, min([GPU_CPUS_PER_WORKER_MAX, *shares])))
+
+
+def apply_profile(args: argparse.Namespace, profile: str, nodes: list[dict[str, Any]]) -> argparse.Namespace:
+    """Fill every setting the user left unset from the profile; a flag the user gave always wins."""
+    args.profile = profile
+    defaults = dict(PROFILES[profile])
+    if profile == "gpu":
+        defaults["cpus_per_worker"] = gpu_worker_cpus(nodes)
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+def _search_file(args: argparse.Namespace) -> Path:
+    return Path(args.results) / "searches" / f"{args.name}.json"
+
+
+def refuse_existing(args: argparse.Namespace) -> None:
+    path = _search_file(args)
+    if path.exists():
+        raise ValueError(f"--name {args.name}: a search of that name exists ({path}); use --resume or a new name")
+
+
+def save_settings(args: argparse.Namespace) -> Path:
+    """Write the resolved settings of a new search to results/searches/<name>.json (read back by --resume)."""
+    path = _search_file(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({key: getattr(args, key) for key in SAVED_FIELDS}, indent=2))
+    return path
+
+
+def load_settings(args: argparse.Namespace, given: set[str]) -> list[str]:
+    """--resume: the saved settings replace the unset flags; a flag given now that contradicts them is a ValueError
+    naming it, except those a resumed run may change (CHANGEABLE_ON_RESUME), which are applied. Returns one note
+    per changed setting."""
+    path = _search_file(args)
+    if not path.is_file():
+        raise ValueError(f"--resume --name {args.name}: no settings at {path} (is --results the same?)")
+    saved = json.loads(path.read_text())
+    notes, clashes = [], []
+    for key in SAVED_FIELDS:
+        if key not in saved:
+            continue  # a settings file from an older version: keep today's default
+        mine = getattr(args, key, None)
+        if key in given and mine != saved[key]:
+            if key in CHANGEABLE_ON_RESUME:
+                notes.append(f"--{key.replace('_', '-')} {_show(mine)} replaces the saved {_show(saved[key])}")
+                continue
+            clashes.append(f"--{key.replace('_', '-')} {_show(mine)} (saved: {_show(saved[key])})")
+        setattr(args, key, saved[key])
+    if clashes:
+        raise ValueError(f"--resume --name {args.name}: {'; '.join(clashes)} contradict(s) the saved search; drop "
+                         f"the flag(s) or start a new search with another --name")
+    return notes
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+__all__ = ["PROFILES", "SAVED_FIELDS", "choose_profile", "apply_profile", "gpu_node_types", "save_settings",
+           "load_settings", "refuse_existing"]

@@ -1,0 +1,148 @@
+"""Search strategies: which Optuna sampler proposes configs and which Tune scheduler stops trials early.
+
+    sampler = make_sampler("tpe", seed=0, num_samples=12)
+    scheduler = make_scheduler("asha", search="resnet-1", metric="balanced_accuracy", max_epochs=8, grace_epochs=1)
+
+Schedulers record which trials they stopped before max_epochs, so a leaderboard row can say "stopped early" (a STOP
+at max_epochs is only the end of training), and `BudgetStopper` ends the search at its deadline. What they share lives
+in a process-wide registry keyed by search name (`search_run`), not in attributes: Tune pickles the scheduler, the
+stopper, the searcher and the callbacks for `--resume` and restores copies, which must still see the same record.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ray.tune import Stopper
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
+
+SEARCHERS = ("tpe", "random")
+SCHEDULERS = ("asha", "median", "fifo")
+TIME_ATTR = "epoch"  # every report carries the epoch it ends; schedulers count in epochs, not Tune iterations
+
+
+
+@dataclass
+class SearchRun:
+    """What this driver process knows about a running search."""
+
+    early_stops: set = field(default_factory=set)  # trial ids the scheduler stopped before max_epochs
+    deadline: Optional[float] = None  # wall-clock time (time.time()) at which the time budget ends the search
+
+    def budget_spent(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+
+_RUNS: dict[str, SearchRun] = {}
+
+
+def search_run(search: str) -> SearchRun:
+    return _RUNS.setdefault(search, SearchRun())
+
+
+def early_stops(search: str) -> set:
+    """Trial ids of `search` that its scheduler stopped before max_epochs, as recorded in this process."""
+    return search_run(search).early_stops
+
+
+class BudgetStopper(Stopper):
+    """Ends the whole search at `search_run(search).deadline` (set anew by each run, so `--resume` may give a new
+    budget); Tune then stops every running trial."""
+
+    def __init__(self, search: str) -> None:
+        self.search = search
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return search_run(self.search).budget_spent()
+
+
+def make_sampler(name: str, seed: int, num_samples: int):
+    """The Optuna sampler behind OptunaSearch. TPE starts with a few random trials (a third of the budget, 2 to 10)
+    before it models the space; `random` is the baseline every strategy is measured against."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, num_samples // 3)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"--searcher {name!r}: choose from {SEARCHERS}")
+
+
+class _RecordsEarlyStops:
+    """Mixin for a Tune scheduler: remember each STOP decided before `max_epochs`."""
+
+    search: str = ""
+    max_epochs: float = math.inf
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
+        if decision == TrialScheduler.STOP and result.get(TIME_ATTR, math.inf) < self.max_epochs:
+            early_stops(self.search).add(trial.trial_id)
+        return decision
+
+
+class RecordingASHA(_RecordsEarlyStops, ASHAScheduler):
+    pass
+
+
+class RecordingMedian(_RecordsEarlyStops, MedianStoppingRule):
+    pass
+
+
+def make_scheduler(name: str, *, search: str, metric: str, max_epochs: int, grace_epochs: int,
+                   reduction_factor: int = 2, mode: str = "max") -> Optional[TrialScheduler]:
+    """ASHA (stops a trial at epoch grace x factor^k unless it is in the top 1/factor there), the median stopping
+    rule (stops a trial whose running mean falls below the median of the others at the same epoch, after the grace
+    epochs), or FIFO (every trial runs max_epochs)."""
+    if name == "asha":
+        scheduler = RecordingASHA(time_attr=TIME_ATTR, max_t=max_epochs, grace_period=grace_epochs,
+                                  reduction_factor=reduction_factor, metric=metric, mode=mode)
+    elif name == "median":
+        scheduler = RecordingMedian(time_attr=TIME_ATTR, metric=metric, mode=mode, grace_period=grace_epochs,
+                                    min_samples_required=3)
+    elif name == "fifo":
+        return FIFOScheduler()
+    else:
+        raise ValueError(f"--scheduler {name!r}: choose from {SCHEDULERS}")
+    scheduler.search, scheduler.max_epochs = search, max_epochs
+    return scheduler
+
+
+class BudgetAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that closes a trial the time budget cut short as PRUNED at its last value (FAIL when it trained
+    no epoch), not as COMPLETE: the study then holds the same ending as the leaderboard row."""
+
+    def __init__(self, *args: Any, search: str = "", max_epochs: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.search, self.max_epochs = search, max_epochs
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        run = search_run(self.search)
+        epochs = int((result or {}).get(TIME_ATTR) or 0)
+        cut = not error and run.budget_spent() and trial_id not in run.early_stops and epochs < self.max_epochs
+        if not cut or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        import optuna
+
+        state = optuna.trial.TrialState.PRUNED if epochs else optuna.trial.TrialState.FAIL
+        self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        self._completed_trials.add(trial_id)
+
+
+def make_searcher(sampler_name: str, *, search: str, space: Any, metric: str, mode: str, storage: Any,
+                  seed: int, num_samples: int, max_epochs: int) -> BudgetAwareOptunaSearch:
+    """OptunaSearch over `space` with the named sampler; its study is stored under the search's name."""
+    return BudgetAwareOptunaSearch(space=space, metric=metric, mode=mode, study_name=search, storage=storage,
+                                   sampler=make_sampler(sampler_name, seed, num_samples), search=search,
+                                   max_epochs=max_epochs)
+
+
+__all__ = ["SEARCHERS", "SCHEDULERS", "make_sampler", "make_scheduler", "early_stops", "search_run", "SearchRun",
+           "BudgetStopper", "BudgetAwareOptunaSearch", "make_searcher", "RecordingASHA",
+           "RecordingMedian", "TIME_ATTR"]
