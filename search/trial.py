@@ -56,7 +56,8 @@ class _Reporter:
 
     def extras(self) -> dict:
         once = {"prior_epochs": self.prior_epochs} if self.prior_epochs and not self.epochs else {}
-        return {**self.fixed, "train_seconds": time.time() - self.started, **once}
+        now = time.time()  # reported_at: sub-second wall clock (Tune's timestamp is whole seconds)
+        return {**self.fixed, "train_seconds": now - self.started, "reported_at": now, **once}
 
     def on_epoch(self, metrics: dict, epoch_dir: Optional[str]) -> None:
         self.send({**metrics, **self.extras()}, epoch_dir)
