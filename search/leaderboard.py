@@ -319,6 +319,11 @@ def _display(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({name: [_cell(name, v) for v in df[name].tolist()] for name in columns}, dtype=object)
 
 
+def render(table: pd.DataFrame, columns: Optional[list[str]] = None) -> str:
+    """Rows as an aligned text table (the CLI's), showing `columns` (default: the key columns)."""
+    return _display(table, _columns(columns, table)).to_string(index=False)
+
+
 def to_markdown(shown: pd.DataFrame) -> str:
     """A GitHub Markdown table (no `tabulate` dependency)."""
     def line(cells: Iterable[Any]) -> str:
@@ -362,7 +367,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         columns = _columns(args.columns, table)
         shown = _display(table, columns)
-        print(shown.to_string(index=False))
+        print(render(table, columns))
         for out, text in ((args.csv, None), (args.markdown, to_markdown(shown))):
             if out:
                 Path(out).parent.mkdir(parents=True, exist_ok=True)

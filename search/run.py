@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--time-budget", type=float, metavar="SECONDS", help="stop the whole search after this many seconds")
     a("--max-failures", type=int, default=2, help="retries of a trial from its checkpoint (default 2)")
     a("--dry-run", flag=True, help="connect (or start the local Ray), print the profile, settings and plan, stop")
+    a("--verbose", flag=True, help="show everything Ray, Tune and Train print (by default it goes to "
+      "results/<name>/search.log and the console shows one line per trial event)")
     a("--smoke-test", flag=True, help="a real but tiny search: 2 trials of 2 epochs at 24 px")
     return p
 
@@ -240,16 +242,33 @@ def prepare(args: argparse.Namespace) -> list[str]:
     return notes
 
 
+def log_path(args: argparse.Namespace) -> Path:
+    """Where everything Ray, Tune and Train print goes: the search's own log (a dry run's is overwritten)."""
+    return Path(args.results) / ("dry-run.log" if args.dry_run else f"{args.name}/search.log")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from search import leaderboard
+    from search.console import logged_console
 
     try:
         args = parse_args(argv)
-        for note in prepare(args):
-            print(f"resume: {note}")
+        notes = prepare(args)
     except (ValueError, OSError, leaderboard.LeaderboardError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.dry_run and log_path(args).exists():
+        log_path(args).unlink()
+    with logged_console(log_path(args), verbose=args.verbose) as console:
+        console.say(f"search {args.name}; full log: {_shown_path(log_path(args))}"
+                    + ("" if args.verbose else " (--verbose shows it here)"))
+        for note in notes:
+            console.say(f"resume: {note}")
+        return launch(args, console)
+
+
+def launch(args: argparse.Namespace, console: Any) -> int:
+    """Start (or join) Ray, fit the settings to its cluster, then search (or, with --dry-run, stop there)."""
     import ray
 
     own_ray = not ray.is_initialized()
@@ -257,20 +276,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         start_ray(args)
         from search.plan import cluster_nodes
 
-        plan = resolve_for_cluster(args, cluster_nodes())
+        plan = resolve_for_cluster(args, cluster_nodes(), console.say)
         if args.dry_run:
-            print(settings_text(args))
-            print(f"dry run: nothing decoded or trained; run it without --dry-run")
+            console.say(settings_text(args))
+            console.say("dry run: nothing decoded or trained; run the same command without --dry-run")
             return 0
         from search.tuning import run_search  # Ray-side half, imported once Ray is up
 
-        return run_search(args, plan)
+        return run_search(args, plan, console)
     except (ValueError, ConnectionError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        console.error(str(error))
         return 2
     finally:
         if own_ray and ray.is_initialized():
             ray.shutdown()
+
+
+def _shown_path(path: Path) -> str:
+    """A path relative to the working directory when it lies below it (shorter to read and to paste)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 from ray import tune
 
 from search import leaderboard
+from search.console import Console, ConsoleCallback
 from search.data import SearchData, prepare_data
 from search.plan import Plan, cluster_nodes, driver_resources
 from search.rows import LeaderboardCallback, SearchContext, rows_from_grid, trial_id_from_path
@@ -84,34 +85,41 @@ def search_context(args: argparse.Namespace, data: SearchData) -> SearchContext:
                          code_version=leaderboard.code_version(), searcher=args.searcher, scheduler=args.scheduler)
 
 
-def run_search(args: argparse.Namespace, plan: Plan, say=print) -> int:
+def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     """Decode, launch (or resume) the Tune experiment, write and show the rows; returns the CLI's exit code."""
     started = time.time()
     if not args.resume:
         save_settings(args)  # results/searches/<name>.json, read back by --resume
     data = prepare_data(args.data, args.image_sizes, split_seed=args.seed, val_fraction=args.val_fraction,
-                        progress=True)
-    say(data.describe())
+                        progress=console.out)
+    console.say(data.describe())
     data.write_split(Path(args.results) / args.name / "split.json")  # read by search/evaluate.py
     board = str(Path(args.results) / "leaderboard.parquet")
     recorder = LeaderboardCallback(search_context(args, data), board)
-    tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), data.put()), [recorder])
-    run = search_run(args.name)
-    run.deadline = time.time() + args.time_budget if args.time_budget else None
+    progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
+                               max_epochs=args.max_epochs)
+    tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), data.put()), [recorder, progress])
+    search_run(args.name).deadline = time.time() + args.time_budget if args.time_budget else None
+    console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "
+                f"each, {plan.max_concurrent_trials} at once ({args.searcher} + {args.scheduler}, maximising "
+                f"{args.metric} on the validation patients)")
     grid = tuner.fit()
     rows = rows_from_grid(recorder.context, grid, walls=recorder.walls)
     table = leaderboard.append_rows(board, rows) if rows else leaderboard.read(board)
-    mine = leaderboard.rank_table(table, search=args.name)
-    return finish(args, grid, mine, time.time() - started, say)
+    return finish(args, grid, leaderboard.rank_table(table, search=args.name), time.time() - started, console)
 
 
-def finish(args: argparse.Namespace, grid: Any, mine: Any, wall_s: float, say=print) -> int:
-    """Show the search's rows and timing, tidy the Optuna study; the exit code says whether anything trained."""
-    board = str(Path(args.results) / "leaderboard.parquet")
-    say(f"\nleaderboard of {args.name} ({len(mine)} trials; all searches: {board}):")
+BOARD_COLUMNS = ["rank", "trial_id", "family", "status", "epochs_run", "balanced_accuracy", "weighted_f1", "roc_auc",
+                 "filters", "depth", "lr", "batch_size", "image_size", "optimizer", "train_seconds"]
+
+
+def finish(args: argparse.Namespace, grid: Any, mine: Any, wall_s: float, console: Console) -> int:
+    """Show the search's rows, timing and what to run next; tidy the Optuna study; the exit code says whether
+    anything trained."""
+    say = console.say
+    say(f"\nleaderboard of {args.name} ({len(mine)} trials, ranked by {args.metric} on the validation patients):")
     if len(mine):
-        leaderboard.main(["--path", board, "--search", args.name, "--columns", ",".join(
-            [*leaderboard.KEY_COLUMNS, "early_stopped", "train_seconds", "overhead_seconds"])])
+        say(leaderboard.render(mine, [c for c in BOARD_COLUMNS if c in mine.columns]))
     say(summary_line(mine, wall_s))
     pending = len({_trial_id(result) for result in grid} - set(mine["trial_id"]))
     if pending and not search_run(args.name).budget_spent():  # an interrupt left trials to --resume
@@ -124,9 +132,22 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, wall_s: float, say=pr
         say(f"warning: could not check the Optuna study {args.name} for open trials: {failure}")
     if not (mine["epochs_run"].fillna(0) > 0).any():
         budget = f" within --time-budget {args.time_budget:g} s" if args.time_budget else ""
-        say(f"error: no trial of {args.name} trained a single epoch{budget}")
+        console.error(f"no trial of {args.name} trained a single epoch{budget}")
         return 1
+    say(next_steps(args))
     return 0 if (mine["status"] != "error").any() else 1
+
+
+def next_steps(args: argparse.Namespace) -> str:
+    """The commands that come next, with this search's own name and folders filled in."""
+    results = Path(args.results)
+    board = "" if results == Path("results").resolve() else f" --leaderboard {results / 'leaderboard.parquet'}"
+    return "\n".join([
+        "next:",
+        f"  python search/evaluate.py --search {args.name} --top 3{board}   # the top trials on unseen test patients",
+        f"  python search/report.py --search {args.name}{board}   # HTML report: {results / args.name / 'report.html'}",
+        f"  optuna-dashboard sqlite:///{results / 'optuna.db'}   # the study '{args.name}'",
+        f"  tensorboard --logdir {_join(args.storage, args.name)}   # learning curves of every trial"])
 
 
 def close_open_optuna_trials(args: argparse.Namespace, say=print) -> int:

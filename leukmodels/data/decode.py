@@ -19,7 +19,7 @@ import uuid
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -77,9 +77,10 @@ def fingerprint(paths: list[str], size: int) -> str:
 
 
 def decode(manifest: pd.DataFrame, size: int, cache_dir: str | Path | None = None, workers: int | None = None,
-           progress: bool = True, cache: bool = True) -> DecodedSet:
+           progress: Any = True, cache: bool = True) -> DecodedSet:
     """All images of `manifest` (in its row order) -> DecodedSet of uint8 N x 3 x size x size.
-    Reuses the on-disk cache when it is whole; cache=False decodes into memory and writes nothing."""
+    Reuses the on-disk cache when it is whole; cache=False decodes into memory and writes nothing. `progress`:
+    True (a bar on stderr), False, or a stream to draw the bar on."""
     if not isinstance(size, (int, np.integer)) or size < 1:
         raise DataError(f"image size must be a positive integer, got {size!r}")
     if len(manifest) == 0:
@@ -145,12 +146,13 @@ def _decode_chunk(paths: list[str], size: int) -> np.ndarray:
     return np.stack([load_image(p, size) for p in paths])
 
 
-def _decode_into(out: np.ndarray, paths: list[str], size: int, workers: int | None, progress: bool) -> None:
+def _decode_into(out: np.ndarray, paths: list[str], size: int, workers: int | None, progress: Any) -> None:
     """Fill out (N x 3 x S x S) from paths, over a process pool when there is more than one chunk."""
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     starts = range(0, len(paths), CHUNK)
-    with tqdm(total=len(paths), desc=f"decode {size}px", unit="img", disable=not progress) as bar:
+    stream = progress if hasattr(progress, "write") else None  # a stream to show the bar on (default stderr)
+    with tqdm(total=len(paths), desc=f"decode {size}px", unit="img", disable=not progress, file=stream) as bar:
         if workers <= 1 or len(starts) <= 1:
             for start in starts:
                 out[start:start + CHUNK] = _decode_chunk(paths[start:start + CHUNK], size)
@@ -182,7 +184,7 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 
 
 def _build_cache(array_path: Path, meta_path: Path, shape: tuple, key: str, paths: list[str], size: int,
-                 workers: int | None, progress: bool) -> None:
+                 workers: int | None, progress: Any) -> None:
     array_path.parent.mkdir(parents=True, exist_ok=True)
     for stale in (meta_path, array_path):  # a broken entry: drop the meta first so no reader trusts the array
         stale.unlink(missing_ok=True)
