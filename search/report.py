@@ -170,23 +170,23 @@ def winner_section(test_rows: pd.DataFrame, preds: pd.DataFrame, worst: int) -> 
     what = f"{chosen['trial_id']} ({chosen['family']}), {'with' if chosen['tta'] else 'without'} 8-way TTA"
     parts = [f"<p>Winner on validation: <b>{html.escape(what)}</b>; {len(mine)} test cells from "
              f"{mine['patient'].nunique()} patients ({html.escape(str(chosen['test_source']))}).</p>"]
-    ensemble = ensemble_beside(test_rows, preds, chosen)
-    if ensemble is not None:
-        parts.append(versus_table(chosen, ensemble[0]))
+    ensembles = ensembles_beside(test_rows, preds, chosen)
+    if ensembles:
+        parts.append(versus_table(chosen, [row for row, _ in ensembles]))
     labels, prob = mine["label"].to_numpy(), mine["prob_all"].to_numpy()
     fig, (ax_roc, ax_cm) = new_figure(1, 2, figsize=(10, 4))
     if len(np.unique(labels)) == 2:
         RocCurveDisplay.from_predictions(labels, prob, pos_label=1, name=f"winner {chosen['trial_id']}", ax=ax_roc)
-        if ensemble is not None:  # same cells in the same order: evaluate writes every model's rows alike
-            RocCurveDisplay.from_predictions(labels, ensemble[1]["prob_all"].to_numpy(), pos_label=1,
-                                             name=str(ensemble[0]["trial_id"]), ax=ax_roc)
+        for row, theirs in ensembles:  # same cells in the same order: evaluate writes every model's rows alike
+            RocCurveDisplay.from_predictions(labels, theirs["prob_all"].to_numpy(), pos_label=1,
+                                             name=str(row["trial_id"]), ax=ax_roc)
         ax_roc.plot([0, 1], [0, 1], ls=":", color="grey")
     else:
         ax_roc.text(0.5, 0.5, "ROC needs both classes", ha="center")
     ax_roc.set_title("ROC on test patients")
     ConfusionMatrixDisplay.from_predictions(labels, (prob > 0.5).astype(int), labels=[0, 1],
                                             display_labels=CLASS_NAMES, ax=ax_cm, colorbar=False)
-    ax_cm.set_title("confusion matrix (threshold 0.5)")
+    ax_cm.set_title("winner's confusion matrix (threshold 0.5)")
     parts.append(figure_html(fig, "ROC curve and confusion matrix"))
 
     correct = (prob > 0.5).astype(int) == labels
@@ -204,25 +204,25 @@ def winner_section(test_rows: pd.DataFrame, preds: pd.DataFrame, worst: int) -> 
     return "".join(parts)
 
 
-def ensemble_beside(test_rows: pd.DataFrame, preds: pd.DataFrame, winner: pd.Series):
-    """(row, predictions) of the largest ensemble evaluated in the winner's TTA mode, or None."""
+def ensembles_beside(test_rows: pd.DataFrame, preds: pd.DataFrame, winner: pd.Series) -> list[tuple]:
+    """[(row, predictions)] of every ensemble evaluated in the winner's TTA mode, fewest members first."""
     if "family" not in test_rows:
-        return None
+        return []
     rows = test_rows[(test_rows["family"] == ENSEMBLE_FAMILY) & (test_rows["tta"] == winner["tta"])]
-    if rows.empty:
-        return None
-    row = rows.sort_values("n_members").iloc[-1]
-    mine = preds[(preds["trial_id"] == row["trial_id"]) & (preds["tta"] == row["tta"]) & ~preds["retrained"]]
-    return (row, mine.reset_index(drop=True)) if len(mine) else None
+    found = []
+    for _, row in rows.sort_values("n_members").iterrows():
+        mine = preds[(preds["trial_id"] == row["trial_id"]) & (preds["tta"] == row["tta"]) & ~preds["retrained"]]
+        found += [(row, mine.reset_index(drop=True))] if len(mine) else []
+    return found
 
 
-def versus_table(winner: pd.Series, ensemble: pd.Series) -> str:
-    """The validation winner and the ensemble side by side on the same test cells."""
-    members = ", ".join(json.loads(ensemble["members"]))
-    frame = pd.DataFrame([{**winner.to_dict(), "model": "validation winner", "members": winner["trial_id"]},
-                          {**ensemble.to_dict(), "model": str(ensemble["trial_id"]), "members": members}])
-    return ("<h3>Ensemble beside the winner</h3>" + note(f"{ensemble['trial_id']}: mean P(ALL) of trials {members} "
-            "per test cell, called ALL above 0.5, each trial at its own image size.")
+def versus_table(winner: pd.Series, ensembles: Sequence[pd.Series]) -> str:
+    """The validation winner and each ensemble side by side on the same test cells."""
+    frame = pd.DataFrame([{**winner.to_dict(), "model": "validation winner", "members": winner["trial_id"]}] + [
+        {**row.to_dict(), "model": str(row["trial_id"]), "members": ", ".join(json.loads(row["members"]))}
+        for row in ensembles])
+    return ("<h3>Ensembles beside the winner</h3>" + note("An ensemble's P(ALL) of a test cell is the mean of its "
+            "members' P(ALL) (each trial at its own image size), called ALL above 0.5.")
             + table_html(frame, VERSUS_COLUMNS))
 
 

@@ -154,7 +154,7 @@ def test_report_before_evaluation_says_so(tiny_search, tmp_path):  # noqa: F811
 
 def test_report_shows_the_ensemble_beside_the_winner(report, evaluated):  # noqa: F811
     page = report.read_text()
-    versus = page[page.index("Ensemble beside the winner"):]
+    versus = page[page.index("Ensembles beside the winner"):]
     table = evaluated["metrics"]
     winner = table[(table["val_rank"] == 1) & ~table["retrained"] & table["tta"]].iloc[0]
     ensemble = table[(table["trial_id"] == ENSEMBLE) & table["tta"]].iloc[0]
