@@ -92,6 +92,7 @@ def held_out_test(manifest: pd.DataFrame, seed: int, recorded: dict) -> tuple[pd
 class TestSet:
     """The held-out test images, decoded lazily once per image size; every array is in `frame`'s (manifest) order."""
 
+    __test__ = False  # not a pytest test class, whatever its name
     frame: pd.DataFrame  # the test manifest rows: path, label, patient, source, image_id
     info: dict  # how the test patients were chosen (test_metrics columns)
     splits: dict  # the recomputed split: {"train", "val", "test"} manifests
