@@ -1,19 +1,28 @@
 """Held-out test evaluation of a search's best trials: the answer to "how good is the winner on unseen patients?".
 
     python search/evaluate.py [--leaderboard results/leaderboard.parquet] [--search NAME] [--top 3 | --trials ID ...]
-                              [--data ROOT] [--tta both|on|off] [--retrain] [--out results/test_metrics.parquet]
+                              [--ensemble K] [--data ROOT] [--tta both|on|off] [--retrain]
+                              [--out results/test_metrics.parquet]
 
 Test patients are the official preliminary test set when the tree has one (real C-NMC, or the generated stand-in),
 else the `test` part of `split_by_patient` with the search's seed. They are never the validation patients that chose
 the winner: the split is recomputed exactly as the search made it, `check_disjoint` is run on it, and when the search
 recorded its train/val patients those are checked against the test patients too (a DataError names any overlap).
 
+`--ensemble K` adds one more model per TTA mode: the top K trials (by validation metric, among those whose checkpoint
+loads) combined by averaging their P(ALL) per test image (see `ensemble_prob`), each trial decoded at its own image
+size. Its row has trial_id `ensemble-topK`, family `ensemble` and the member trial ids in `members`.
+
 Writes, atomically and next to the leaderboard (rows of a re-run replace the old ones, other searches' rows stay):
 - `test_metrics.parquet`: one row per (search, trial_id, tta, retrained) with weighted_f1, macro_f1, accuracy,
   balanced_accuracy, roc_auc, sensitivity, specificity, per_patient_accuracy (JSON {patient: accuracy}), the test
-  patients (JSON), how they were chosen, and data_generated (True = generated cells, NEVER a C-NMC result);
-- `test_predictions.parquet`: one row per test image and evaluated model (path, patient, label, prob_all), which
-  search/report.py draws the ROC curve, confusion matrix and most-wrong cells from.
+  patients (JSON), how they were chosen, members (JSON list of the trial ids whose predictions the row scores: one
+  for a trial, K for an ensemble), n_members, and data_generated (True = generated cells, NEVER a C-NMC result);
+- `test_predictions.parquet`: one row per test image and evaluated model, same key (path, patient, label, prob_all),
+  which search/report.py draws the ROC curves, confusion matrix and most-wrong cells from.
+
+Exit codes: 0 written; 2 bad input (leaderboard missing or unreadable, unknown search or trial, data that does not
+match the search), one line on stderr naming it; 1 when no chosen trial could be evaluated.
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,21 +41,47 @@ if __package__ in (None, ""):  # run as `python search/evaluate.py`: make the re
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from leukmodels.atomic import atomic_path  # noqa: E402
+from search.heldout import TestSet, held_out_set, held_out_test, recorded_split  # noqa: E402,F401  (public here too)
 from search.predict import load_trial_model  # noqa: E402
 
 METRIC_COLUMNS = ("weighted_f1", "macro_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity",
                   "specificity")
 KEY_COLUMNS = ("search", "trial_id", "tta", "retrained")  # one evaluation; a re-run replaces rows with the same key
 USABLE_STATUS = ("finished", "stopped")  # search.leaderboard.STATUSES minus "error": a best checkpoint worth testing
+ENSEMBLE_FAMILY = "ensemble"  # the `family` of an ensemble row; its trial_id is ensemble-top<K>
+TTA_MODES = {"both": (False, True), "on": (True,), "off": (False,)}  # --tta -> the modes evaluated
+
+
+class EvaluateError(ValueError):
+    """Bad input to evaluation (leaderboard, search, trial id, flag); the message is one line naming it."""
+
+
+class NothingEvaluated(RuntimeError):
+    """None of the chosen trials could be evaluated (e.g. every checkpoint is gone)."""
 
 
 # -- leaderboard and files ----------------------------------------------------------------------------------------
 def read_board(path: Path) -> pd.DataFrame:
-    from search.leaderboard import read
+    """The leaderboard at `path`; EvaluateError (one line naming the file) when it is missing or unreadable."""
+    from search.leaderboard import LeaderboardError, read
 
     if not Path(path).is_file():
-        raise SystemExit(f"evaluate: no leaderboard at {path}; run search/run.py first or pass --leaderboard")
-    return read(path)
+        raise EvaluateError(f"no leaderboard at {path}; run search/run.py first or pass --leaderboard")
+    try:
+        return read(path)
+    except LeaderboardError as err:  # not parquet, wrong schema: the message names the file
+        raise EvaluateError(str(err)) from None
+
+
+def read_parquet_or_none(path: Path) -> Optional[pd.DataFrame]:
+    """A parquet file we wrote before (None when absent); EvaluateError naming it when it does not read."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types (ArrowInvalid, OSError) for a damaged file
+        why = " ".join(str(err).split())[:200]
+        raise EvaluateError(f"cannot read {path}: {why}; move it away or pass another path") from None
 
 
 def board_dir(path: Path) -> Path:
@@ -60,36 +96,34 @@ def select_trials(board: pd.DataFrame, search: Optional[str], top: Optional[int]
     or with an error status are skipped; `trials` given by id must all exist.
     """
     if board.empty:
-        raise SystemExit("evaluate: the leaderboard is empty")
+        raise EvaluateError("the leaderboard is empty")
     if search is None:
         order = board.sort_values("started_at") if "started_at" in board else board
         search = str(order["search"].iloc[-1])
     rows = board[board["search"].astype(str) == str(search)]
     if rows.empty:
-        known = sorted(board["search"].unique())
-        raise SystemExit(f"evaluate: no search {search!r} in the leaderboard; it has {known}")
+        raise EvaluateError(f"--search {search!r}: not in the leaderboard; it has {sorted(board['search'].unique())}")
     if metric not in rows:
-        raise SystemExit(f"evaluate: --metric {metric!r} is not a leaderboard column")
+        raise EvaluateError(f"--metric {metric!r} is not a leaderboard column")
     if trials:
         missing = sorted(set(map(str, trials)) - set(rows["trial_id"].astype(str)))
         if missing:
-            raise SystemExit(f"evaluate: trial id(s) {missing} not in search {search!r}")
+            raise EvaluateError(f"--trials: trial id(s) {missing} not in search {search!r}")
         rows = rows[rows["trial_id"].astype(str).isin(list(map(str, trials)))]
     usable = rows["checkpoint"].notna() & (rows["checkpoint"].astype(str) != "")
     if "status" in rows:
         usable &= rows["status"].astype(str).str.lower().isin(USABLE_STATUS)
     rows = rows[usable].sort_values(metric, ascending=False, na_position="last")
     if rows.empty:
-        raise SystemExit(f"evaluate: search {search!r} has no finished trial with a checkpoint")
+        raise NothingEvaluated(f"search {search!r} has no finished trial with a checkpoint")
     return (rows if trials else rows.head(top)).reset_index(drop=True), str(search)
 
 
 def write_parquet_atomic(new: pd.DataFrame, path: Path, key_columns: Sequence[str]) -> None:
     """Merge `new` into the parquet at `path` (rows with the same key are replaced) via a temp file + os.replace."""
     path = Path(path)
-    table = new
-    if path.is_file():
-        old = pd.read_parquet(path)
+    table, old = new, read_parquet_or_none(path)
+    if old is not None:
         keys = set(map(tuple, new[list(key_columns)].astype(str).to_numpy()))
         keep = [tuple(k) not in keys for k in old[list(key_columns)].astype(str).to_numpy()]
         table = pd.concat([old[keep], new], ignore_index=True)
@@ -105,6 +139,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--top", type=int, default=3, help="evaluate the top K trials by validation metric (3)")
     which.add_argument("--trials", nargs="+", metavar="ID", help="evaluate these trial ids instead of the top K")
+    p.add_argument("--ensemble", type=int, metavar="K", help="also evaluate the ensemble of the top K trials that "
+                   "load (mean P(ALL) per image, threshold 0.5); they are evaluated one by one too (>= 2)")
     p.add_argument("--metric", default="weighted_f1", help="leaderboard column that ranks trials (weighted_f1)")
     p.add_argument("--data", help="data root (default: the leaderboard row's data_root)")
     p.add_argument("--split-seed", type=int, help="seed of split_by_patient (default: split_seed the search "
@@ -120,84 +156,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.top is not None and args.top < 1:
         p.error(f"--top must be >= 1, got {args.top}")
+    if args.ensemble is not None and args.ensemble < 2:
+        p.error(f"--ensemble must be >= 2 (an ensemble of one trial is that trial), got {args.ensemble}")
     return args
 
 
-# -- the held-out test patients -----------------------------------------------------------------------------------
-def recorded_split(row: pd.Series, results_dir: Path) -> dict:
-    """How the search split its patients: {"seed", "val_fraction", "train", "val", "fingerprint"} (None = unknown).
-
-    From leaderboard columns (split_seed, val_fraction, data_fingerprint, train_patients / val_patients as JSON
-    lists) and from a results/<search>/split.json ({"seed", "val_fraction", "train", "val"}) when the search wrote one.
-    """
-    found: dict = {"seed": None, "val_fraction": None, "train": None, "val": None, "fingerprint": None}
-    split_file = results_dir / str(row.get("search", "")) / "split.json"
-    if split_file.is_file():
-        data = json.loads(split_file.read_text())
-        found.update({key: data.get(key) for key in ("seed", "val_fraction", "train", "val")})
-    for key, column in (("seed", "split_seed"), ("val_fraction", "val_fraction"), ("train", "train_patients"),
-                        ("val", "val_patients"), ("fingerprint", "data_fingerprint")):
-        value = row.get(column)
-        if found[key] is None and value is not None and not (np.isscalar(value) and pd.isna(value)):
-            found[key] = json.loads(value) if isinstance(value, str) and key in ("train", "val") else value
-    return found
-
-
-def held_out_test(manifest: pd.DataFrame, seed: int, recorded: dict) -> tuple[pd.DataFrame, dict, dict]:
-    """The test rows of `split_by_patient(manifest, seed=seed)` after checking them against train and val.
-
-    The recomputed split must be the search's: its data fingerprint (search.data.data_fingerprint, over the train and
-    val images and the split settings) must equal the leaderboard's, else a DataError, except when the test set is the
-    official preliminary test, which no split can move (then a warning). Returns (test manifest, info, splits).
-    """
-    from leukmodels.data import DataError, check_disjoint, split_by_patient
-    from search.data import data_fingerprint
-
-    val_fraction = float(recorded["val_fraction"]) if recorded.get("val_fraction") is not None else 0.2
-    splits = split_by_patient(manifest, val_fraction=val_fraction, seed=seed)
-    check_disjoint(splits)  # raises DataError naming a patient found in two sets
-    official = bool(len(splits["test"]) and (splits["test"]["source"] == "prelim_test").all())
-    fingerprint = data_fingerprint(splits, seed, val_fraction)
-    if recorded.get("fingerprint") and str(recorded["fingerprint"]) != fingerprint:
-        message = (f"split seed {seed} / val_fraction {val_fraction} of {manifest.attrs.get('root')} gives data "
-                   f"fingerprint {fingerprint}, the search recorded {recorded['fingerprint']}: not the search's split")
-        if not official:
-            raise DataError(message + " (pass --split-seed or --data to match it)")
-        print(f"evaluate: warning: {message}; the official test patients are held out anyway", file=sys.stderr)
-    test = splits["test"]
-    if len(test) == 0:
-        raise DataError(f"{manifest.attrs.get('root')}: no labelled test patients to evaluate on")
-    test_patients = set(test["patient"].astype(str))
-    train_val = set(splits["train"]["patient"].astype(str)) | set(splits["val"]["patient"].astype(str))
-    searched = set(map(str, (recorded.get("train") or []) + (recorded.get("val") or [])))
-    for name, patients in (("train/val of the recomputed split", train_val), ("train/val the search recorded",
-                                                                              searched)):
-        overlap = sorted(test_patients & patients)
-        if overlap:
-            raise DataError(f"test patients {overlap} are also in the {name}: refusing to evaluate on them")
-    checks = ["check_disjoint"]
-    checks += ["fingerprint matches the search's"] if recorded.get("fingerprint") == fingerprint else []
-    checks += ["disjoint from the train/val patients the search recorded"] if searched else []
-    info = {
-        "test_source": "prelim_test" if official else "split_test",
-        "split_seed": int(seed), "val_fraction": val_fraction, "split_fingerprint": fingerprint,
-        "split_check": "; ".join(checks),
-        "test_patients": json.dumps(sorted(test_patients)),
-        "n_test_patients": len(test_patients),
-        "train_val_patients": json.dumps(sorted(train_val | searched)),
-    }
-    return test, info, splits
-
-
 # -- evaluation ---------------------------------------------------------------------------------------------------
-def evaluate_model(model, config, decoded, tta: bool, device=None) -> tuple[dict, np.ndarray]:
-    """Metrics (flat dict, per_patient_accuracy as JSON) and P(ALL) (N,) of `model` on a DecodedSet."""
-    from leukmodels.metrics import classification_metrics, predict_proba
+@dataclass
+class Scored:
+    """One model (a trial, a retrained trial or an ensemble) in one TTA mode on the test set."""
 
-    prob_all = predict_proba(model, decoded.images, device=device, tta=tta)
-    metrics = classification_metrics(decoded.labels, prob_all, patients=decoded.patients)
+    trial_id: str
+    tta: bool
+    retrained: bool
+    prob_all: np.ndarray  # float64 (N,): P(ALL) per test image, in TestSet.frame's order
+    metrics: dict  # classification_metrics, per_patient_accuracy as JSON
+    fields: dict  # the rest of its test_metrics row: family, val_rank, members, checkpoint, config, ...
+
+
+def score(test_set: TestSet, prob_all: np.ndarray) -> dict:
+    """Metrics of P(ALL) (N,) on the test labels (flat dict; per_patient_accuracy as JSON)."""
+    from leukmodels.metrics import classification_metrics
+
+    metrics = classification_metrics(test_set.labels, prob_all, patients=test_set.patients)
     metrics["per_patient_accuracy"] = json.dumps(metrics.get("per_patient_accuracy", {}), sort_keys=True)
-    return metrics, prob_all
+    return metrics
 
 
 def retrain_on_train_val(row: pd.Series, config, splits: dict, out_dir: Path, cache_dir, device=None):
@@ -229,91 +212,162 @@ def best_epoch(row: pd.Series, config) -> int:
     return int(config.epochs)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    import torch
+def evaluate_trial(rank: int, row: pd.Series, loaded: tuple, test_set: TestSet, args: argparse.Namespace,
+                   retrain_dir: Optional[Path]) -> list[Scored]:
+    """A trial's loaded best checkpoint (model, config, file), and with `retrain_dir` its config retrained on
+    train+val, scored in every TTA mode of --tta."""
+    from leukmodels.metrics import predict_proba
 
-    from leukmodels.data import decode, discover
+    model, config, ckpt_file = loaded
+    candidates = [(model, False, ckpt_file, None)]
+    if retrain_dir is not None:
+        r_model, r_epochs, r_file = retrain_on_train_val(row, config, test_set.splits, retrain_dir,
+                                                         args.cache_dir, device=args.device)
+        candidates.append((r_model, True, r_file, r_epochs))
+    decoded = test_set.decoded(config.image_size)  # each trial at its own image size
+    scored = []
+    for model_, retrained, file_, epochs in candidates:
+        for tta in TTA_MODES[args.tta]:
+            prob_all = predict_proba(model_, decoded.images, device=args.device, tta=tta)
+            scored.append(Scored(str(row["trial_id"]), bool(tta), bool(retrained), prob_all, score(test_set, prob_all),
+                                 {"family": config.family, "val_rank": rank,
+                                  f"val_{args.metric}": float(row.get(args.metric, np.nan)),
+                                  "members": json.dumps([str(row["trial_id"])]), "n_members": 1,
+                                  "retrain_epochs": epochs, "checkpoint": file_,
+                                  "test_fingerprint": decoded.fingerprint, "config": json.dumps(config.to_dict())}))
+    return scored
 
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    board_path = Path(args.leaderboard)
-    board = read_board(board_path)
-    chosen, search = select_trials(board, args.search, top=None if args.trials else args.top, trials=args.trials,
-                                   metric=args.metric)
-    results_dir = board_dir(board_path)
-    out_path = Path(args.out) if args.out else results_dir / "test_metrics.parquet"
-    preds_path = out_path.with_name("test_predictions.parquet")
-    cache_dir = args.cache_dir  # None: leukmodels.data.decode's default cache, the one the search filled
-    tta_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.tta]
-
-    first = chosen.iloc[0]
-    data_root = args.data or first.get("data_root")
-    if not data_root or pd.isna(data_root):
-        raise SystemExit("evaluate: the leaderboard rows carry no data_root; pass --data ROOT")
-    manifest = discover(data_root)
-    generated = bool(manifest.attrs.get("generated", False))
-    recorded = recorded_split(first, results_dir)
-    # search/run.py seeds the split with --seed, which it also writes into every config's `seed` column
-    config_seed = None if "seed" not in first or pd.isna(first["seed"]) else int(first["seed"])
-    seed = next(s for s in (args.split_seed, recorded["seed"], config_seed, 0) if s is not None)
-    test, info, splits = held_out_test(manifest, int(seed), recorded)
-    print(f"evaluate: search {search!r}, {len(chosen)} trial(s), test = {info['test_source']} "
-          f"({len(test)} images, {info['n_test_patients']} patients), data {'GENERATED' if generated else 'C-NMC'} "
-          f"at {data_root}", file=sys.stderr)
-
-    decoded_by_size: dict[int, object] = {}
-    rows, pred_frames = [], []
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+def evaluate_trials(chosen: pd.DataFrame, test_set: TestSet, args: argparse.Namespace,
+                    retrain_dir: Path) -> list[Scored]:
+    """Every chosen trial, best first; a trial whose checkpoint does not load is skipped with a warning.
+    --retrain retrains only the best trial that could be loaded."""
+    scored: list[Scored] = []
     skipped = []
     for rank, (_, row) in enumerate(chosen.iterrows(), start=1):
         try:
-            model, config, ckpt_file = load_trial_model(row["checkpoint"], device=args.device)
+            loaded = load_trial_model(row["checkpoint"], device=args.device)
         except (FileNotFoundError, ValueError) as err:  # e.g. a checkpoint Ray's num_to_keep already deleted
             print(f"evaluate: warning: skipping trial {row['trial_id']}: {err}", file=sys.stderr)
             skipped.append(str(row["trial_id"]))
             continue
-        candidates = [(model, False, ckpt_file, None)]
-        if args.retrain and not rows:  # only the best trial that could be loaded
-            r_model, r_epochs, r_file = retrain_on_train_val(row, config, splits, results_dir / str(search),
-                                                             cache_dir, device=args.device)
-            candidates.append((r_model, True, r_file, r_epochs))
-        if config.image_size not in decoded_by_size:
-            decoded_by_size[config.image_size] = decode(test, config.image_size, cache_dir=cache_dir,
-                                                        progress=False)
-        decoded = decoded_by_size[config.image_size]
-        assert (decoded.image_ids == test["image_id"].astype(str).to_numpy()).all()  # decode keeps manifest order
-        for model_, retrained, file_, epochs in candidates:
-            for tta in tta_modes:
-                metrics, prob_all = evaluate_model(model_, config, decoded, tta, device=args.device)
-                rows.append({
-                    "search": str(search), "trial_id": str(row["trial_id"]), "tta": bool(tta),
-                    "retrained": bool(retrained), "family": config.family, "val_rank": rank,
-                    f"val_{args.metric}": float(row.get(args.metric, np.nan)),
-                    "retrain_epochs": epochs, "checkpoint": file_, **metrics, **info,
-                    "n_test_images": len(decoded), "data_root": str(data_root), "data_generated": generated,
-                    "test_fingerprint": decoded.fingerprint, "config": json.dumps(config.to_dict()),
-                    "evaluated_at": now,
-                })
-                pred_frames.append(pd.DataFrame({
-                    "search": str(search), "trial_id": str(row["trial_id"]), "tta": bool(tta),
-                    "retrained": bool(retrained), "image_id": decoded.image_ids.astype(str),
-                    "patient": decoded.patients.astype(str), "label": decoded.labels.astype(np.int64),
-                    "prob_all": prob_all, "path": test["path"].astype(str).to_numpy(),
-                    "data_generated": generated,
-                }))
-                print(f"  {row['trial_id']:<24} tta={'on ' if tta else 'off'} retrained={retrained!s:<5} "
-                      f"weighted_f1={metrics['weighted_f1']:.4f} bal_acc={metrics['balanced_accuracy']:.4f} "
-                      f"auc={metrics['roc_auc']:.4f}", file=sys.stderr)
-    if not rows:
-        raise SystemExit(f"evaluate: no trial could be evaluated (skipped {skipped})")
-    table = pd.DataFrame(rows)
+        scored += evaluate_trial(rank, row, loaded, test_set, args, retrain_dir if args.retrain and not scored
+                                 else None)
+    if not scored:
+        raise NothingEvaluated(f"no trial could be evaluated (skipped {skipped})")
+    return scored
+
+
+# -- ensemble -----------------------------------------------------------------------------------------------------
+def ensemble_prob(member_probs: Sequence[np.ndarray]) -> np.ndarray:
+    """The ensemble's P(ALL) per test image: the unweighted mean of its members' P(ALL), K x (N,) -> (N,).
+
+    This is the definition of an ensemble here: mean of P(ALL), a cell called ALL when that mean is > 0.5 (the
+    threshold of every single model). Probabilities, not logits, are averaged so that no member's confident logits
+    outvote the others; no weights are fitted, since the only data left to fit them on would be the test patients.
+    With TTA each member's P(ALL) is already the mean of its 8 dihedral views, so this is the mean of K x 8.
+    """
+    stacked = np.stack([np.asarray(p, dtype=np.float64) for p in member_probs])  # K x N, same image order
+    return stacked.mean(axis=0)
+
+
+def ensemble_members(scored: Sequence[Scored], k: int) -> list[str]:
+    """Trial ids of the top `k` evaluated trials (validation rank order; retrained models are not members).
+    Warns, with the K it uses, when fewer than `k` trials could be evaluated."""
+    ranked = sorted({s.trial_id: s.fields["val_rank"] for s in scored if not s.retrained}.items(),
+                    key=lambda item: item[1])
+    members = [trial_id for trial_id, _ in ranked[:k]]
+    if len(members) < k:
+        print(f"evaluate: warning: --ensemble {k}: only {len(members)} trial(s) could be evaluated, so the "
+              f"ensemble uses K={len(members)}" + ("" if len(members) >= 2 else " (no ensemble: it needs 2)"),
+              file=sys.stderr)
+    return members if len(members) >= 2 else []
+
+
+def evaluate_ensemble(scored: Sequence[Scored], k: int, test_set: TestSet) -> list[Scored]:
+    """The ensemble of the top `k` evaluated trials in each TTA mode they were evaluated in ([] when < 2 load)."""
+    members = ensemble_members(scored, k)
+    if not members:
+        return []
+    out = []
+    for tta in sorted({s.tta for s in scored}):
+        by_id = {s.trial_id: s for s in scored if s.tta == tta and not s.retrained}
+        parts = [by_id[trial_id] for trial_id in members]
+        prob_all = ensemble_prob([s.prob_all for s in parts])
+        out.append(Scored(f"ensemble-top{len(parts)}", tta, False, prob_all, score(test_set, prob_all), {
+            "family": ENSEMBLE_FAMILY, "val_rank": np.nan, "members": json.dumps(members), "n_members": len(parts),
+            "retrain_epochs": None, "checkpoint": json.dumps([s.fields["checkpoint"] for s in parts]),
+            "test_fingerprint": "+".join(sorted({s.fields["test_fingerprint"] for s in parts})),
+            "config": json.dumps([json.loads(s.fields["config"]) for s in parts])}))
+    return out
+
+
+# -- outputs ------------------------------------------------------------------------------------------------------
+def result_tables(scored: Sequence[Scored], search: str, test_set: TestSet) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(test_metrics rows, test_predictions rows) of every scored model."""
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    frame = test_set.frame
+    rows, preds = [], []
+    for s in scored:
+        key = {"search": search, "trial_id": s.trial_id, "tta": s.tta, "retrained": s.retrained}
+        rows.append({**key, **s.fields, **s.metrics, **test_set.info, "n_test_images": len(frame),
+                     "data_root": test_set.root, "data_generated": test_set.generated, "evaluated_at": now})
+        preds.append(pd.DataFrame({**key, "image_id": frame["image_id"].astype(str).to_numpy(),
+                                   "patient": test_set.patients, "label": test_set.labels, "prob_all": s.prob_all,
+                                   "path": frame["path"].astype(str).to_numpy(),
+                                   "data_generated": test_set.generated}))
+    return pd.DataFrame(rows), pd.concat(preds, ignore_index=True)
+
+
+def print_scored(scored: Sequence[Scored]) -> None:
+    for s in scored:
+        print(f"  {s.trial_id:<24} tta={'on ' if s.tta else 'off'} retrained={s.retrained!s:<5} "
+              f"weighted_f1={s.metrics['weighted_f1']:.4f} bal_acc={s.metrics['balanced_accuracy']:.4f} "
+              f"auc={s.metrics['roc_auc']:.4f}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """load rows -> recompute the held-out split -> evaluate each trial (decoding per size) -> ensemble -> write."""
+    board_path = Path(args.leaderboard)
+    top = None if args.trials else max(args.top, args.ensemble or 0)  # ensemble members get rows of their own
+    chosen, search = select_trials(read_board(board_path), args.search, top=top, trials=args.trials,
+                                   metric=args.metric)
+    results_dir = board_dir(board_path)
+    out_path = Path(args.out) if args.out else results_dir / "test_metrics.parquet"
+    test_set = held_out_set(chosen.iloc[0], results_dir, args.data, args.split_seed, args.cache_dir)
+    print(f"evaluate: search {search!r}, {len(chosen)} trial(s), test = {test_set.info['test_source']} "
+          f"({len(test_set.frame)} images, {test_set.info['n_test_patients']} patients), data "
+          f"{'GENERATED' if test_set.generated else 'C-NMC'} at {test_set.root}", file=sys.stderr)
+    scored = evaluate_trials(chosen, test_set, args, results_dir / search)
+    if args.ensemble:
+        scored += evaluate_ensemble(scored, args.ensemble, test_set)
+    print_scored(scored)
+    table, preds = result_tables(scored, search, test_set)
     write_parquet_atomic(table, out_path, KEY_COLUMNS)
-    write_parquet_atomic(pd.concat(pred_frames, ignore_index=True), preds_path, KEY_COLUMNS)
+    write_parquet_atomic(preds, out_path.with_name("test_predictions.parquet"), KEY_COLUMNS)
     shown = ["trial_id", "family", "tta", "retrained"] + list(METRIC_COLUMNS[:5])
     print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"wrote {out_path} and {preds_path}" + ("  [GENERATED DATA: not C-NMC results]" if generated else ""))
+    print(f"wrote {out_path} and {out_path.with_name('test_predictions.parquet')}"
+          + ("  [GENERATED DATA: not C-NMC results]" if test_set.generated else ""))
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from leukmodels.data import DataError
+
+    args = parse_args(argv)
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return run(args)
+    except NothingEvaluated as err:
+        print(f"evaluate: error: {err}", file=sys.stderr)
+        return 1
+    except (EvaluateError, DataError) as err:  # DataError: a data root, split or image that does not fit
+        print(f"evaluate: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import base64
 import datetime as dt
 import html
 import io
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -33,13 +34,15 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from leukmodels.atomic import atomic_path  # noqa: E402
-from search.evaluate import board_dir, read_board  # noqa: E402
+from search.evaluate import ENSEMBLE_FAMILY, EvaluateError, board_dir, read_board, read_parquet_or_none  # noqa: E402
 
 BOARD_COLUMNS = ("rank", "trial_id", "family", "status", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
                  "best_epoch", "epochs_run", "early_stopped", "num_parameters", "image_size", "filters", "depth",
                  "lr", "batch_size", "optimizer", "dropout", "aug_strength", "train_seconds", "images_per_s")
-TEST_COLUMNS = ("val_rank", "trial_id", "family", "tta", "retrained", "weighted_f1", "balanced_accuracy", "roc_auc",
-                "accuracy", "sensitivity", "specificity", "n_test_images", "n_test_patients", "test_source")
+TEST_COLUMNS = ("val_rank", "trial_id", "family", "n_members", "tta", "retrained", "weighted_f1", "balanced_accuracy",
+                "roc_auc", "accuracy", "sensitivity", "specificity", "n_test_images", "n_test_patients", "test_source")
+VERSUS_COLUMNS = ("model", "members", "tta", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
+                  "sensitivity", "specificity")
 CLASS_NAMES = ("HEM", "ALL")
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
@@ -167,17 +170,23 @@ def winner_section(test_rows: pd.DataFrame, preds: pd.DataFrame, worst: int) -> 
     what = f"{chosen['trial_id']} ({chosen['family']}), {'with' if chosen['tta'] else 'without'} 8-way TTA"
     parts = [f"<p>Winner on validation: <b>{html.escape(what)}</b>; {len(mine)} test cells from "
              f"{mine['patient'].nunique()} patients ({html.escape(str(chosen['test_source']))}).</p>"]
+    ensembles = ensembles_beside(test_rows, preds, chosen)
+    if ensembles:
+        parts.append(versus_table(chosen, [row for row, _ in ensembles]))
     labels, prob = mine["label"].to_numpy(), mine["prob_all"].to_numpy()
     fig, (ax_roc, ax_cm) = new_figure(1, 2, figsize=(10, 4))
     if len(np.unique(labels)) == 2:
-        RocCurveDisplay.from_predictions(labels, prob, pos_label=1, name="P(ALL)", ax=ax_roc)
+        RocCurveDisplay.from_predictions(labels, prob, pos_label=1, name=f"winner {chosen['trial_id']}", ax=ax_roc)
+        for row, theirs in ensembles:  # same cells in the same order: evaluate writes every model's rows alike
+            RocCurveDisplay.from_predictions(labels, theirs["prob_all"].to_numpy(), pos_label=1,
+                                             name=str(row["trial_id"]), ax=ax_roc)
         ax_roc.plot([0, 1], [0, 1], ls=":", color="grey")
     else:
         ax_roc.text(0.5, 0.5, "ROC needs both classes", ha="center")
     ax_roc.set_title("ROC on test patients")
     ConfusionMatrixDisplay.from_predictions(labels, (prob > 0.5).astype(int), labels=[0, 1],
                                             display_labels=CLASS_NAMES, ax=ax_cm, colorbar=False)
-    ax_cm.set_title("confusion matrix (threshold 0.5)")
+    ax_cm.set_title("winner's confusion matrix (threshold 0.5)")
     parts.append(figure_html(fig, "ROC curve and confusion matrix"))
 
     correct = (prob > 0.5).astype(int) == labels
@@ -193,6 +202,28 @@ def winner_section(test_rows: pd.DataFrame, preds: pd.DataFrame, worst: int) -> 
     parts.append(figure_html(fig, "per-patient accuracy"))
     parts.append(most_wrong_grid(mine, worst))
     return "".join(parts)
+
+
+def ensembles_beside(test_rows: pd.DataFrame, preds: pd.DataFrame, winner: pd.Series) -> list[tuple]:
+    """[(row, predictions)] of every ensemble evaluated in the winner's TTA mode, fewest members first."""
+    if "family" not in test_rows:
+        return []
+    rows = test_rows[(test_rows["family"] == ENSEMBLE_FAMILY) & (test_rows["tta"] == winner["tta"])]
+    found = []
+    for _, row in rows.sort_values("n_members").iterrows():
+        mine = preds[(preds["trial_id"] == row["trial_id"]) & (preds["tta"] == row["tta"]) & ~preds["retrained"]]
+        found += [(row, mine.reset_index(drop=True))] if len(mine) else []
+    return found
+
+
+def versus_table(winner: pd.Series, ensembles: Sequence[pd.Series]) -> str:
+    """The validation winner and each ensemble side by side on the same test cells."""
+    frame = pd.DataFrame([{**winner.to_dict(), "model": "validation winner", "members": winner["trial_id"]}] + [
+        {**row.to_dict(), "model": str(row["trial_id"]), "members": ", ".join(json.loads(row["members"]))}
+        for row in ensembles])
+    return ("<h3>Ensembles beside the winner</h3>" + note("An ensemble's P(ALL) of a test cell is the mean of its "
+            "members' P(ALL) (each trial at its own image size), called ALL above 0.5.")
+            + table_html(frame, VERSUS_COLUMNS))
 
 
 def most_wrong_grid(preds: pd.DataFrame, count: int) -> str:
@@ -259,7 +290,7 @@ def write_atomic(text: str, path: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="search/report.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--leaderboard", default="results/leaderboard.parquet")
@@ -270,25 +301,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--top", type=int, default=5, help="trials shown in the learning curves (5)")
     p.add_argument("--worst", type=int, default=16, help="most-wrong test cells shown (16)")
     p.add_argument("--out", help="HTML file (default: <leaderboard dir>/<search>/report.html)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    board = read_board(Path(args.leaderboard))
+
+def choose_search(board: pd.DataFrame, search: Optional[str], path: str) -> str:
+    """`search`, or the most recent one in the board; EvaluateError naming the file when there is none."""
     if board.empty:
-        raise SystemExit(f"report: the leaderboard {args.leaderboard} is empty")
-    search = args.search or str(board.sort_values("started_at")["search"].iloc[-1])
+        raise EvaluateError(f"the leaderboard {path} is empty")
+    search = search or str(board.sort_values("started_at")["search"].iloc[-1])
     if search not in set(board["search"].astype(str)):
-        raise SystemExit(f"report: no search {search!r} in {args.leaderboard}")
+        raise EvaluateError(f"--search {search!r}: not in {path}")
+    return search
+
+
+def write_report(args: argparse.Namespace) -> Path:
+    board = read_board(Path(args.leaderboard))
+    search = choose_search(board, args.search, args.leaderboard)
     results = board_dir(Path(args.leaderboard))
     metrics_path = Path(args.test_metrics) if args.test_metrics else results / "test_metrics.parquet"
-    preds_path = metrics_path.with_name("test_predictions.parquet")
-    test_metrics = pd.read_parquet(metrics_path) if metrics_path.is_file() else None
-    predictions = pd.read_parquet(preds_path) if preds_path.is_file() else None
+    test_metrics = read_parquet_or_none(metrics_path)  # None: not evaluated yet
+    predictions = read_parquet_or_none(metrics_path.with_name("test_predictions.parquet"))
     storage = args.optuna_storage or ((f"sqlite:///{results / 'optuna.db'}")
                                       if (results / "optuna.db").is_file() else None)
     page = build_report(board, search, test_metrics, predictions, storage, args.study or search, args.top, args.worst)
     out = Path(args.out) if args.out else results / search / "report.html"
     write_atomic(page, out)
     print(f"wrote {out} ({len(page) / 1e6:.1f} MB, self-contained)")
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """0 written; 2 with one line on stderr when an input (leaderboard, test metrics, --search) is bad."""
+    args = parse_args(argv)
+    try:
+        write_report(args)
+    except EvaluateError as err:  # missing or corrupt leaderboard / test metrics, unknown search
+        print(f"report: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -18,10 +18,12 @@ import pytest
 
 SEARCH = "tiny"
 IMAGE_SIZE = 32
-CONFIGS = {  # trial id -> config overrides; two families so "best score by family" has two bars
+CONFIGS = {  # trial id -> config overrides; two families so "best score by family" has two bars, two image sizes
     "tiny_00000": dict(family="baseline", filters=8, depth=2, kernel_size=3, lr=3e-3),
     "tiny_00001": dict(family="resnet", filters=8, depth=1, stages=2, lr=1e-3),
+    "tiny_00002": dict(family="baseline", filters=8, depth=2, kernel_size=3, lr=2e-3, image_size=24),
 }
+ENSEMBLE = "ensemble-top3"  # the `evaluated` fixture's --ensemble 3: every trial, at 32 and 24 px
 _BUILT: dict = {}
 
 
@@ -40,12 +42,14 @@ def build_tiny_search(base: Path) -> dict:
                     workers=1)
     results = base / "results"
     cache = base / "cache"
-    data = prepare_data(str(root), image_sizes=[IMAGE_SIZE], split_seed=0, cache_dir=str(cache), progress=False)
+    sizes = sorted({overrides.get("image_size", IMAGE_SIZE) for overrides in CONFIGS.values()})
+    data = prepare_data(str(root), image_sizes=sizes, split_seed=0, cache_dir=str(cache), progress=False)
     train, val = data.sets[IMAGE_SIZE]["train"], data.sets[IMAGE_SIZE]["val"]
     rows, histories = [], {}
     for trial_id, overrides in CONFIGS.items():
-        config = TrainConfig(image_size=IMAGE_SIZE, epochs=2, batch_size=16, warmup_epochs=0.0, aug_strength=0.2,
-                             **overrides)
+        config = TrainConfig(**{"image_size": IMAGE_SIZE, "epochs": 2, "batch_size": 16, "warmup_epochs": 0.0,
+                                "aug_strength": 0.2, **overrides})
+        train, val = data.sets[config.image_size]["train"], data.sets[config.image_size]["val"]
         started = dt.datetime.now(dt.timezone.utc)
         result = fit(config, train, val, device="cpu", checkpoint_dir=str(results / SEARCH / "runs" / trial_id),
                      log=None)
@@ -84,13 +88,15 @@ def tiny_search(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def evaluated(tiny_search) -> dict:
-    """evaluate.main run once on the tiny search (top 2, TTA both ways, retrain the best)."""
+    """evaluate.main run once on the tiny search (top 2, the ensemble of the top 3 (so all 3 trials are evaluated),
+    TTA both ways, retrain the best)."""
     if "evaluated" not in _BUILT:
         from search import evaluate
 
         out = tiny_search["results"] / "test_metrics.parquet"
-        code = evaluate.main(["--leaderboard", str(tiny_search["leaderboard"]), "--top", "2", "--tta", "both",
-                              "--retrain", "--out", str(out), "--cache-dir", str(tiny_search["cache"])])
+        code = evaluate.main(["--leaderboard", str(tiny_search["leaderboard"]), "--top", "2", "--ensemble", "3",
+                              "--tta", "both", "--retrain", "--out", str(out), "--cache-dir",
+                              str(tiny_search["cache"])])
         assert code == 0
         _BUILT["evaluated"] = {"metrics": pd.read_parquet(out),
                                "predictions": pd.read_parquet(out.with_name("test_predictions.parquet")), "out": out}
@@ -101,8 +107,8 @@ def test_rows_for_every_trial_tta_and_the_retrained_winner(evaluated):
     table = evaluated["metrics"]
     got = set(zip(table["trial_id"], table["tta"], table["retrained"]))
     winner = table.loc[table["val_rank"] == 1, "trial_id"].iloc[0]
-    expected = {(t, tta, False) for t in CONFIGS for tta in (False, True)} | {(winner, tta, True)
-                                                                               for tta in (False, True)}
+    expected = {(t, tta, False) for t in [*CONFIGS, ENSEMBLE] for tta in (False, True)} | {
+        (winner, tta, True) for tta in (False, True)}
     assert got == expected
     for column in ("weighted_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity"):
         assert table[column].between(0, 1).all(), column
@@ -172,24 +178,105 @@ def test_a_split_that_is_not_the_searchs_is_refused(tiny_search, tmp_path):
         held_out_test(manifest, seed=0, recorded={"train": sorted(set(test["patient"]))})
 
 
-def test_unknown_trial_id_is_a_clear_error(tiny_search):
+def test_unknown_trial_id_is_a_clear_error(tiny_search, capsys):
     from search import evaluate
 
-    with pytest.raises(SystemExit, match="nope"):
-        evaluate.main(["--leaderboard", str(tiny_search["leaderboard"]), "--trials", "nope"])
+    assert evaluate.main(["--leaderboard", str(tiny_search["leaderboard"]), "--trials", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "evaluate: error: --trials: trial id(s) ['nope'] not in search 'tiny'" in err and "Traceback" not in err
+
+
+def board_with_a_gone_checkpoint(tiny_search, folder: Path, gone: int = 1) -> tuple[Path, list[str]]:
+    """A copy of the tiny leaderboard whose `gone` best trials point at a deleted checkpoint folder, as when Ray's
+    num_to_keep removed it; returns (leaderboard, trial ids in validation order)."""
+    from search.leaderboard import append_rows, read
+
+    rows = read(tiny_search["leaderboard"]).drop(columns=["rank", "schema_version"])
+    order = list(rows.sort_values("weighted_f1", ascending=False)["trial_id"])
+    rows.loc[rows["trial_id"].isin(order[:gone]), "checkpoint"] = str(folder / "deleted_by_num_to_keep")
+    board = folder / "leaderboard.parquet"
+    append_rows(board, rows.to_dict("records"))
+    return board, order
 
 
 def test_a_trial_whose_checkpoint_is_gone_is_skipped_with_a_warning(tiny_search, tmp_path, capsys):
     from search import evaluate
-    from search.leaderboard import append_rows, read
 
-    rows = read(tiny_search["leaderboard"]).drop(columns=["rank", "schema_version"])
-    first = rows.sort_values("weighted_f1", ascending=False)["trial_id"].iloc[0]
-    rows.loc[rows["trial_id"] == first, "checkpoint"] = str(tmp_path / "deleted_by_num_to_keep")
-    board = tmp_path / "leaderboard.parquet"
-    append_rows(board, rows.to_dict("records"))
+    board, order = board_with_a_gone_checkpoint(tiny_search, tmp_path)
     out = tmp_path / "test_metrics.parquet"
     assert evaluate.main(["--leaderboard", str(board), "--top", "2", "--tta", "off", "--out", str(out),
                           "--cache-dir", str(tiny_search["cache"])]) == 0
-    assert f"skipping trial {first}" in capsys.readouterr().err
-    assert set(pd.read_parquet(out)["trial_id"]) == set(CONFIGS) - {first}
+    assert f"skipping trial {order[0]}" in capsys.readouterr().err
+    assert set(pd.read_parquet(out)["trial_id"]) == {order[1]}
+
+
+def test_an_ensemble_larger_than_the_trials_that_load_says_the_k_it_used(tiny_search, tmp_path, capsys):
+    from search import evaluate
+
+    board, order = board_with_a_gone_checkpoint(tiny_search, tmp_path)
+    out = tmp_path / "test_metrics.parquet"
+    assert evaluate.main(["--leaderboard", str(board), "--ensemble", "3", "--tta", "off", "--out", str(out),
+                          "--cache-dir", str(tiny_search["cache"])]) == 0
+    assert "--ensemble 3: only 2 trial(s) could be evaluated, so the ensemble uses K=2" in capsys.readouterr().err
+    ensemble = pd.read_parquet(out).set_index("trial_id").loc["ensemble-top2"]
+    assert json.loads(ensemble["members"]) == order[1:] and ensemble["n_members"] == 2
+
+
+def test_no_loadable_trial_is_exit_1_and_an_ensemble_of_one_is_refused(tiny_search, tmp_path, capsys):
+    from search import evaluate
+
+    board, _ = board_with_a_gone_checkpoint(tiny_search, tmp_path, gone=len(CONFIGS))
+    args = ["--leaderboard", str(board), "--tta", "off", "--out", str(tmp_path / "m.parquet"),
+            "--cache-dir", str(tiny_search["cache"])]
+    assert evaluate.main(args) == 1
+    assert "evaluate: error: no trial could be evaluated" in capsys.readouterr().err
+    assert not (tmp_path / "m.parquet").exists()
+    with pytest.raises(SystemExit) as exit_:  # argparse: usage and one line, exit 2
+        evaluate.main([*args, "--ensemble", "1"])
+    assert exit_.value.code == 2 and "--ensemble must be >= 2" in capsys.readouterr().err
+
+
+# -- the ensemble --------------------------------------------------------------------------------------------------
+def test_ensemble_probability_is_the_mean_of_its_members_per_image(evaluated):
+    table, preds = evaluated["metrics"], evaluated["predictions"]
+    rows = table[table["trial_id"] == ENSEMBLE]
+    assert len(rows) == 2 and (rows["family"] == "ensemble").all() and (rows["n_members"] == 3).all()
+    ranked = list(table[~table["retrained"] & (table["n_members"] == 1)].sort_values("val_rank")["trial_id"]
+                  .drop_duplicates())
+    for _, row in rows.iterrows():
+        assert json.loads(row["members"]) == ranked  # the top 3 by validation metric, best first
+        sizes = {config["image_size"] for config in json.loads(row["config"])}
+        assert sizes == {24, IMAGE_SIZE}  # members decoded at their own sizes
+        mine = preds[~preds["retrained"] & (preds["tta"] == row["tta"])]
+        per_image = mine.pivot(index="image_id", columns="trial_id", values="prob_all")
+        assert per_image[ranked].mean(axis=1).to_numpy() == pytest.approx(per_image[ENSEMBLE].to_numpy())
+        assert not np.allclose(per_image[ranked[0]], per_image[ENSEMBLE])
+
+
+def test_ensemble_prob_is_a_plain_mean_called_all_above_one_half():
+    from leukmodels.metrics import classification_metrics
+    from search.evaluate import ensemble_prob
+
+    prob = ensemble_prob([np.array([0.2, 0.9, 0.4]), np.array([0.6, 0.3, 0.6])])
+    assert prob == pytest.approx([0.4, 0.6, 0.5])
+    # 0.5 exactly is HEM, as for every single model: only the middle cell is called ALL
+    assert classification_metrics([0, 1, 0], prob)["accuracy"] == 1.0
+
+
+# -- bad input: one line naming it, exit 2 -------------------------------------------------------------------------
+def test_a_corrupt_leaderboard_is_one_line_and_exit_2(tmp_path, capsys):
+    from search import evaluate
+
+    board = tmp_path / "leaderboard.parquet"
+    board.write_text("not parquet\n")
+    assert evaluate.main(["--leaderboard", str(board)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"evaluate: error: cannot read leaderboard {board}") and "\n" not in err
+
+
+def test_a_missing_leaderboard_names_the_flag(tmp_path, capsys):
+    from search import evaluate
+
+    assert evaluate.main(["--leaderboard", str(tmp_path / "none.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "none.parquet" in err and "--leaderboard" in err

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from test_evaluate import SEARCH, evaluated, tiny_search  # noqa: F401  (session fixtures shared with this module)
+from test_evaluate import ENSEMBLE, SEARCH, evaluated, tiny_search  # noqa: F401  (session fixtures shared with this module)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -150,3 +150,38 @@ def test_report_before_evaluation_says_so(tiny_search, tmp_path):  # noqa: F811
     page = out.read_text()
     assert "Not evaluated yet: run python search/evaluate.py --search tiny" in page
     assert len(embedded_images(page)) == 4  # family bars, optimisation history, importances, learning curves
+
+
+def test_report_shows_the_ensemble_beside_the_winner(report, evaluated):  # noqa: F811
+    page = report.read_text()
+    versus = page[page.index("Ensembles beside the winner"):]
+    table = evaluated["metrics"]
+    winner = table[(table["val_rank"] == 1) & ~table["retrained"] & table["tta"]].iloc[0]
+    ensemble = table[(table["trial_id"] == ENSEMBLE) & table["tta"]].iloc[0]
+    assert "validation winner" in versus and ENSEMBLE in versus
+    for value in (winner["weighted_f1"], ensemble["weighted_f1"]):  # both scores, as table_html formats them
+        assert f"{value:.4g}" in versus
+    for member in json.loads(ensemble["members"]):
+        assert member in versus
+
+
+def test_a_corrupt_test_metrics_file_is_one_line_and_exit_2(tiny_search, tmp_path, capsys):  # noqa: F811
+    from search import report as report_cli
+
+    metrics = tmp_path / "test_metrics.parquet"
+    metrics.write_bytes(b"PAR1 truncated")
+    assert report_cli.main(["--leaderboard", str(tiny_search["leaderboard"]), "--test-metrics", str(metrics),
+                            "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("report: error: cannot read ") and str(metrics) in err and "\n" not in err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_corrupt_leaderboard_is_one_line_and_exit_2(tmp_path, capsys):
+    from search import report as report_cli
+
+    board = tmp_path / "leaderboard.parquet"
+    board.write_text("not parquet\n")
+    assert report_cli.main(["--leaderboard", str(board), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"report: error: cannot read leaderboard {board}") and "\n" not in err
