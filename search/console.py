@@ -11,6 +11,7 @@ the driver) point at the log file meanwhile. `--verbose` leaves them on the term
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -118,6 +119,7 @@ class ConsoleCallback(Callback):
     max_epochs: int
     numbers: dict = field(default_factory=dict)  # trial id -> 1, 2, ... in the order trials started
     epochs: dict = field(default_factory=dict)  # trial id -> epochs reported
+    best: dict = field(default_factory=dict)  # trial id -> (best metric value, its epoch)
     ended: set = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
 
@@ -132,8 +134,12 @@ class ConsoleCallback(Callback):
         current().say(f"{self._label(trial)} started: {family} {_params(config)}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "epoch" in result:
-            self.epochs[trial.trial_id] = max(self.epochs.get(trial.trial_id, 0), int(result["epoch"]))
+        if "epoch" not in result:
+            return
+        epoch, value = int(result["epoch"]), result.get(self.metric)
+        self.epochs[trial.trial_id] = max(self.epochs.get(trial.trial_id, 0), epoch)
+        if isinstance(value, float) and math.isfinite(value) and value >= self.best.get(trial.trial_id, (-1.0,))[0]:
+            self.best[trial.trial_id] = (value, epoch)  # ties: the later epoch, as the leaderboard row
 
     def _ended(self, trial: Any, error: Optional[str]) -> None:
         from search.rows import SearchContext, ending
@@ -142,8 +148,8 @@ class ConsoleCallback(Callback):
         epochs = self.epochs.get(trial.trial_id, int(last.get("epoch") or 0))
         context = SearchContext(search=self.search, metric=self.metric, max_epochs=self.max_epochs)
         how = ending_text(ending(context, trial.trial_id, [{"epoch": epochs}] if epochs else [], error), epochs)
-        value = last.get(self.metric)
-        score = f", {self.metric} {value:.3f} at the last epoch" if isinstance(value, float) and not error else ""
+        best = self.best.get(trial.trial_id)
+        score = f", best {self.metric} {best[0]:.3f} (epoch {best[1]})" if best and not error else ""
         current().say(f"{self._label(trial)} {how}{score}" + (f": {error}" if error else ""))
         self.ended.add(trial.trial_id)
         current().say(self.progress())

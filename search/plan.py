@@ -173,7 +173,8 @@ def plan_concurrency(nodes: list[dict[str, Any]], trial: TrialResources,
         free_cpu, free_gpu, trials = cpu_after, gpu_after, trials + 1
 
     worker = f"{trial.cpus_per_worker:g} CPU" + (f" + {trial.gpus_per_worker:g} GPU" if gpu else "")
-    driver_note = f" plus a {driver_cpus:g}-CPU driver" if driver else " (driver: 0 CPU)"
+    driver_note = (f" plus a {driver_cpus:g}-CPU driver" if driver else
+                   " (each trains in its Tune trial)" if trial.workers == 1 else " (Ray Train DDP, driver: 0 CPU)")
     if trials == 0:
         raise ValueError(f"--workers-per-trial {trial.workers} of {worker} each{driver_note} never fit: the trial "
                          f"driver's CPUs take the room the workers need (cluster CPUs {_fmt(sum(cpus))}, "

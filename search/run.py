@@ -251,8 +251,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     from search import leaderboard
     from search.console import logged_console
 
+    started = time.time()
     try:
         args = parse_args(argv)
+        args.started = started  # the summary's wall time counts everything the user waits for
         notes = prepare(args)
     except (ValueError, OSError, leaderboard.LeaderboardError) as error:
         print(f"error: {error}", file=sys.stderr)

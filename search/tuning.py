@@ -87,7 +87,7 @@ def search_context(args: argparse.Namespace, data: SearchData) -> SearchContext:
 
 def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     """Decode, launch (or resume) the Tune experiment, write and show the rows; returns the CLI's exit code."""
-    started = time.time()
+    started = getattr(args, "started", time.time())
     if not args.resume:
         save_settings(args)  # results/searches/<name>.json, read back by --resume
     data = prepare_data(args.data, args.image_sizes, split_seed=args.seed, val_fraction=args.val_fraction,
