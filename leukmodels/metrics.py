@@ -9,13 +9,23 @@ from __future__ import annotations
 import warnings
 from typing import Optional, Sequence
 
-import numpy as np
-import torch
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score)
+from typing import TYPE_CHECKING
 
-from leukmodels.augment import as_tensor, normalise
+import numpy as np
+
+if TYPE_CHECKING:  # torch and scikit-learn are imported on use: the leaderboard reads the names here without them
+    import torch
 
 SCALAR_METRICS = ("weighted_f1", "macro_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
+LOWER_IS_BETTER = frozenset({"val_loss"})
+# A model that calls (almost) every cell one class has learnt the class ratio, not the cells: weighted F1 still
+# rewards it when that class is the majority (0.8 on a set of two thirds ALL), balanced accuracy gives it 0.5.
+SINGLE_CLASS_SHARE = 0.98
+
+
+def is_single_class(predicted_all: float) -> bool:
+    """Whether the share of cells called ALL (`predicted_all`) says the model predicts one class."""
+    return bool(predicted_all >= SINGLE_CLASS_SHARE or predicted_all <= 1 - SINGLE_CLASS_SHARE)
 
 
 def classification_metrics(labels: Sequence[int], prob_all: Sequence[float], patients: Optional[Sequence] = None,
@@ -25,8 +35,11 @@ def classification_metrics(labels: Sequence[int], prob_all: Sequence[float], pat
     weighted_f1 is the challenge metric (f1_score(average="weighted"), support-weighted over the classes present).
     roc_auc is nan when only one class is present; sensitivity (recall of ALL) is nan without ALL samples and
     specificity (recall of HEM) is nan without HEM samples. Nothing here raises on a single-class batch or on ties.
+    predicted_all is the share of cells called ALL (0 or 1: a one-class predictor, see is_single_class).
     With `patients`, adds per_patient_accuracy: {patient (str): accuracy}.
     """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
+
     y = np.asarray(labels).astype(np.int64).ravel()
     p = np.asarray(prob_all, dtype=np.float64).ravel()
     if y.shape != p.shape:
@@ -48,6 +61,7 @@ def classification_metrics(labels: Sequence[int], prob_all: Sequence[float], pat
             "roc_auc": float(roc_auc_score(y, p)) if both_classes else float("nan"),
             "sensitivity": float(recall_score(y, pred, pos_label=1, zero_division=np.nan)),
             "specificity": float(recall_score(y, pred, pos_label=0, zero_division=np.nan)),
+            "predicted_all": float(pred.mean()),
         }
     if patients is not None:
         patients = np.asarray(patients).astype(str).ravel()
@@ -60,13 +74,14 @@ def classification_metrics(labels: Sequence[int], prob_all: Sequence[float], pat
 
 def _dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
     """The 8 elements of the dihedral group applied to N x C x S x S: 4 rotations, each with and without a flip."""
+    import torch
+
     views = []
     for flipped in (x, x.flip(-1)):
         views.extend(torch.rot90(flipped, k, dims=(-2, -1)) for k in range(4))
     return views
 
 
-@torch.no_grad()
 def predict_log_proba(model: torch.nn.Module, images_uint8, batch_size: int = 256, device=None,
                       tta: bool = False) -> torch.Tensor:
     """Log class probabilities, float32 N x 2 on `device`, of uint8 N x 3 x S x S images (numpy or tensor).
@@ -74,6 +89,17 @@ def predict_log_proba(model: torch.nn.Module, images_uint8, batch_size: int = 25
     With tta, the softmax probabilities of the 8 dihedral views are averaged (then logged). The model is put in eval
     mode for the call and returned to its previous mode. bf16 autocast + channels_last on CUDA.
     """
+    import torch
+
+    with torch.no_grad():
+        return _predict_log_proba(model, images_uint8, batch_size, device, tta)
+
+
+def _predict_log_proba(model, images_uint8, batch_size: int, device, tta: bool):
+    import torch
+
+    from leukmodels.augment import as_tensor, normalise
+
     device = torch.device(device) if device is not None else next(model.parameters()).device
     cuda = device.type == "cuda"
     was_training = model.training
@@ -107,4 +133,5 @@ def predict_proba(model: torch.nn.Module, images_uint8, batch_size: int = 256, d
     return log_prob[:, 1].exp().double().cpu().numpy()
 
 
-__all__ = ["classification_metrics", "predict_proba", "predict_log_proba", "SCALAR_METRICS"]
+__all__ = ["classification_metrics", "predict_proba", "predict_log_proba", "SCALAR_METRICS", "LOWER_IS_BETTER",
+           "SINGLE_CLASS_SHARE", "is_single_class"]

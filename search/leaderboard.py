@@ -35,12 +35,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from leukmodels.config import TrainConfig
+from leukmodels.metrics import LOWER_IS_BETTER, SCALAR_METRICS
 
 SCHEMA_VERSION = 2
 DEFAULT_PATH = "results/leaderboard.parquet"
-METRIC_COLUMNS = ("weighted_f1", "accuracy", "balanced_accuracy", "roc_auc", "macro_f1", "sensitivity",
-                  "specificity", "val_loss")
-LOWER_IS_BETTER = frozenset({"val_loss"})
+METRIC_COLUMNS = (*SCALAR_METRICS, "val_loss")  # every metric a search can rank by (the loss: lower is better)
 STATUSES = ("finished", "stopped", "time_budget", "error")  # every status but error ranks by its metric
 _VERSION_KEY = b"leukemia_tune.leaderboard.schema_version"
 _UTC = pa.timestamp("us", tz="UTC")
@@ -64,6 +63,7 @@ SCHEMA = pa.schema(
     + _config_fields()  # starts with `family`
     + [pa.field(name, pa.float64()) for name in METRIC_COLUMNS]
     + [pa.field("best_epoch", pa.int64()), pa.field("epochs_run", pa.int64()), pa.field("early_stopped", pa.bool_()),
+       pa.field("predicted_all", pa.float64()), pa.field("single_class", pa.bool_()),
        pa.field("error", pa.string()), pa.field("notes", pa.string()), pa.field("num_parameters", pa.int64()),
        pa.field("train_seconds", pa.float64()), pa.field("overhead_seconds", pa.float64()),
        pa.field("images_per_s", pa.float64()), pa.field("nodes", pa.string()), pa.field("checkpoint", pa.string()),

@@ -115,7 +115,8 @@ def _refuse(trial: TrialResources, cpus: list[int], gpus: list[int], slots: list
     for flag, name, need, have in (("--gpus-per-worker", "GPU", gpu, gpus), ("--cpus-per-worker", "CPU", cpu, cpus)):
         if need > 0:
             shortages.append((sum(h // need for h in have), flag, name, need, have))
-    fit, flag, name, need, have = min(shortages)  # the scarcest resource explains the refusal
+    # the scarcest resource explains the refusal; on a tie, a missing GPU says more than too few CPUs
+    fit, flag, name, need, have = min(shortages, key=lambda s: (s[0], s[2] != "GPU"))
     if max(have) < need:
         none = "none" if max(have) == 0 else f"{_fmt(max(have))}"
         return ValueError(f"{flag} {_fmt(need)} needs {_fmt(need)} {name}s on one node but the largest node has "

@@ -22,7 +22,8 @@ from typing import Any, Optional
 import pandas as pd
 from ray.tune import Callback
 
-from search.leaderboard import LOWER_IS_BETTER, METRIC_COLUMNS
+from leukmodels.metrics import LOWER_IS_BETTER, is_single_class
+from search.leaderboard import METRIC_COLUMNS
 from search.spaces import FAMILY_PREFIX_SEP, train_config
 from search.strategies import search_run
 
@@ -144,6 +145,8 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
         **train_fields,
         **{key: best.get(key) for key in METRIC_COLUMNS},
         "best_epoch": best.get("epoch"), "epochs_run": epochs_run(history), "early_stopped": status == "stopped",
+        "predicted_all": best.get("predicted_all"),
+        "single_class": is_single_class(best["predicted_all"]) if _finite(best.get("predicted_all")) else None,
         "error": error, "notes": "; ".join(notes) or None, "num_parameters": last.get("num_parameters"),
         "train_seconds": train_seconds,
         "overhead_seconds": (max(0.0, wall_seconds - (train_seconds or 0.0)) if wall_seconds is not None else None),

@@ -194,10 +194,11 @@ def resolve_for_cluster(args: argparse.Namespace, nodes: list[dict], say=print):
     from search.preflight import check_sizes_fit
     from search.settings import apply_profile, choose_profile, gpu_node_types
 
-    profile, why = choose_profile(args, nodes, gpu_node_types())
+    node_types = gpu_node_types()
+    profile, why = choose_profile(args, nodes, node_types)
     if args.resume:
-        profile = args.profile  # the saved settings already hold every value
-    apply_profile(args, profile, nodes)
+        profile, why = args.profile, "the saved settings of the search"
+    apply_profile(args, profile, nodes, node_types)
     validate(args)
     check_sizes_fit(args)
     plan = plan_concurrency(nodes, TrialResources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker))

@@ -39,8 +39,8 @@ SAVED_FIELDS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "
 CHANGEABLE_ON_RESUME = ("time_budget",)  # a resumed run gets a budget of its own
 
 
-def gpu_node_types(config_path: str = AUTOSCALER_CONFIG) -> dict[str, float]:
-    """GPU node types the cluster's autoscaler may start: name -> GPUs per node ({} without such a file)."""
+def gpu_node_types(config_path: str = AUTOSCALER_CONFIG) -> dict[str, dict[str, float]]:
+    """GPU node types the cluster's autoscaler may start: name -> resources of one node ({} without such a file)."""
     path = Path(config_path).expanduser()
     if not path.is_file():
         return {}
@@ -49,12 +49,13 @@ def gpu_node_types(config_path: str = AUTOSCALER_CONFIG) -> dict[str, float]:
     except (OSError, yaml.YAMLError):
         return {}
     types = config.get("available_node_types") or {}
-    return {name: float((spec.get("resources") or {}).get("GPU", 0)) for name, spec in types.items()
-            if float((spec.get("resources") or {}).get("GPU", 0)) > 0 and int(spec.get("max_workers", 0) or 0) > 0}
+    resources = {name: {k: float(v) for k, v in (spec.get("resources") or {}).items() if k in ("CPU", "GPU")}
+                 for name, spec in types.items() if int(spec.get("max_workers", 0) or 0) > 0}
+    return {name: r for name, r in resources.items() if r.get("GPU", 0) > 0}
 
 
 def choose_profile(args: argparse.Namespace, nodes: list[dict[str, Any]],
-                   node_types: Optional[dict[str, float]] = None) -> tuple[str, str]:
+                   node_types: Optional[dict[str, dict]] = None) -> tuple[str, str]:
     """(profile, the reason in words): smoke when asked; gpu when the user asks for GPUs, the cluster has some, or
     its autoscaler can start GPU nodes; cpu otherwise."""
     if args.smoke_test:
@@ -66,7 +67,7 @@ def choose_profile(args: argparse.Namespace, nodes: list[dict[str, Any]],
         with_gpus = sum(1 for node in nodes if node.get("GPU", 0))
         return "gpu", f"the cluster has {gpus:g} GPU(s) on {with_gpus} of its {len(nodes)} node(s)"
     if node_types and args.gpus_per_worker is None:
-        listed = ", ".join(f"{name} ({count:g} GPUs)" for name, count in node_types.items())
+        listed = ", ".join(f"{name} ({r['GPU']:g} GPUs)" for name, r in node_types.items())
         return "gpu", (f"no GPU node is up yet, but the autoscaler can start {listed}: trials wait until it has "
                        f"started one (pass --gpus-per-worker 0 for a CPU search)")
     cpus = sum(float(node.get("CPU", 0)) for node in nodes)
@@ -81,12 +82,15 @@ def gpu_worker_cpus(nodes: list[dict[str, Any]]) -> float:
     return float(max(1, min([GPU_CPUS_PER_WORKER_MAX, *shares])))
 
 
-def apply_profile(args: argparse.Namespace, profile: str, nodes: list[dict[str, Any]]) -> argparse.Namespace:
-    """Fill every setting the user left unset from the profile; a flag the user gave always wins."""
+def apply_profile(args: argparse.Namespace, profile: str, nodes: list[dict[str, Any]],
+                  node_types: Optional[dict[str, dict]] = None) -> argparse.Namespace:
+    """Fill every setting the user left unset from the profile; a flag the user gave always wins. GPU workers get
+    the CPUs each GPU node (up, or one the autoscaler can start) can give each of its GPUs."""
     args.profile = profile
     defaults = dict(PROFILES[profile])
     if profile == "gpu":
-        defaults["cpus_per_worker"] = gpu_worker_cpus(nodes)
+        gpu_nodes = [n for n in nodes if float(n.get("GPU", 0)) >= 1] or list((node_types or {}).values())
+        defaults["cpus_per_worker"] = gpu_worker_cpus(gpu_nodes) if gpu_nodes else 1.0
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)

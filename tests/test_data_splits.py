@@ -149,3 +149,38 @@ def test_default_spec_has_enough_patients_for_defaults(manifest):
     # the module's defaults (k=5, fractions 0.2) must work on the test tree: 8 ALL + 5 HEM training patients
     assert len(default_spec().training) == 13
     assert len(kfold_by_patient(manifest)) == 5
+
+
+def _uneven_manifest(seed: int = 0) -> pd.DataFrame:
+    """40 ALL and 20 HEM patients whose cell counts range from 5 to 200, as real patients' do."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for number in range(60):
+        label = 1 if number < 40 else 0
+        for cell in range(int(rng.integers(5, 200))):
+            rows.append({"path": f"/x/UID_{number}_{cell}_1.bmp", "label": label, "patient": f"P{number}",
+                         "source": "fold_0", "image_id": f"UID_{number}_{cell}_1"})
+    frame = pd.DataFrame(rows)
+    frame["label"] = frame["label"].astype("Int8")
+    return frame
+
+
+def _all_share(frame: pd.DataFrame) -> float:
+    return float(frame["label"].astype(float).mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_validation_draw_keeps_the_training_class_ratio_and_its_share_of_the_images(seed):
+    """The drawn validation patients hold about val_fraction of the images, with the training set's ALL ratio by
+    image: a draw by patient alone can give the validation set a few small patients of mostly one class."""
+    manifest = _uneven_manifest()
+    splits = split_by_patient(manifest, val_fraction=0.2, test_fraction=0.2, seed=seed)
+    assert_patient_disjoint(splits)
+    train, val = splits["train"], splits["val"]
+    assert abs(_all_share(val) - _all_share(train)) < 0.03
+    assert abs(len(val) / len(manifest) - 0.2) < 0.03
+    # the same seed draws the same patients; another seed others
+    assert set(split_by_patient(manifest, val_fraction=0.2, test_fraction=0.2, seed=seed)["val"]["patient"]) == \
+        set(val["patient"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 
 from leukmodels.data.errors import DataError
@@ -125,20 +126,39 @@ def _need_patients(patients: pd.DataFrame, minimum: int, purpose: str) -> None:
                             f"both classes")
 
 
+CANDIDATE_DRAWS = 200  # patient draws compared for each held-out set; the most representative one is kept
+
+
+def _draw_cost(images: np.ndarray, is_all: np.ndarray, held: np.ndarray, fraction: float) -> float:
+    """How far a held-out draw (patient positions) is from its share of the images and from the kept side's class
+    ratio by image: patients differ in cell count, so a draw by patient alone can hold out few cells of one class."""
+    mask = np.zeros(len(images), dtype=bool)
+    mask[held] = True
+    held_images, kept_images = images[mask].sum(), images[~mask].sum()
+    held_all = (images * is_all)[mask].sum() / max(1, held_images)
+    kept_all = (images * is_all)[~mask].sum() / max(1, kept_images)
+    return abs(held_all - kept_all) + abs(held_images / max(1, held_images + kept_images) - fraction)
+
+
 def _stratified_split(patients: pd.DataFrame, fraction: float, seed: int, held_name: str, asked: float | None = None):
-    """Patient ids -> (kept, held) with `fraction` of patients held out, both classes on each side.
-    `asked` is the fraction as the user gave it (of all patients), for messages."""
+    """Patient ids -> (kept, held) with `fraction` of patients held out, both classes on each side, stratified by
+    patient class; of CANDIDATE_DRAWS seeded draws, the one whose held-out images best match their share and the
+    kept side's class ratio. `asked` is the fraction as the user gave it (of all patients), for messages."""
     asked = fraction if asked is None else asked
     _need_patients(patients, 2, f"drawing a {held_name} set")
     # imported on use: decode's worker processes import this package, and scikit-learn costs them seconds
     from sklearn.model_selection import train_test_split
 
+    seeds = np.random.default_rng(seed).integers(0, 2 ** 31 - 1, size=CANDIDATE_DRAWS)
+    labels, images = patients["label"].to_numpy(), patients["images"].to_numpy()
     try:
-        kept, held = train_test_split(patients.index.to_numpy(), test_size=fraction, random_state=seed,
-                                      stratify=patients["label"].to_numpy())
+        draws = [train_test_split(np.arange(len(patients)), test_size=fraction, random_state=int(s),
+                                  stratify=labels) for s in seeds]
     except ValueError as err:  # e.g. fewer held-out patients than classes
         raise DataError(f"cannot draw a {held_name} set ({held_name}_fraction {asked:g}) from {len(patients)} patients "
                         f"stratified by class: {err}") from None
+    kept_at, held_at = min(draws, key=lambda draw: _draw_cost(images, labels, draw[1], fraction))
+    kept, held = patients.index[kept_at].to_numpy(), patients.index[held_at].to_numpy()
     for side, ids in (("train" if held_name == "val" else "the rest", kept), (held_name, held)):
         classes = set(patients.loc[ids, "label"])
         for label, name in CLASS_NAMES.items():
