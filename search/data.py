@@ -35,12 +35,13 @@ class SearchData:
     counts: dict[str, int] = field(default_factory=dict)  # images per split, e.g. {"train": 608, "val": 160}
     patients: dict[str, int] = field(default_factory=dict)  # patients per split
     patient_ids: dict[str, list[str]] = field(default_factory=dict)  # split -> sorted patient ids
+    classes: dict[str, dict] = field(default_factory=dict)  # split -> class make-up (see class_makeup)
 
     def write_split(self, path: str | Path) -> Path:
         """Record how the search split its patients (atomically), as `results/<search>/split.json`: evaluation
         recomputes the split from it and refuses test patients that the search trained or validated on."""
         record = {"seed": self.split_seed, "val_fraction": self.val_fraction, "fingerprint": self.fingerprint,
-                  "root": self.root, "generated": self.generated, **self.patient_ids}
+                  "root": self.root, "generated": self.generated, "classes": self.classes, **self.patient_ids}
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(record, indent=1))
         return Path(path)
@@ -61,9 +62,22 @@ class SearchData:
     def describe(self) -> str:
         kind = "GENERATED (synthetic, not C-NMC)" if self.generated else "real"
         sizes = ",".join(str(s) for s in sorted(self.sets))
-        return (f"data {self.root} [{kind}] fingerprint {self.fingerprint}: train {self.counts.get('train')} images "
-                f"/ {self.patients.get('train')} patients, val {self.counts.get('val')} / {self.patients.get('val')}"
-                f" (split seed {self.split_seed}); decoded at {sizes} px")
+        sets = "; ".join(f"{name} {_makeup_text(self.classes[name])}" for name in SEARCH_SPLITS if name in self.classes)
+        return (f"data: {kind} at {self.root} (fingerprint {self.fingerprint}), split by patient (seed "
+                f"{self.split_seed}, val fraction {self.val_fraction:g}): {sets}; decoded at {sizes} px")
+
+
+def class_makeup(split: Any) -> dict:
+    """A split's classes by image and by patient: {"images": n, "all_share": share of ALL images,
+    "all_patients": n, "hem_patients": n}."""
+    per_patient = split.groupby("patient")["label"].first().astype(int)
+    return {"images": int(len(split)), "all_share": round(float(split["label"].astype(float).mean()), 4),
+            "all_patients": int((per_patient == 1).sum()), "hem_patients": int((per_patient == 0).sum())}
+
+
+def _makeup_text(makeup: dict) -> str:
+    return (f"{makeup['images']} images ({makeup['all_share']:.0%} ALL), {makeup['all_patients']} ALL + "
+            f"{makeup['hem_patients']} HEM patients")
 
 
 def data_fingerprint(splits: dict, split_seed: int, val_fraction: float) -> str:
@@ -101,7 +115,8 @@ def prepare_data(root: Optional[str] = None, image_sizes: Sequence[int] = (32,),
         val_fraction=float(val_fraction), sets=sets,
         counts={name: len(splits[name]) for name in SEARCH_SPLITS},
         patients={name: int(splits[name]["patient"].nunique()) for name in SEARCH_SPLITS},
-        patient_ids={name: sorted(splits[name]["patient"].astype(str).unique()) for name in SEARCH_SPLITS})
+        patient_ids={name: sorted(splits[name]["patient"].astype(str).unique()) for name in SEARCH_SPLITS},
+        classes={name: class_makeup(splits[name]) for name in SEARCH_SPLITS})
 
 
 __all__ = ["SearchData", "prepare_data", "data_fingerprint", "SEARCH_SPLITS"]

@@ -178,8 +178,11 @@ def score(test_set: TestSet, prob_all: np.ndarray) -> dict:
     """Metrics of P(ALL) (N,) on the test labels (flat dict; per_patient_accuracy as JSON)."""
     from leukmodels.metrics import classification_metrics
 
+    from leukmodels.metrics import is_single_class
+
     metrics = classification_metrics(test_set.labels, prob_all, patients=test_set.patients)
     metrics["per_patient_accuracy"] = json.dumps(metrics.get("per_patient_accuracy", {}), sort_keys=True)
+    metrics["single_class"] = is_single_class(metrics["predicted_all"])
     return metrics
 
 
@@ -324,6 +327,9 @@ def print_scored(scored: Sequence[Scored]) -> None:
         print(f"  {s.trial_id:<24} tta={'on ' if s.tta else 'off'} retrained={s.retrained!s:<5} "
               f"weighted_f1={s.metrics['weighted_f1']:.4f} bal_acc={s.metrics['balanced_accuracy']:.4f} "
               f"auc={s.metrics['roc_auc']:.4f}", file=sys.stderr)
+        if s.metrics["single_class"]:
+            print(f"evaluate: warning: {s.trial_id} calls {s.metrics['predicted_all']:.0%} of the test cells ALL: "
+                  f"a one-class predictor (its weighted F1 reflects the class ratio, not the cells)", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,10 +37,12 @@ from leukmodels.atomic import atomic_path  # noqa: E402
 from search.evaluate import ENSEMBLE_FAMILY, EvaluateError, board_dir, read_board, read_parquet_or_none  # noqa: E402
 
 BOARD_COLUMNS = ("rank", "trial_id", "family", "status", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
-                 "best_epoch", "epochs_run", "early_stopped", "num_parameters", "image_size", "filters", "depth",
+                 "single_class", "best_epoch", "epochs_run", "early_stopped", "num_parameters", "image_size",
+                 "filters", "depth",
                  "lr", "batch_size", "optimizer", "dropout", "aug_strength", "train_seconds", "images_per_s")
 TEST_COLUMNS = ("val_rank", "trial_id", "family", "n_members", "tta", "retrained", "weighted_f1", "balanced_accuracy",
-                "roc_auc", "accuracy", "sensitivity", "specificity", "n_test_images", "n_test_patients", "test_source")
+                "roc_auc", "accuracy", "sensitivity", "specificity", "predicted_all", "single_class", "n_test_images",
+                "n_test_patients", "test_source")
 VERSUS_COLUMNS = ("model", "members", "tta", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
                   "sensitivity", "specificity")
 CLASS_NAMES = ("HEM", "ALL")
@@ -75,6 +77,23 @@ def table_html(frame: pd.DataFrame, columns: Sequence[str]) -> str:
 
 
 # -- sections -----------------------------------------------------------------------------------------------------
+def single_class_note(rows: pd.DataFrame, test_rows: Optional[pd.DataFrame]) -> str:
+    """A warning when the winner calls (almost) every validation or test cell one class (column single_class)."""
+    if rows.empty:
+        return ""
+    winner = rows.iloc[0]
+    flag = winner.get("single_class")
+    where = ["validation"] if flag is not None and not pd.isna(flag) and bool(flag) else []
+    if test_rows is not None and "single_class" in test_rows:
+        mine = test_rows[test_rows["trial_id"].astype(str) == str(winner["trial_id"])]
+        where += ["test"] if mine["single_class"].fillna(False).astype(bool).any() else []
+    if not where:
+        return ""
+    return (f'<div class="banner">The winner {html.escape(str(winner["trial_id"]))} calls (almost) every '
+            f'{" and ".join(where)} cell one class: it learnt the class ratio, not the cells.</div>')
+
+
+
 def family_section(rows: pd.DataFrame, metric: str) -> str:
     best = rows.dropna(subset=[metric]).sort_values(metric, ascending=False).groupby("family", sort=False).head(1)
     if best.empty:
@@ -270,7 +289,7 @@ def build_report(board: pd.DataFrame, search: str, test_metrics: Optional[pd.Dat
         body.append('<div class="banner">GENERATED DATA — not C-NMC results</div>')
     body.append(f"<p>Data: {html.escape(str(root))}. {len(rows)} trials, ranked by validation "
                 f"{html.escape(metric)} (patient-level split). Written {dt.datetime.now():%Y-%m-%d %H:%M}.</p>")
-    body += ["<h2>Leaderboard</h2>", table_html(rows, BOARD_COLUMNS),
+    body += ["<h2>Leaderboard</h2>", single_class_note(rows, test_rows), table_html(rows, BOARD_COLUMNS),
              "<h2>Best score by family</h2>", family_section(rows, metric),
              "<h2>Optuna: optimisation history and parameter importances</h2>", optuna_section(storage, study),
              f"<h2>Learning curves of the top {top} trials</h2>", learning_curves_section(rows, top),

@@ -29,8 +29,8 @@ PROFILES = {
                   workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0),
 }
 GPU_CPUS_PER_WORKER_MAX = 4  # a GPU worker's CPUs only move batches: more would cut the trials a GPU node runs
-# Where `ray up` leaves the cluster file on the head node (read by the autoscaler); overridable for tests.
-AUTOSCALER_CONFIG = os.environ.get("LEUKTUNE_AUTOSCALER_CONFIG", "~/ray_bootstrap_config.yaml")
+# Where `ray up` leaves the cluster file on the head node (the autoscaler reads it); $LEUKTUNE_AUTOSCALER_CONFIG moves it.
+AUTOSCALER_CONFIG = "~/ray_bootstrap_config.yaml"
 
 SAVED_FIELDS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "reduction_factor",
                 "workers_per_trial", "cpus_per_worker", "gpus_per_worker", "image_sizes", "batch_sizes", "seed",
@@ -39,9 +39,9 @@ SAVED_FIELDS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "
 CHANGEABLE_ON_RESUME = ("time_budget",)  # a resumed run gets a budget of its own
 
 
-def gpu_node_types(config_path: str = AUTOSCALER_CONFIG) -> dict[str, dict[str, float]]:
+def gpu_node_types(config_path: Optional[str] = None) -> dict[str, dict[str, float]]:
     """GPU node types the cluster's autoscaler may start: name -> resources of one node ({} without such a file)."""
-    path = Path(config_path).expanduser()
+    path = Path(config_path or os.environ.get("LEUKTUNE_AUTOSCALER_CONFIG", AUTOSCALER_CONFIG)).expanduser()
     if not path.is_file():
         return {}
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ray import tune
 
+from leukmodels.metrics import SINGLE_CLASS_SHARE
 from search import leaderboard
 from search.console import Console, ConsoleCallback
 from search.data import SearchData, prepare_data
@@ -121,6 +122,8 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, wall_s: float, consol
     if len(mine):
         say(leaderboard.render(mine, [c for c in BOARD_COLUMNS if c in mine.columns]))
     say(summary_line(mine, wall_s))
+    for warning in single_class_warnings(mine):
+        say(warning)
     pending = len({_trial_id(result) for result in grid} - set(mine["trial_id"]))
     if pending and not search_run(args.name).budget_spent():  # an interrupt left trials to --resume
         say(f"search interrupted with {pending} trial(s) unfinished; continue it with: python search/run.py "
@@ -136,6 +139,20 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, wall_s: float, consol
         return 1
     say(next_steps(args))
     return 0 if (mine["status"] != "error").any() else 1
+
+
+def single_class_warnings(mine: Any) -> list[str]:
+    """Lines about trials that call (almost) every validation cell one class, the winner's first."""
+    flagged = mine[mine["single_class"].fillna(False).astype(bool)] if len(mine) else mine
+    if not len(flagged):
+        return []
+    lines = [f"note: {len(flagged)} of {len(mine)} trials call {SINGLE_CLASS_SHARE:.0%} or more of the validation "
+             f"cells one class (column single_class): they learnt the class ratio, not the cells"]
+    winner = mine.iloc[0]
+    if bool(winner.get("single_class")):
+        lines.append(f"warning: the winner {winner['trial_id']} is one of them (it calls "
+                     f"{winner['predicted_all']:.0%} of the validation cells ALL): do not trust its ranking")
+    return lines
 
 
 def next_steps(args: argparse.Namespace) -> str:

@@ -1,9 +1,11 @@
 """Faults injected into a real search: a Train worker SIGKILLed, a trial whose training raises, the search driver
 interrupted with SIGINT and resumed. Real processes and signals, no mocks.
 
-One search (subprocess `python -m search.run`, its own local Ray) carries all three faults, so they cost one Ray start
-and a handful of worker-group starts (~2-3 min on 2 cores). 3 one-worker trials at 24 px, 3 epochs, 2 at once, Train
-retries 1, ASHA grace = max epochs (nothing is stopped early, so every trial that is not faulted runs 3 epochs).
+One search (subprocess `python -m search.run`, its own local Ray) carries all three faults, so they cost one Ray start.
+It runs twice, once per kind of trial: one-worker trials that train inside their Tune trial (2 at once; the killed
+process is the Tune trial's actor, retried by Tune) and two-worker DDP trials over Ray Train (1 at once; the killed
+process is a Train worker, retried by Train). 3 trials at 24 px, 3 epochs, retries 1, ASHA grace = max epochs
+(nothing is stopped early, so every trial that is not faulted runs 3 epochs).
 `search/faults.py` (test-only, inert by default) numbers trials by their first report and:
 - trial 0: its rank-0 worker parks after reporting epoch 1 (checkpoint persisted); the test SIGKILLs that pid;
 - trial 1: raises after reporting epoch 1 on every attempt (the retry resumes from the last committed checkpoint and
@@ -62,13 +64,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def faulted(tiny_cnmc, tmp_path_factory):
+def _checkpoints(tmp: Path, trial_id: str) -> list[str]:
+    """A trial's checkpoint folders: under its Tune trial folder (one worker) or its Train run (DDP)."""
+    runs = [*(tmp / "ray" / NAME).glob(f"*{trial_id}*"), tmp / "ray" / NAME / "train_runs" / trial_id]
+    return sorted(p.name for run in runs for p in run.glob("checkpoint_*"))
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["in-trial", "ray-train"])
+def faulted(request, tiny_cnmc, tmp_path_factory):
     """Runs the faulted search, SIGINTs it, resumes it; returns what each stage left behind."""
     tmp = tmp_path_factory.mktemp("faults")
     fault_dir = tmp / "faults"
     argv = ["--family", "resnet", "--data", str(tiny_cnmc), "--image-sizes", "24", "--num-samples", "3",
-            "--max-epochs", "3", "--grace-epochs", "3", "--workers-per-trial", "1", "--max-failures", "1",
+            "--max-epochs", "3", "--grace-epochs", "3", "--workers-per-trial", str(request.param), "--max-failures", "1",
             "--results", str(tmp / "results"), "--storage", str(tmp / "ray"), "--name", NAME, "--seed", "0"]
     env = {**os.environ, "LEUKTUNE_FAULT_DIR": str(fault_dir), "LEUKTUNE_FAULT_KILL": "0:1",
            "LEUKTUNE_FAULT_RAISE": "1:1", "LEUKTUNE_FAULT_HOLD": "2:1"}
@@ -78,7 +86,7 @@ def faulted(tiny_cnmc, tmp_path_factory):
         first = subprocess.Popen([sys.executable, "-m", "search.run", *argv], cwd=tmp, env=env, stdout=stream,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        # fault 1: SIGKILL trial 0's Train worker once its epoch-1 checkpoint is persisted, before epoch 2 is done
+        # fault 1: SIGKILL trial 0's training process once its epoch-1 checkpoint is persisted, before epoch 2 is done
         marker = fault_dir / "kill-0.pid"
         _wait_for(lambda: marker.exists() and marker.read_text(), "trial 0's worker parks", first, log)
         out["killed_pid"] = int(marker.read_text())
@@ -89,8 +97,7 @@ def faulted(tiny_cnmc, tmp_path_factory):
         _wait_for(lambda: any('"epoch": 1' in p.read_text() for p in
                               (tmp / "ray" / NAME).glob(f"*{out['trial0']}*/result.json")),
                   "Tune records trial 0's epoch 1", first, log)
-        run_dir = tmp / "ray" / NAME / "train_runs" / out["trial0"]
-        out["checkpoints_before_kill"] = sorted(p.name for p in run_dir.glob("checkpoint_*"))
+        out["checkpoints_before_kill"] = _checkpoints(tmp, out["trial0"])
         os.kill(out["killed_pid"], signal.SIGKILL)
         _wait_for(lambda: not _alive(out["killed_pid"]), "the worker dies", first, log, timeout=30)
 
@@ -131,7 +138,7 @@ def faulted(tiny_cnmc, tmp_path_factory):
     return out
 
 
-def test_killed_train_worker_resumes_from_its_last_checkpoint(faulted):
+def test_killed_training_process_resumes_from_its_last_checkpoint(faulted):
     tmp, trial = faulted["tmp"], faulted["trial0"]
     assert faulted["checkpoints_before_kill"], "the kill came after epoch 1's checkpoint was persisted"
     assert not _alive(faulted["killed_pid"])

@@ -249,3 +249,64 @@ def test_rows_from_a_fake_result_grid_land_in_the_leaderboard_ranked(tmp_path):
     assert board.loc[2, "error"] == "ValueError: boom"
     again = leaderboard.append_rows(tmp_path / "lb.parquet", rows)  # a resumed search writes the same keys again
     assert len(again) == 3
+
+
+def test_a_one_class_model_on_an_imbalanced_validation_set_does_not_win(tmp_path):
+    """Validation: 80% ALL. A model that calls every cell ALL scores weighted F1 0.71, more than a real model that
+    is right on about three cells in four of either class; the search's default metric (balanced accuracy: 0.5 for
+    the one-class model) ranks the real one first, and the one-class model's row is flagged."""
+    import numpy as np
+
+    from leukmodels.metrics import classification_metrics
+
+    labels = np.array([1] * 80 + [0] * 20)
+    all_alike = classification_metrics(labels, np.full(100, 0.9))
+    rng = np.random.default_rng(0)
+    right = rng.random(100) < 0.75  # right on about three cells in four of either class
+    real = classification_metrics(labels, np.where(right, labels, 1 - labels).astype(float))
+    assert all_alike["weighted_f1"] > real["weighted_f1"]  # the challenge metric alone would pick the one-class model
+    metric = parse_args(["--family", "resnet"]).metric
+    context = SearchContext(search="one-class", metric=metric, max_epochs=1)
+    rows = [build_row(context, trial, CONFIG, [{"epoch": 1, **scores}])
+            for trial, scores in (("all-alike", all_alike), ("real", real))]
+    board = leaderboard.append_rows(tmp_path / "lb.parquet", rows)
+    assert list(board["trial_id"]) == ["real", "all-alike"]
+    assert board.set_index("trial_id")["single_class"].to_dict() == {"real": False, "all-alike": True}
+
+
+# -- flags given twice, --resume against the saved settings ---------------------------------------------------------
+def test_a_list_flag_given_twice_is_merged_and_a_single_value_flag_twice_is_refused(tmp_path, capsys):
+    assert parse_args(["--family", "resnet", "--family", "baseline"]).family == ["resnet", "baseline"]
+    assert parse_args(["--family", "resnet", "--image-sizes", "32", "--image-sizes", "48"]).image_sizes == [32, 48]
+    code = main(["--family", "resnet", "--num-samples", "4", "--num-samples", "8", "--results", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "error: --num-samples given twice (4 and 8); give it once"
+
+
+def _saved_search(tmp_path, *extra):
+    from search.settings import save_settings
+
+    args = _resolved(["--family", "resnet", "--name", "saved", "--results", str(tmp_path), *extra])
+    save_settings(args)
+    return args
+
+
+def test_resume_refuses_flags_that_contradict_the_saved_search(tmp_path, capsys):
+    _saved_search(tmp_path, "--image-sizes", "32")
+    code = main(["--resume", "--name", "saved", "--results", str(tmp_path), "--family", "baseline",
+                 "--image-sizes", "48"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--family baseline (saved: resnet)" in err and "--image-sizes 48 (saved: 32)" in err
+
+
+def test_resume_applies_a_new_time_budget_and_keeps_every_other_saved_setting(tmp_path):
+    from search.settings import load_settings
+
+    saved = _saved_search(tmp_path, "--num-samples", "5", "--time-budget", "60")
+    args = parse_args(["--resume", "--name", "saved", "--results", str(tmp_path), "--time-budget", "600",
+                       "--num-samples", "5"])  # the same value as saved is no contradiction
+    notes = load_settings(args, args.given)
+    assert notes == ["--time-budget 600 replaces the saved 60"]
+    assert args.time_budget == 600 and args.family == ["resnet"] and args.num_samples == 5
+    assert args.image_sizes == saved.image_sizes and args.profile == saved.profile
