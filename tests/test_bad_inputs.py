@@ -1,6 +1,6 @@
 """Bad input at the CLI: `search.run.main(argv)` must exit non-zero with ONE line naming the culprit, and start nothing.
 
-Most rows are refused before Ray starts (search.run.check_before_launch), so these tests are fast. The rows whose
+Most rows are refused before Ray starts (search.preflight.check_before_launch), so these tests are fast. The rows whose
 check needs Ray (an image that does not decode, a GPU request on a CPU-only cluster) are at the end, marked slow, and
 share one local Ray. Data-layer refusals of the same inputs are tested in tests/test_data_layout.py and
 tests/test_data_decode.py; RELIABILITY.md lists which test covers which row.
