@@ -199,10 +199,21 @@ def _to_frame(table: pa.Table) -> pd.DataFrame:
     return frame.sort_values(["metric", "rank"], kind="stable").reset_index(drop=True)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask sets it, racing threads that create files meanwhile)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # no /proc (macOS): the only other way to read it
+    os.umask(mask)
+    return mask
+
+
 def _write_atomically(table: pa.Table, path: Path) -> None:
     """Write next to `path`, fsync, rename over it; on any failure remove the temporary file, keep the old one."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # not mkstemp's 0600: the group reads it as it reads optuna.db
     except OSError as error:
         raise LeaderboardError(f"cannot write leaderboard {path}: {_why(error)}") from None
     try:

@@ -179,6 +179,21 @@ def test_read_only_folder_is_a_clear_error_and_the_old_file_survives(existing):
     _assert_intact(path, old_bytes, old_frame)
 
 
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)], ids=["022", "027", "077"])
+def test_the_file_is_as_readable_as_any_new_file_under_the_umask(tmp_path, umask, mode):
+    """Like optuna.db beside it (0666 less the umask), not mkstemp's 0600: the group can read what the umask allows."""
+    path = tmp_path / "lb.parquet"
+    old = os.umask(umask)
+    try:
+        lb.append_rows(path, [make_row("t0")])
+        assert path.stat().st_mode & 0o777 == mode
+        path.chmod(0o600)  # a file written by an older version: the next write fixes it
+        lb.append_rows(path, [make_row("t1")])
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+
+
 def test_a_newer_schema_version_is_refused_and_never_overwritten(existing):
     path, _, _ = existing
     table = pq.read_table(path)
