@@ -213,11 +213,11 @@ def _write_atomically(table: pa.Table, path: Path) -> None:
     """Write next to `path`, fsync, rename over it; on any failure remove the temporary file, keep the old one."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~_umask())  # not mkstemp's 0600: the group reads it as it reads optuna.db
     except OSError as error:
         raise LeaderboardError(f"cannot write leaderboard {path}: {_why(error)}") from None
     try:
         with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o666 & ~_umask())  # not mkstemp's 0600: the group reads it as it reads optuna.db
             pq.write_table(table, out)
             out.flush()
             os.fsync(out.fileno())
