@@ -1,43 +1,122 @@
 """What a search checks before it spends its hours: each problem is a ValueError with one line naming the flag, file
-or value (`search/run.py` prints it and exits 2).
+or value (`search/run.py` prints it and exits 2); warnings are printed and the search goes on.
 
-    check_before_launch(args)    # before Ray starts: --storage, --address, families at --image-sizes, --data
+    check_name(args)                    # before anything is written: a --name the file system can hold
+    need = check_before_launch(args)    # before Ray starts: folders, --address, optuna.db, families, data, sizes
+    check_object_store(need)            # once Ray is up, before decoding: one image size fits the object store
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+import sqlite3
+import sys
 from pathlib import Path
+from typing import Optional
+
+from search.sizes import Footprint, available_memory, footprint, frame_size, frame_warnings, judge
 
 ADDRESS_TIMEOUT_S = 5.0  # a cluster address must accept a TCP connection this fast (ray.init would wait minutes)
+SETTINGS_SUFFIX = ".json"  # results/searches/<name>.json: the longest file name a search makes from --name
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def check_before_launch(args: argparse.Namespace) -> None:
-    """What can be checked before Ray starts, each a ValueError with one line naming the flag: a local --storage
-    that cannot be written, an --address where nothing answers (ray.init would retry for minutes), and a --data
-    tree whose layout, labels or patient split are wrong (image decoding errors come later, naming the file)."""
-    if "://" not in args.storage:
-        folder = Path(args.storage)
-        while not folder.exists():  # the nearest existing ancestor decides: Tune creates the rest
-            folder = folder.parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise ValueError(f"--storage {args.storage}: cannot write there ({folder} is "
-                             f"{'not a folder' if not folder.is_dir() else 'not writable'})")
-    if args.address and args.address not in ("auto", "local"):
-        import socket
+# -- names and folders ----------------------------------------------------------------------------------------------
+def _existing(path: Path) -> Path:
+    """The path itself or its nearest existing ancestor: what decides whether the rest can be created."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
-        target = args.address.split("://", 1)[-1]
-        host, _, port = target.rpartition(":")
-        if not host or not port.isdigit():
-            host, port = target, "10001" if args.address.startswith("ray://") else "6379"
+
+def _unwritable(folder: Path) -> Optional[str]:
+    """Why `folder` cannot be created or written (its nearest existing ancestor decides), or None."""
+    existing = _existing(folder)
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def check_name(args: argparse.Namespace) -> None:
+    """--name becomes file and folder names (results/searches/<name>.json the longest): refuse one the file system
+    would answer with "File name too long" only once the search had started writing."""
+    try:
+        name_max = os.pathconf(_existing(Path(args.results)), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255  # what Linux and macOS file systems allow
+    limit = name_max - len(SETTINGS_SUFFIX)
+    length = len(os.fsencode(args.name))  # the limit counts bytes: a non-ASCII character takes several
+    if length > limit:
+        raise ValueError(f"--name is {length} characters long; at most {limit} fit (file names here hold {name_max}, "
+                         f"and results/searches/<name>{SETTINGS_SUFFIX} adds {len(SETTINGS_SUFFIX)})")
+
+
+def _check_storage(storage: str) -> None:
+    if "://" not in storage:  # a URI is Tune's to check
+        why = _unwritable(Path(storage))
+        if why:
+            raise ValueError(f"--storage {storage}: cannot write there ({why})")
+
+
+def _check_cache_folder() -> Path:
+    """The decode cache folder must be a folder we can write (LEUKTUNE_CACHE may point at a file)."""
+    from leukmodels.data import default_cache_dir
+
+    folder = default_cache_dir()
+    why = _unwritable(folder)
+    if why:
+        named = f"LEUKTUNE_CACHE={os.environ['LEUKTUNE_CACHE']}" if os.environ.get("LEUKTUNE_CACHE") else str(folder)
+        raise ValueError(f"{named}: cannot write the decode cache there ({why})")
+    return folder
+
+
+def _check_optuna_db(results: str) -> None:
+    """results/optuna.db holds the Optuna study of every search: a file that is not SQLite would fail the search only
+    once its data are decoded and Ray is up, so look at it now (header, then a read of its schema)."""
+    path = Path(results) / "optuna.db"
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file; it must be the SQLite database of the Optuna studies")
+    with open(path, "rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    why = None if header in (b"", SQLITE_HEADER) else "no SQLite header"  # an empty file becomes a new database
+    if header == SQLITE_HEADER:  # a damaged one can still carry the header: read its schema
         try:
-            socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S).close()
-        except OSError as why:
-            raise ValueError(f"--address {args.address}: no Ray answers at {host}:{port} "
-                             f"({why.strerror or why or 'timed out'})") from None
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as error:
+            why = str(error)
+    if why:
+        raise ValueError(f"{path} is not a usable SQLite database ({why}); it holds the Optuna studies: move it "
+                         f"aside or pass another --results")
+
+
+def _check_address(address: Optional[str]) -> None:
+    if not address or address in ("auto", "local"):
+        return
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        host, port = target, "10001" if address.startswith("ray://") else "6379"
+    try:
+        socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as why:
+        raise ValueError(f"--address {address}: no Ray answers at {host}:{port} "
+                         f"({why.strerror or why or 'timed out'})") from None
+
+
+def _check_families(args: argparse.Namespace) -> None:
+    """A size no sampled config of a family fits would make every such trial an error."""
     from search.spaces import SearchSpace, check_buildable, sample_configs
 
-    for family in args.family:  # a size no sampled config of a family fits would make every such trial an error
+    for family in args.family:
         for size in args.image_sizes:
             why = None
             for config in sample_configs(SearchSpace([family], image_sizes=[size], epochs=1), 12, seed=args.seed):
@@ -48,11 +127,71 @@ def check_before_launch(args: argparse.Namespace) -> None:
                     why = error
             else:
                 raise ValueError(f"--image-sizes {size}: too small for every sampled {family} config ({why})")
-    if args.data is not None:
-        from leukmodels.data import discover, split_by_patient
 
-        manifest = discover(args.data)  # DataError naming the folder or file
-        try:
-            split_by_patient(manifest, seed=args.seed)
-        except ValueError as why:  # e.g. a class folder without images: name the tree it is about
-            raise ValueError(f"--data {args.data}: {why}") from None
+
+def check_before_launch(args: argparse.Namespace) -> Footprint:
+    """Everything that can be checked before Ray starts, cheapest first: --storage and the decode cache writable,
+    results/optuna.db a database, --address answering (ray.init would retry for minutes), each family buildable at
+    --image-sizes, the data tree's layout, labels and patient split sound, and the decoded set fitting the free disk
+    and memory. Returns what the decoded set needs, for `check_object_store` once Ray is up."""
+    _check_storage(args.storage)
+    cache = _check_cache_folder()
+    _check_optuna_db(args.results)
+    _check_address(args.address)
+    _check_families(args)
+    need = _data_footprint(args, cache)
+    free_memory = None if args.address else available_memory()  # a cluster's memory is checked by its object store
+    problem, warnings = judge(need, free_disk=shutil.disk_usage(_existing(cache)).free, free_memory=free_memory,
+                              cache=str(cache))
+    for warning in frame_warnings(need) + warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if problem:
+        raise ValueError(problem)
+    return need
+
+
+# -- sizes (the arithmetic is search/sizes.py) ---------------------------------------------------------------------
+def check_object_store(need: Footprint) -> None:
+    """Once Ray is up, before decoding: the decoded set against the smallest node's object store (every node that
+    runs a trial holds a copy of what it reads)."""
+    from search.plan import cluster_nodes
+
+    stores = [int(node["object_store_memory"]) for node in cluster_nodes() if node.get("object_store_memory")]
+    if not stores:
+        return
+    problem, warnings = judge(need, object_store=min(stores))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if problem:
+        raise ValueError(problem)
+
+
+def _data_footprint(args: argparse.Namespace, cache: Path) -> Footprint:
+    """Discover and split the data (DataError naming the file, or `--data DIR: why`), then size its decoded set. The
+    default generated set, not built yet, is sized from the generator's settings instead of being built here."""
+    from leukmodels import synthetic
+    from leukmodels.data import discover, split_by_patient
+    from leukmodels.data.decode import cache_entry, fingerprint
+    from search.data import SEARCH_SPLITS
+
+    root = args.data
+    if root is None:
+        built = synthetic.default_root() / synthetic.TOP
+        if not (built / synthetic.MARKER).is_file():
+            defaults = synthetic.DEFAULTS  # training patients x images: the search's train+val (prelim is the test)
+            images = (defaults["n_all"] + defaults["n_hem"]) * defaults["images_per_patient"]
+            return footprint(images, args.image_sizes, frame=synthetic.FRAME)
+        root = str(built)
+    manifest = discover(root)
+    try:
+        splits = split_by_patient(manifest, seed=args.seed)  # what search.data.prepare_data will draw
+    except ValueError as why:  # e.g. a class folder without images: name the tree it is about
+        raise ValueError(f"--data {root}: {why}") from None
+    paths = {name: [str(p) for p in splits[name]["path"]] for name in SEARCH_SPLITS}
+    cached = [size for size in args.image_sizes
+              if all(cache_entry(fingerprint(paths[name], size), size, cache)[1].is_file() for name in SEARCH_SPLITS)]
+    every = [p for name in SEARCH_SPLITS for p in paths[name]]
+    return footprint(len(every), args.image_sizes, cached, frame_size(every))
+
+
+__all__ = ["check_before_launch", "check_name", "check_object_store"]

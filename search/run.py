@@ -179,14 +179,14 @@ def start_ray(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     started = time.time()
-    from search import leaderboard
-    from search.preflight import check_before_launch
+    from search import leaderboard, preflight
 
     try:
         args = resolve_args(argv)
+        preflight.check_name(args)  # before anything is written under it
         args = save_or_load_settings(args)
         leaderboard.append_rows(Path(args.results) / "leaderboard.parquet", [])  # fail now on unwritable results
-        check_before_launch(args)
+        need = preflight.check_before_launch(args)
     except (ValueError, OSError, leaderboard.LeaderboardError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -195,6 +195,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     own_ray = not ray.is_initialized()
     try:
         start_ray(args)
+        preflight.check_object_store(need)  # before decoding: the store's size is known only now
         from search.tuning import run_search  # Ray-side half, imported once Ray is up
 
         return run_search(args, started)

@@ -7,6 +7,8 @@ tests/test_data_decode.py; RELIABILITY.md lists which test covers which row.
 """
 from __future__ import annotations
 
+import math
+import os
 import shutil
 from pathlib import Path
 
@@ -76,6 +78,27 @@ def test_labels_csv_naming_an_unknown_file(tmp_path, capsys):
     assert "name a file missing from" in err and "9999" in err
 
 
+def test_patient_id_contradicting_its_class_folder(tmp_path, capsys):
+    top = _tree(tmp_path)
+    bad = write_image(top / "training_data" / "fold_0" / "all" / "UID_H77_1_1_all.bmp")  # a normal patient's id
+    err = _refused(["--data", str(top)], tmp_path, capsys)
+    assert "name a patient whose id contradicts their class folder" in err and err.endswith(str(bad))
+
+
+def test_sizes_that_do_not_fit_the_disk_or_memory_are_refused_before_decoding(tmp_path, capsys, monkeypatch):
+    """32 train+val images at 200,000 px are 32 x 3 x 200,000^2 B = 3.84 TB: more than this disk or memory holds."""
+    monkeypatch.setenv("LEUKTUNE_CACHE", str(tmp_path / "cache"))
+    top = _tree(tmp_path)  # frames of 16 px
+    code = main(["--family", "resnet", "--data", str(top), "--image-sizes", "200000", "--results",
+                 str(tmp_path / "results"), "--storage", str(tmp_path / "ray")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and [line for line in err if line.startswith("error:")] == err[-1:]
+    assert err[-1].startswith("error: --image-sizes 200000: ") and "3,840.0 GB" in err[-1]
+    assert "GB free in" in err[-1] or "of memory available" in err[-1]
+    assert "warning: --image-sizes 200000 is larger than the frames themselves (16 px)" in "\n".join(err)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "ray").exists()  # nothing decoded, Ray not started
+
+
 def test_stray_non_image_files_are_ignored(tmp_path):
     """Handled: only *.bmp files are images; notes, thumbnails and .DS_Store files beside them are skipped."""
     top = _tree(tmp_path)
@@ -121,6 +144,33 @@ def test_storage_that_cannot_be_written(tmp_path, capsys):
     assert f"--storage {tmp_path / 'a-file' / 'ray'}" in err and "not a folder" in err
 
 
+def test_name_too_long_for_the_file_system(tmp_path, capsys):
+    err = _refused(["--name", "x" * 300], tmp_path, capsys)
+    assert err.startswith("error: --name is 300 characters long; at most 250 fit")
+    assert not (tmp_path / "results").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("content", [b"these are my notes, not a database\n", b"SQLite format 3\x00" + bytes(200)],
+                         ids=["text", "damaged"])
+def test_optuna_db_that_is_not_sqlite(content, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LEUKTUNE_CACHE", str(tmp_path / "cache"))
+    db = tmp_path / "results" / "optuna.db"
+    db.parent.mkdir()
+    db.write_bytes(content)
+    err = _refused([], tmp_path, capsys)
+    assert err.startswith(f"error: {db} is not a usable SQLite database (")
+    assert db.read_bytes() == content and not (tmp_path / "cache").exists()  # left as it was, nothing decoded
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/cache"])
+def test_decode_cache_folder_that_is_a_file(where, tmp_path, capsys, monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("LEUKTUNE_CACHE", str(tmp_path / where))
+    err = _refused([], tmp_path, capsys)
+    assert err == (f"error: LEUKTUNE_CACHE={tmp_path / where}: cannot write the decode cache there "
+                   f"({tmp_path / 'a-file'} is not a folder)")
+
+
 # -- rows whose check needs Ray (one shared local Ray) -------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "not-an-image"])
@@ -137,3 +187,24 @@ def test_image_that_does_not_decode_names_the_file(damage, ray_2cpu, tmp_path, c
 def test_more_gpus_per_worker_than_any_node_has(ray_2cpu, tmp_path, capsys):
     err = _refused(["--gpus-per-worker", "1"], tmp_path, capsys)
     assert "--gpus-per-worker 1" in err and "largest node has none" in err
+
+
+@pytest.mark.slow
+def test_image_size_beyond_the_object_store_is_refused_before_decoding(ray_2cpu, tmp_path, capsys, monkeypatch):
+    """The object store's size is known once Ray is up: pick the size whose decoded train+val set just exceeds the
+    smallest node's store (skipped where that set would not fit this machine's memory or disk anyway)."""
+    from search.plan import cluster_nodes
+    from search.sizes import available_memory
+
+    monkeypatch.setenv("LEUKTUNE_CACHE", str(tmp_path / "cache"))
+    top = _tree(tmp_path)
+    images = int(discover(top)["source"].str.startswith("fold_").sum())  # train + val: the prelim set is the test
+    store = min(int(node["object_store_memory"]) for node in cluster_nodes())
+    size = math.isqrt(store // (3 * images)) + 1
+    need = images * 3 * size * size
+    if need > min(available_memory() or 0, shutil.disk_usage(tmp_path).free):
+        pytest.skip(f"{need} B would not fit this machine before Ray: the memory or disk check refuses it first")
+    err = _refused(["--data", str(top), "--image-sizes", str(size)], tmp_path, capsys)
+    assert err.startswith(f"error: --image-sizes {size}: {images} train+val images at {size} px take ")
+    assert "more than Ray's object store holds" in err
+    assert not (tmp_path / "cache").exists()  # refused before decoding
