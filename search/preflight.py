@@ -4,12 +4,16 @@ or value (`search/run.py` prints it and exits 2); warnings are printed and the s
     check_name(args)                    # before anything is written: a --name the file system can hold
     need = check_before_launch(args)    # before Ray starts: folders, --address, optuna.db, families, data, sizes
     check_object_store(need)            # once Ray is up, before decoding: one image size fits the object store
+
+And what `main()` needs when the launch itself fails: `ray_start_error` (one line for a Ray that does not come up)
+and `forget_unlaunched` (a search that never launched leaves no settings file, so the same command runs again).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -194,4 +198,37 @@ def _data_footprint(args: argparse.Namespace, cache: Path) -> Footprint:
     return footprint(len(every), args.image_sizes, cached, frame_size(every))
 
 
-__all__ = ["check_before_launch", "check_name", "check_object_store"]
+# -- when the launch fails or is stopped ----------------------------------------------------------------------------
+def ray_start_error(args: argparse.Namespace, error: BaseException) -> str:
+    """One line for a Ray that did not come up: Ray's own first sentence, its log file, what to try."""
+    text = str(error).strip() or type(error).__name__
+    reason = re.split(r"(?<=\.)\s", text.splitlines()[0], maxsplit=1)[0].rstrip(".:")
+    port = re.search(r"port is (\d+)", text)
+    log = re.search(r"check (\S+) for details", text)
+    details = "; ".join(filter(None, [f"port {port[1]} may be taken" if port else "", f"log {log[1]}" if log else ""]))
+    reason += f" ({details})" if details else ""
+    if args.address:
+        return (f"--address {args.address}: cannot join that Ray cluster: {reason}; check `ray status` on its head "
+                f"node")
+    return (f"the local Ray did not start: {reason}; try `ray stop` (an earlier Ray may still hold its ports), free "
+            f"space in /tmp, or a running Ray with --address auto")
+
+
+def forget_unlaunched(settings: Path, storage: str, name: str) -> bool:
+    """A new search that failed before Tune wrote its state (`<storage>/<name>/tuner.pkl`, written when the Tuner is
+    built, before any trial) launched nothing: remove its settings file, or the same command is refused ("use
+    --resume") and --resume finds no Tune experiment. True when removed; a storage that cannot be asked keeps it."""
+    if not settings.is_file():
+        return False
+    try:
+        from ray import tune
+
+        if tune.Tuner.can_restore(f"{storage.rstrip('/')}/{name}"):
+            return False
+    except Exception:  # noqa: BLE001 - an unreachable storage: keep what --resume may need
+        return False
+    settings.unlink(missing_ok=True)
+    return True
+
+
+__all__ = ["check_before_launch", "check_name", "check_object_store", "forget_unlaunched", "ray_start_error"]

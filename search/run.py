@@ -170,11 +170,16 @@ def start_ray(args: argparse.Namespace) -> None:
     # A busy small machine can take over a minute to start a worker group (every worker imports torch); Ray Train's
     # default 60 s would fail such a trial. Inherited by the local Ray's processes; a cluster sets its own.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "180")
-    if args.address:
-        ray.init(address=args.address)
-    else:  # a new local Ray ("local": never attach to another one running here); workers import this checkout
-        ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}})
+    try:
+        if args.address:
+            ray.init(address=args.address)
+        else:  # a new local Ray ("local": never attach to another one running here); workers import this checkout
+            ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}})
+    except Exception as error:  # noqa: BLE001 - Ray raises bare Exception or RuntimeError when it cannot come up
+        from search.preflight import ray_start_error
+
+        raise ValueError(ray_start_error(args, error)) from None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -193,16 +198,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     import ray
 
     own_ray = not ray.is_initialized()
+    code = 2
     try:
         start_ray(args)
         preflight.check_object_store(need)  # before decoding: the store's size is known only now
         from search.tuning import run_search  # Ray-side half, imported once Ray is up
 
-        return run_search(args, started)
+        code = run_search(args, started)
+        return code
     except (ValueError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before Tune set its own handler (e.g. while decoding), or a second Ctrl-C to it
+        forgot = not args.resume and preflight.forget_unlaunched(_search_file(args), args.storage, args.name)
+        print("error: interrupted before any trial started; run the same command again" if forgot else
+              f"error: interrupted; continue it with --resume --name {args.name}", file=sys.stderr)
+        return 1
     finally:
+        if code != 0 and not args.resume:  # a new search that failed before launching must not hold its name
+            preflight.forget_unlaunched(_search_file(args), args.storage, args.name)
         if own_ray and ray.is_initialized():
             ray.shutdown()
 

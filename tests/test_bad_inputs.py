@@ -10,12 +10,16 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from cnmc_trees import LABELS_CSV, kaggle_tree, write_image
+from processes import kill_group
 from leukmodels.data import discover
 from search.run import main
 
@@ -208,3 +212,44 @@ def test_image_size_beyond_the_object_store_is_refused_before_decoding(ray_2cpu,
     assert err.startswith(f"error: --image-sizes {size}: {images} train+val images at {size} px take ")
     assert "more than Ray's object store holds" in err
     assert not (tmp_path / "cache").exists()  # refused before decoding
+
+
+@pytest.mark.slow
+def test_search_that_fails_before_launch_leaves_no_settings_and_can_run_again(ray_2cpu, tmp_path, capsys):
+    """A failure once Ray is up but before Tune built its experiment (here: an image that does not decode) must not
+    leave results/searches/NAME.json behind: the same command would be refused ("use --resume") and --resume would
+    find no Tune experiment."""
+    top = _tree(tmp_path)
+    victim = next((top / "training_data" / "fold_2" / "all").glob("*.bmp"))
+    victim.write_bytes(b"this is not a bitmap")
+    for _ in range(2):  # the same command twice: refused for the image both times, never for the name
+        err = _refused(["--data", str(top), "--name", "again"], tmp_path, capsys)
+        assert f"cannot decode image {victim}" in err
+        assert not (tmp_path / "results" / "searches" / "again.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_local_ray_that_cannot_start_is_one_line_and_exit_2(tmp_path):
+    """A real start-up failure, in a real `python -m search.run`: the port the local Ray's GCS must use (Ray's own
+    RAY_GCS_SERVER_PORT) is taken. Ray's own connect waits (its RAY_ settings) are shortened so the test takes
+    seconds; with Ray's defaults the same failure takes about 40 s, and the CLI adds no wait of its own."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**os.environ, "RAY_GCS_SERVER_PORT": str(taken.getsockname()[1]), "RAY_py_gcs_connect_timeout_s": "3",
+               "RAY_gcs_rpc_server_connect_timeout_s": "1"}
+        search = subprocess.Popen([sys.executable, "-m", "search.run", "--family", "resnet", "--image-sizes", "24",
+                                   "--results", str(tmp_path / "results"), "--storage", str(tmp_path / "ray"),
+                                   "--name", "no-ray"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _, err = search.communicate(timeout=240)
+        finally:
+            kill_group(search)  # whatever Ray processes the failed start left
+    lines = err.strip().splitlines()
+    assert search.returncode == 2, err[-3000:]
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], err[-3000:]
+    assert lines[-1].startswith("error: the local Ray did not start: Failed to start GCS (port ")
+    assert "try `ray stop`" in lines[-1]
+    assert not (tmp_path / "results" / "searches" / "no-ray.json").exists() and not (tmp_path / "ray").exists()

@@ -1,8 +1,14 @@
-"""search/sizes.py: the size arithmetic on numbers and the frames' size from headers. The CLI rows (exit 2, one
-line, nothing started) are in tests/test_bad_inputs.py."""
+"""The pure parts of search/sizes.py and search/preflight.py: the size arithmetic on numbers, the frames' size from
+headers, Ray's start-up failure as one line, the settings file of a search that never launched. The CLI rows (exit
+2, one line, nothing started) are in tests/test_bad_inputs.py."""
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from cnmc_trees import write_image
+from search.preflight import forget_unlaunched, ray_start_error
 from search.sizes import footprint, frame_size, frame_warnings, gb, judge
 
 CNMC_TRAINING = 10_661  # C-NMC 2019 training images: a search's train + val (the prelim test is the held-out test)
@@ -55,3 +61,37 @@ def test_frame_size_reads_headers_and_skips_broken_files(tmp_path):
     (tmp_path / "broken.bmp").write_bytes(b"not an image")
     assert frame_size(paths + [str(tmp_path / "broken.bmp")]) == 600
     assert frame_size([str(tmp_path / "broken.bmp")]) is None
+
+
+GCS_FAILURE = (  # what ray.init raised here when the GCS port was taken (Ray 2.60), shortened
+    "Failed to start GCS.  Last 1 lines of error files:\n[2026-11-30 01:34:11,251 C 12281 12281] (gcs_server) "
+    "grpc_server.cc:134:  Check failed: server_ Failed to start the grpc server. The specified port is 45815. If the "
+    "server startup error message is `Address already in use`, ...\n\n.Please check "
+    "/tmp/ray/session_2026-11-30_01-34-11_017746_12178/logs/gcs_server.out for details. Last connection error: None")
+
+
+def test_ray_start_failure_is_one_line_saying_what_to_try():
+    class Args:
+        address = None
+
+    line = ray_start_error(Args(), RuntimeError(GCS_FAILURE))
+    assert line == ("the local Ray did not start: Failed to start GCS (port 45815 may be taken; log /tmp/ray/"
+                    "session_2026-11-30_01-34-11_017746_12178/logs/gcs_server.out); try `ray stop` (an earlier Ray may "
+                    "still hold its ports), free space in /tmp, or a running Ray with --address auto")
+    timed_out = Exception("The current node timed out during startup. This could happen because some of the raylet "
+                          "failed to startup or the GCS has become overloaded.")
+    assert ray_start_error(Args(), timed_out).startswith(
+        "the local Ray did not start: The current node timed out during startup; try `ray stop`")
+    Args.address = "auto"
+    assert "\n" not in ray_start_error(Args(), ConnectionError("Could not find any running Ray instance.\nPlease ..."))
+
+
+def test_settings_of_a_search_that_never_launched_are_forgotten(tmp_path):
+    settings = tmp_path / "results" / "searches" / "s.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"family": ["resnet"]}))
+    assert forget_unlaunched(settings, str(tmp_path / "ray"), "s") and not settings.exists()
+    settings.write_text("{}")
+    (tmp_path / "ray" / "s").mkdir(parents=True)
+    (tmp_path / "ray" / "s" / "tuner.pkl").write_bytes(b"")  # Tune built its Tuner: --resume needs the settings
+    assert not forget_unlaunched(settings, str(tmp_path / "ray"), "s") and settings.exists()
