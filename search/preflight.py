@@ -5,8 +5,9 @@ or value (`search/run.py` prints it and exits 2); warnings are printed and the s
     need = check_before_launch(args)    # before Ray starts: folders, --address, optuna.db, families, data, sizes
     check_object_store(need)            # once Ray is up, before decoding: one image size fits the object store
 
-And what `main()` needs when the launch itself fails: `ray_start_error` (one line for a Ray that does not come up)
-and `forget_unlaunched` (a search that never launched leaves no settings file, so the same command runs again).
+And what `main()` needs when the launch itself fails or is stopped: `ray_start_error` (one line for a Ray that does
+not come up), `sigterm_as_sigint` (a scheduler's SIGTERM stops Tune as Ctrl-C does) and `forget_unlaunched` (a search
+that never launched leaves no settings file, so the same command runs again).
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import sys
+import threading
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from search.sizes import Footprint, available_memory, footprint, frame_size, frame_warnings, judge
 
@@ -214,6 +217,21 @@ def ray_start_error(args: argparse.Namespace, error: BaseException) -> str:
             f"space in /tmp, or a running Ray with --address auto")
 
 
+@contextlib.contextmanager
+def sigterm_as_sigint() -> Iterator[None]:
+    """Schedulers and `kill` send SIGTERM; Ray's driver answers it with sys.exit in the middle of Tune (its C++ side
+    then aborts, exit 134, Tune's state unsaved). Route it to whatever handles SIGINT: Tune's clean stop (state saved,
+    rows kept, resume hint) while a search runs, KeyboardInterrupt before."""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works in the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def forget_unlaunched(settings: Path, storage: str, name: str) -> bool:
     """A new search that failed before Tune wrote its state (`<storage>/<name>/tuner.pkl`, written when the Tuner is
     built, before any trial) launched nothing: remove its settings file, or the same command is refused ("use
@@ -231,4 +249,5 @@ def forget_unlaunched(settings: Path, storage: str, name: str) -> bool:
     return True
 
 
-__all__ = ["check_before_launch", "check_name", "check_object_store", "forget_unlaunched", "ray_start_error"]
+__all__ = ["check_before_launch", "check_name", "check_object_store", "forget_unlaunched", "ray_start_error",
+           "sigterm_as_sigint"]

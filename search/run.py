@@ -204,12 +204,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         preflight.check_object_store(need)  # before decoding: the store's size is known only now
         from search.tuning import run_search  # Ray-side half, imported once Ray is up
 
-        code = run_search(args, started)
+        with preflight.sigterm_as_sigint():
+            code = run_search(args, started)
         return code
     except (ValueError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before Tune set its own handler (e.g. while decoding), or a second Ctrl-C to it
+    except KeyboardInterrupt:  # before Tune set its own handler (e.g. while decoding), or a second signal to it
         forgot = not args.resume and preflight.forget_unlaunched(_search_file(args), args.storage, args.name)
         print("error: interrupted before any trial started; run the same command again" if forgot else
               f"error: interrupted; continue it with --resume --name {args.name}", file=sys.stderr)
