@@ -91,8 +91,10 @@ def _check_optuna_db(results: str) -> None:
         raise ValueError(f"{path} is not a file; it must be the SQLite database of the Optuna studies")
     with open(path, "rb") as handle:
         header = handle.read(len(SQLITE_HEADER))
-    why = None if header in (b"", SQLITE_HEADER) else "no SQLite header"  # an empty file becomes a new database
-    if header == SQLITE_HEADER:  # a damaged one can still carry the header: read its schema
+    if not header:
+        return  # an empty file: SQLite makes it a new database
+    why = None if header == SQLITE_HEADER else "no SQLite header"
+    if why is None:  # a damaged file can still carry the header: read its schema
         try:
             with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
                 db.execute("SELECT count(*) FROM sqlite_master").fetchone()

@@ -1,8 +1,9 @@
 """Bad input at the CLI: `search.run.main(argv)` must exit non-zero with ONE line naming the culprit, and start nothing.
 
 Most rows are refused before Ray starts (search.preflight.check_before_launch), so these tests are fast. The rows whose
-check needs Ray (an image that does not decode, a GPU request on a CPU-only cluster) are at the end, marked slow, and
-share one local Ray. Data-layer refusals of the same inputs are tested in tests/test_data_layout.py and
+check needs Ray (an image that does not decode, a GPU request on a CPU-only cluster, the object store's size, a failure
+after Ray is up) are at the end, marked slow, and share one local Ray; a local Ray that cannot start runs as its own
+`python -m search.run`. Data-layer refusals of the same inputs are tested in tests/test_data_layout.py and
 tests/test_data_decode.py; RELIABILITY.md lists which test covers which row.
 """
 from __future__ import annotations
