@@ -218,6 +218,16 @@ def _to_frame(table: pa.Table) -> pd.DataFrame:
     return frame.sort_values(["metric", "rank"], kind="stable").reset_index(drop=True)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask sets it, racing threads that create files meanwhile)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)  # no /proc (macOS): the only other way to read it
+    os.umask(mask)
+    return mask
+
+
 def _write_atomically(table: pa.Table, path: Path) -> None:
     """Write next to `path`, fsync, rename over it; on any failure remove the temporary file, keep the old one."""
     try:
@@ -226,6 +236,7 @@ def _write_atomically(table: pa.Table, path: Path) -> None:
         raise LeaderboardError(f"cannot write leaderboard {path}: {_why(error)}") from None
     try:
         with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o666 & ~_umask())  # not mkstemp's 0600: the group reads it as it reads optuna.db
             pq.write_table(table, out)
             out.flush()
             os.fsync(out.fileno())

@@ -1,28 +1,113 @@
-"""Checks before anything expensive starts: each a ValueError with one line naming the flag, file or value."""
+"""What a search checks before it spends its hours: each problem is a ValueError with one line naming the flag, file
+or value (`search/run.py` prints it and exits 2); warnings are printed and the search goes on.
+
+    check_name(args)                    # before anything is written: a --name the file system can hold
+    check_before_launch(args)           # before Ray starts: folders, --address, optuna.db, the data tree
+    check_sizes(args, nodes, warn)      # once the cluster's profile set the sizes, before decoding: families fit
+                                        # them, the decoded set fits the disk, the memory and the object store
+
+And what `main()` needs when the launch itself fails or is stopped: `ray_start_error` (one line for a Ray that does
+not come up), `sigterm_as_sigint` (a scheduler's SIGTERM stops Tune as Ctrl-C does) and `forget_unlaunched` (a search
+that never launched leaves no settings file, so the same command runs again).
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
+import re
+import shutil
+import signal
+import sqlite3
+import sys
+import threading
 from pathlib import Path
+from typing import Iterator, Optional
+
+from search.sizes import Footprint, available_memory, footprint, frame_size, frame_warnings, judge
 
 ADDRESS_TIMEOUT_S = 5.0  # a cluster address must accept a TCP connection this fast (ray.init would wait minutes)
+SETTINGS_SUFFIX = ".json"  # results/searches/<name>.json: the longest file name a search makes from --name
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def check_storage(storage: str) -> None:
-    """A local --storage must be writable where it exists (the nearest existing ancestor decides: Tune creates the
-    rest)."""
-    if "://" in storage:
+# -- names and folders ----------------------------------------------------------------------------------------------
+def _existing(path: Path) -> Path:
+    """The path itself or its nearest existing ancestor: what decides whether the rest can be created."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _unwritable(folder: Path) -> Optional[str]:
+    """Why `folder` cannot be created or written (its nearest existing ancestor decides), or None."""
+    existing = _existing(folder)
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def check_name(args: argparse.Namespace) -> None:
+    """--name becomes file and folder names (results/searches/<name>.json the longest): refuse one the file system
+    would answer with "File name too long" only once the search had started writing."""
+    try:
+        name_max = os.pathconf(_existing(Path(args.results)), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255  # what Linux and macOS file systems allow
+    limit = name_max - len(SETTINGS_SUFFIX)
+    length = len(os.fsencode(args.name))  # the limit counts bytes: a non-ASCII character takes several
+    if length > limit:
+        raise ValueError(f"--name is {length} characters long; at most {limit} fit (file names here hold {name_max}, "
+                         f"and results/searches/<name>{SETTINGS_SUFFIX} adds {len(SETTINGS_SUFFIX)})")
+
+
+def _check_storage(storage: str) -> None:
+    if "://" not in storage:  # a URI is Tune's to check
+        why = _unwritable(Path(storage))
+        if why:
+            raise ValueError(f"--storage {storage}: cannot write there ({why})")
+
+
+def _check_cache_folder() -> Path:
+    """The decode cache folder must be a folder we can write (LEUKTUNE_CACHE may point at a file)."""
+    from leukmodels.data import default_cache_dir
+
+    folder = default_cache_dir()
+    why = _unwritable(folder)
+    if why:
+        named = f"LEUKTUNE_CACHE={os.environ['LEUKTUNE_CACHE']}" if os.environ.get("LEUKTUNE_CACHE") else str(folder)
+        raise ValueError(f"{named}: cannot write the decode cache there ({why})")
+    return folder
+
+
+def _check_optuna_db(results: str) -> None:
+    """results/optuna.db holds the Optuna study of every search: a file that is not SQLite would fail the search only
+    once its data are decoded and Ray is up, so look at it now (header, then a read of its schema)."""
+    path = Path(results) / "optuna.db"
+    if not path.exists():
         return
-    folder = Path(storage)
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"--storage {storage}: cannot write there ({folder} is "
-                         f"{'not a folder' if not folder.is_dir() else 'not writable'})")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file; it must be the SQLite database of the Optuna studies")
+    with open(path, "rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if not header:
+        return  # an empty file: SQLite makes it a new database
+    why = None if header == SQLITE_HEADER else "no SQLite header"
+    if why is None:  # a damaged file can still carry the header: read its schema
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as error:
+            why = str(error)
+    if why:
+        raise ValueError(f"{path} is not a usable SQLite database ({why}); it holds the Optuna studies: move it "
+                         f"aside or pass another --results")
 
 
-def check_address(address: str | None) -> None:
-    """Something must answer at --address (ray.init would retry for minutes)."""
+def _check_address(address: Optional[str]) -> None:
     if not address or address in ("auto", "local"):
         return
     import socket
@@ -38,8 +123,8 @@ def check_address(address: str | None) -> None:
                          f"({why.strerror or why or 'timed out'})") from None
 
 
-def check_sizes_fit(args: argparse.Namespace) -> None:
-    """Every family must have sampled configs that fit every image size, else all its trials would be errors."""
+def check_families(args: argparse.Namespace) -> None:
+    """A size no sampled config of a family fits would make every such trial an error."""
     from search.spaces import SearchSpace, check_buildable, sample_configs
 
     for family in args.family:
@@ -55,8 +140,20 @@ def check_sizes_fit(args: argparse.Namespace) -> None:
                 raise ValueError(f"--image-sizes {size}: too small for every sampled {family} config ({why})")
 
 
-def check_data(args: argparse.Namespace) -> None:
-    """A --data tree whose layout, labels or patient split are wrong (decoding errors come later, naming the file)."""
+def check_before_launch(args: argparse.Namespace) -> None:
+    """Everything that can be checked before Ray starts, cheapest first: --storage and the decode cache writable,
+    results/optuna.db a database, --address answering (ray.init would retry for minutes), each family buildable at
+    --image-sizes when they are given, the data tree's layout, labels and patient split sound."""
+    _check_storage(args.storage)
+    _check_cache_folder()
+    _check_optuna_db(args.results)
+    _check_address(args.address)
+    _check_data(args)
+    if args.image_sizes is not None and args.family is not None:  # given: check them now, not after Ray's start
+        check_sizes(args, None, lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def _check_data(args: argparse.Namespace) -> None:
     if args.data is None:
         return
     from leukmodels.data import discover, split_by_patient
@@ -68,13 +165,115 @@ def check_data(args: argparse.Namespace) -> None:
         raise ValueError(f"--data {args.data}: {why}") from None
 
 
-def check_before_launch(args: argparse.Namespace) -> None:
-    """What can be checked before Ray starts."""
-    check_storage(args.storage)
-    check_address(args.address)
-    if args.image_sizes is not None and args.family is not None:
-        check_sizes_fit(args)
-    check_data(args)
+# -- sizes (the arithmetic is search/sizes.py) ---------------------------------------------------------------------
+def check_sizes(args: argparse.Namespace, nodes: Optional[list[dict]], warn=print) -> None:
+    """Before decoding, once the image sizes are known: each family fits them; the decoded set fits the free disk
+    (cache) and memory (a local Ray) and, once Ray is up (`nodes`), the smallest node's object store (every node
+    that runs a trial holds a copy of what it reads). A size beyond the frames, or sizes that fit the store only one
+    at a time, are warnings. Checked before Ray starts when the sizes are given, the store once it is up."""
+    checked = getattr(args, "checked_sizes", None)
+    if checked is None or checked.sizes != list(args.image_sizes):
+        check_families(args)
+        cache = _check_cache_folder()
+        need = _data_footprint(args, cache)
+        free_memory = None if args.address else available_memory()  # a cluster's is checked by its object store
+        problem, warnings = judge(need, free_disk=shutil.disk_usage(_existing(cache)).free, free_memory=free_memory,
+                                  cache=str(cache))
+        _report(frame_warnings(need) + warnings, problem, warn)
+        args.checked_sizes = checked = _Checked(list(args.image_sizes), need)
+    stores = [int(node["object_store_memory"]) for node in nodes or [] if node.get("object_store_memory")]
+    if stores:
+        _report(*reversed(judge(checked.need, object_store=min(stores))), warn)
 
 
-__all__ = ["check_before_launch", "check_sizes_fit", "check_storage", "check_address", "check_data"]
+@dataclasses.dataclass
+class _Checked:
+    sizes: list
+    need: Footprint
+
+
+def _report(warnings: list[str], problem: Optional[str], warn) -> None:
+    for warning in warnings:
+        warn(f"warning: {warning}")
+    if problem:
+        raise ValueError(problem)
+
+
+def _data_footprint(args: argparse.Namespace, cache: Path) -> Footprint:
+    """Discover and split the data (DataError naming the file, or `--data DIR: why`), then size its decoded set. The
+    default generated set, not built yet, is sized from the generator's settings instead of being built here."""
+    from leukmodels import synthetic
+    from leukmodels.data import discover, split_by_patient
+    from leukmodels.data.decode import cache_entry, fingerprint
+    from search.data import SEARCH_SPLITS
+
+    root = args.data
+    if root is None:
+        built = synthetic.default_root() / synthetic.TOP
+        if not (built / synthetic.MARKER).is_file():
+            defaults = synthetic.DEFAULTS  # training patients x images: the search's train+val (prelim is the test)
+            images = (defaults["n_all"] + defaults["n_hem"]) * defaults["images_per_patient"]
+            return footprint(images, args.image_sizes, frame=synthetic.FRAME)
+        root = str(built)
+    manifest = discover(root)
+    try:
+        splits = split_by_patient(manifest, val_fraction=args.val_fraction, seed=args.seed)  # as prepare_data
+    except ValueError as why:  # e.g. a class folder without images: name the tree it is about
+        raise ValueError(f"--data {root}: {why}") from None
+    paths = {name: [str(p) for p in splits[name]["path"]] for name in SEARCH_SPLITS}
+    cached = [size for size in args.image_sizes
+              if all(cache_entry(fingerprint(paths[name], size), size, cache)[1].is_file() for name in SEARCH_SPLITS)]
+    every = [p for name in SEARCH_SPLITS for p in paths[name]]
+    return footprint(len(every), args.image_sizes, cached, frame_size(every))
+
+
+# -- when the launch fails or is stopped ----------------------------------------------------------------------------
+def ray_start_error(args: argparse.Namespace, error: BaseException) -> str:
+    """One line for a Ray that did not come up: Ray's own first sentence, its log file, what to try."""
+    text = str(error).strip() or type(error).__name__
+    reason = re.split(r"(?<=\.)\s", text.splitlines()[0], maxsplit=1)[0].rstrip(".:")
+    port = re.search(r"port is (\d+)", text)
+    log = re.search(r"check (\S+) for details", text)
+    details = "; ".join(filter(None, [f"port {port[1]} may be taken" if port else "", f"log {log[1]}" if log else ""]))
+    reason += f" ({details})" if details else ""
+    if args.address:
+        return (f"--address {args.address}: cannot join that Ray cluster: {reason}; check `ray status` on its head "
+                f"node")
+    return (f"the local Ray did not start: {reason}; try `ray stop` (an earlier Ray may still hold its ports), free "
+            f"space in /tmp, or a running Ray with --address auto")
+
+
+@contextlib.contextmanager
+def sigterm_as_sigint() -> Iterator[None]:
+    """Schedulers and `kill` send SIGTERM; Ray's driver answers it with sys.exit in the middle of Tune (its C++ side
+    then aborts, exit 134, Tune's state unsaved). Route it to whatever handles SIGINT: Tune's clean stop (state saved,
+    rows kept, resume hint) while a search runs, KeyboardInterrupt before."""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal works in the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def forget_unlaunched(settings: Path, storage: str, name: str) -> bool:
+    """A new search that failed before Tune wrote its state (`<storage>/<name>/tuner.pkl`, written when the Tuner is
+    built, before any trial) launched nothing: remove its settings file, or the same command is refused ("use
+    --resume") and --resume finds no Tune experiment. True when removed; a storage that cannot be asked keeps it."""
+    if not settings.is_file():
+        return False
+    try:
+        from ray import tune
+
+        if tune.Tuner.can_restore(f"{storage.rstrip('/')}/{name}"):
+            return False
+    except Exception:  # noqa: BLE001 - an unreachable storage: keep what --resume may need
+        return False
+    settings.unlink(missing_ok=True)
+    return True
+
+
+__all__ = ["check_before_launch", "check_name", "check_sizes", "check_families", "forget_unlaunched",
+           "ray_start_error", "sigterm_as_sigint"]

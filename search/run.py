@@ -191,7 +191,7 @@ def validate(args: argparse.Namespace) -> None:
 def resolve_for_cluster(args: argparse.Namespace, nodes: list[dict], say=print):
     """Profile, settings and plan for the cluster Ray is connected to; ValueError naming the flag that cannot fit."""
     from search.plan import TrialResources, plan_concurrency
-    from search.preflight import check_sizes_fit
+    from search.preflight import check_sizes
     from search.settings import apply_profile, choose_profile, gpu_node_types
 
     node_types = gpu_node_types()
@@ -200,10 +200,10 @@ def resolve_for_cluster(args: argparse.Namespace, nodes: list[dict], say=print):
         profile, why = args.profile, "the saved settings of the search"
     apply_profile(args, profile, nodes, node_types)
     validate(args)
-    check_sizes_fit(args)
-    plan = plan_concurrency(nodes, TrialResources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker))
     say(f"profile: {profile} ({why})")
+    plan = plan_concurrency(nodes, TrialResources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker))
     say(f"plan: {plan.reason}")
+    check_sizes(args, nodes, say)  # before decoding: families fit the sizes, the decoded set fits disk and memory
     return plan
 
 
@@ -222,19 +222,25 @@ def start_ray(args: argparse.Namespace) -> None:
     env = {**TRAIN_ENV, **({} if args.address else LOCAL_TRAIN_ENV)}
     for key, value in env.items():
         os.environ.setdefault(key, value)  # inherited by a local Ray's processes
-    if args.address:  # a job's runtime_env reaches every process of the job on a cluster
-        ray.init(address=args.address, runtime_env={"env_vars": env})
-    else:  # a new local Ray ("local": never attach to another one running here); workers import this checkout
-        ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}})
+    try:
+        if args.address:  # a job's runtime_env reaches every process of the job on a cluster
+            ray.init(address=args.address, runtime_env={"env_vars": env})
+        else:  # a new local Ray ("local": never attach to another one running here); workers import this checkout
+            ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}})
+    except Exception as error:  # noqa: BLE001 - Ray raises bare Exception or RuntimeError when it cannot come up
+        from search.preflight import ray_start_error
+
+        raise ValueError(ray_start_error(args, error)) from None
 
 
 def prepare(args: argparse.Namespace) -> list[str]:
     """What can be checked before Ray starts; returns notes on settings a --resume changed."""
     from search import leaderboard
-    from search.preflight import check_before_launch
+    from search.preflight import check_before_launch, check_name
     from search.settings import load_settings, refuse_existing
 
+    check_name(args)  # before anything is written under it
     notes = load_settings(args, args.given) if args.resume else []
     if not args.resume and not args.dry_run:
         refuse_existing(args)
@@ -274,7 +280,10 @@ def launch(args: argparse.Namespace, console: Any) -> int:
     """Start (or join) Ray, fit the settings to its cluster, then search (or, with --dry-run, stop there)."""
     import ray
 
-    own_ray = not ray.is_initialized()
+    from search.preflight import forget_unlaunched, sigterm_as_sigint
+    from search.settings import settings_file
+
+    own_ray, code = not ray.is_initialized(), 2
     try:
         start_ray(args)
         from search.plan import cluster_nodes
@@ -286,11 +295,20 @@ def launch(args: argparse.Namespace, console: Any) -> int:
             return 0
         from search.tuning import run_search  # Ray-side half, imported once Ray is up
 
-        return run_search(args, plan, console)
+        with sigterm_as_sigint():  # a scheduler's SIGTERM stops the search as Ctrl-C does: state saved, rows kept
+            code = run_search(args, plan, console)
+        return code
     except (ValueError, ConnectionError) as error:
         console.error(str(error))
         return 2
+    except KeyboardInterrupt:  # before Tune set its own handler (e.g. while decoding), or a second signal to it
+        forgot = not args.resume and forget_unlaunched(settings_file(args), args.storage, args.name)
+        console.error("interrupted before any trial started; run the same command again" if forgot else
+                      f"interrupted; continue it with --resume --name {args.name}")
+        return 1
     finally:
+        if code != 0 and not args.resume and not args.dry_run:  # a search that never launched must not hold its name
+            forget_unlaunched(settings_file(args), args.storage, args.name)
         if own_ray and ray.is_initialized():
             ray.shutdown()
 

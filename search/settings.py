@@ -97,19 +97,20 @@ def apply_profile(args: argparse.Namespace, profile: str, nodes: list[dict[str, 
     return args
 
 
-def _search_file(args: argparse.Namespace) -> Path:
+def settings_file(args: argparse.Namespace) -> Path:
+    """results/searches/<name>.json: a search's resolved settings, read back by --resume."""
     return Path(args.results) / "searches" / f"{args.name}.json"
 
 
 def refuse_existing(args: argparse.Namespace) -> None:
-    path = _search_file(args)
+    path = settings_file(args)
     if path.exists():
         raise ValueError(f"--name {args.name}: a search of that name exists ({path}); use --resume or a new name")
 
 
 def save_settings(args: argparse.Namespace) -> Path:
     """Write the resolved settings of a new search to results/searches/<name>.json (read back by --resume)."""
-    path = _search_file(args)
+    path = settings_file(args)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({key: getattr(args, key) for key in SAVED_FIELDS}, indent=2))
     return path
@@ -119,7 +120,7 @@ def load_settings(args: argparse.Namespace, given: set[str]) -> list[str]:
     """--resume: the saved settings replace the unset flags; a flag given now that contradicts them is a ValueError
     naming it, except those a resumed run may change (CHANGEABLE_ON_RESUME), which are applied. Returns one note
     per changed setting."""
-    path = _search_file(args)
+    path = settings_file(args)
     if not path.is_file():
         raise ValueError(f"--resume --name {args.name}: no settings at {path} (is --results the same?)")
     saved = json.loads(path.read_text())
@@ -147,4 +148,4 @@ def _show(value: Any) -> str:
 
 
 __all__ = ["PROFILES", "SAVED_FIELDS", "choose_profile", "apply_profile", "gpu_node_types", "save_settings",
-           "load_settings", "refuse_existing"]
+           "load_settings", "refuse_existing", "settings_file"]

@@ -155,6 +155,42 @@ def test_class_folder_contradicting_name_suffix(tmp_path):
         discover(top)
 
 
+@pytest.mark.parametrize("folder,name", [("all", "UID_H77_1_1_all.bmp"), ("hem", "UID_77_1_1_hem.bmp"),
+                                         ("all", "UID_h77_1_1_all.bmp")])
+def test_patient_id_contradicting_its_class_folder(tmp_path, folder, name):
+    """Normal (HEM) subjects are H<n> in C-NMC and ALL subjects plain numbers: a file saying otherwise is mislabelled
+    (its suffix agrees with its folder, so only the patient id gives it away)."""
+    top = kaggle_tree(tmp_path)
+    bad = write_image(top / "training_data" / "fold_1" / folder / name)
+    with pytest.raises(DataError, match=r"1 file\(s\) name a patient whose id contradicts their class folder "
+                                        r"\(normal patients are H<n>, ALL patients plain numbers\), e\.g\. ") as error:
+        discover(top)
+    assert one_line(error).endswith(str(bad))
+
+
+def test_csv_patient_id_contradicting_its_label(tmp_path):
+    top = kaggle_tree(tmp_path)
+
+    def contradicting_prefix(frame: pd.DataFrame) -> pd.DataFrame:  # suffix agrees with the label, patient id not
+        row = frame["new_names"] == "1.bmp"
+        wrong = {"1": "UID_H31_9_9_all.bmp", "0": "UID_31_9_9_hem.bmp"}[frame.loc[row, "labels"].item()]
+        return frame.assign(Patient_ID=frame["Patient_ID"].where(~row, wrong))
+
+    path = rewrite_csv(top, contradicting_prefix)
+    with pytest.raises(DataError, match=rf"labels CSV {path}: Patient_ID UID_H?31_9_9_(all|hem)\.bmp of 1 names a "
+                                        r"patient whose id contradicts its label") as error:
+        discover(top)
+    one_line(error)
+
+
+def test_prelim_original_names_contradicting_their_suffix(tmp_path):
+    top = kaggle_tree(tmp_path, TreeSpec(default_spec().training, (), final_images=0))
+    bad = write_image(top / "validation_data" / "C-NMC_test_prelim_phase_data" / "UID_H78_1_1_all.bmp")
+    with pytest.raises(DataError, match=r"1 prelim-test file\(s\) name a patient whose id contradicts") as error:
+        discover(top)
+    assert one_line(error).endswith(str(bad))
+
+
 def test_missing_labels_csv(tmp_path):
     top = kaggle_tree(tmp_path)
     (top / "validation_data" / LABELS_CSV).unlink()

@@ -11,6 +11,7 @@ process is a Train worker, retried by Train). 3 trials at 24 px, 3 epochs, retri
 - trial 1: raises after reporting epoch 1 on every attempt (the retry resumes from the last committed checkpoint and
   raises again after its next epoch, before the last one: ASHA's stop at max epochs would otherwise end it) -> error;
 - trial 2: parks after epoch 1 so the driver is surely interrupted (SIGINT) while it runs; `--resume` finishes it.
+A second, smaller search takes a SIGTERM (what schedulers and `kill` send) mid-trial and must stop as on SIGINT.
 The SIGKILL-of-the-driver + `--resume` case is tests/test_search_e2e.py::
 test_killed_search_resumes_without_rerunning_or_duplicating.
 """
@@ -34,12 +35,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "faults"
 
 
-def _rows(tmp: Path) -> pd.DataFrame:
+def _rows(tmp: Path, name: str = NAME) -> pd.DataFrame:
     board = tmp / "results" / "leaderboard.parquet"
     if not board.exists():
         return pd.DataFrame(columns=["trial_id"])
     table = leaderboard.read(board)
-    return table[table["search"] == NAME].reset_index(drop=True)
+    return table[table["search"] == name].reset_index(drop=True)
 
 
 def _slots(fault_dir: Path) -> dict[int, str]:
@@ -188,3 +189,33 @@ def test_resume_leaves_no_optuna_trial_running(faulted):
     assert optuna.trial.TrialState.RUNNING not in states.values(), states
     assert states[faulted["orphan"]] == optuna.trial.TrialState.FAIL
     assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) == 2
+
+
+def test_sigterm_stops_like_sigint_keeps_finished_rows_and_says_how_to_resume(tiny_cnmc, tmp_path):
+    """SIGTERM is what schedulers (Slurm, Kubernetes) and `kill` send. A search of its own: 2 trials of 2 epochs,
+    2 at once; trial 1 (the second to report) parks after epoch 1, so the signal lands while it runs and after trial
+    0 ended. Real process, real signal: Tune must stop as on Ctrl-C (state saved, finished rows kept, resume hint,
+    exit 1), not die in Ray's C++ abort (exit 134)."""
+    name, fault_dir, log = "sigterm", tmp_path / "faults", tmp_path / "search.log"
+    argv = ["--family", "resnet", "--data", str(tiny_cnmc), "--image-sizes", "24", "--num-samples", "2",
+            "--max-epochs", "2", "--grace-epochs", "2", "--workers-per-trial", "1", "--results",
+            str(tmp_path / "results"), "--storage", str(tmp_path / "ray"), "--name", name, "--seed", "0"]
+    env = {**os.environ, "LEUKTUNE_FAULT_DIR": str(fault_dir), "LEUKTUNE_FAULT_HOLD": "1:1"}
+    with open(log, "w") as stream:
+        search = subprocess.Popen([sys.executable, "-m", "search.run", *argv], cwd=tmp_path, env=env, stdout=stream,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: (fault_dir / "hold-1.pid").exists() and len(_rows(tmp_path, name)) == 1,
+                  "trial 0 ends and trial 1 runs", search, log)
+        finished = set(_rows(tmp_path, name)["trial_id"])
+        search.send_signal(signal.SIGTERM)  # the driver only, as `kill PID` would
+        code = search.wait(timeout=180)
+    finally:
+        kill_group(search)  # its Ray (GCS, raylet, the parked worker)
+    text = log.read_text()
+    assert code == 1 and "SIGTERM received" not in text, text[-4000:]  # (Ray's C++ handler: a stack dump, 134)
+    assert f"continue it with: python search/run.py --resume --name {name}" in text
+    rows = _rows(tmp_path, name)
+    assert set(rows["trial_id"]) == finished == {_slots(fault_dir)[0]} and (rows["status"] == "finished").all()
+    assert (tmp_path / "results" / "searches" / f"{name}.json").is_file()  # what --resume reads back
+    assert list((tmp_path / "ray" / name).glob("experiment_state*.json"))  # Tune saved its state

@@ -25,7 +25,8 @@ def make_row(trial_id: str, search: str = "s1", f1: float = 0.8, status: str = "
     row = {**config, "search": search, "trial_id": trial_id, "metric": "weighted_f1", "status": status,
            "weighted_f1": f1, "accuracy": 0.85, "balanced_accuracy": 0.79, "roc_auc": 0.9, "macro_f1": 0.78,
            "sensitivity": 0.9, "specificity": 0.68, "val_loss": 0.41, "best_epoch": 4, "epochs_run": 6,
-           "early_stopped": status == "stopped", "error": "boom" if status == "error" else None,
+           "early_stopped": status == "stopped", "predicted_all": 0.7, "single_class": False,
+           "error": "boom" if status == "error" else None,
            "notes": None, "num_parameters": 123456, "train_seconds": 12.5, "overhead_seconds": 0.4,
            "images_per_s": 850.0, "nodes": "node-b,node-a", "searcher": "tpe", "scheduler": "asha",
            "checkpoint": f"/tmp/ckpt/{trial_id}", "data_fingerprint": "abc123def", "data_generated": True,
@@ -179,6 +180,21 @@ def test_read_only_folder_is_a_clear_error_and_the_old_file_survives(existing):
     finally:
         path.parent.chmod(0o755)
     _assert_intact(path, old_bytes, old_frame)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)], ids=["022", "027", "077"])
+def test_the_file_is_as_readable_as_any_new_file_under_the_umask(tmp_path, umask, mode):
+    """Like optuna.db beside it (0666 less the umask), not mkstemp's 0600: the group can read what the umask allows."""
+    path = tmp_path / "lb.parquet"
+    old = os.umask(umask)
+    try:
+        lb.append_rows(path, [make_row("t0")])
+        assert path.stat().st_mode & 0o777 == mode
+        path.chmod(0o600)  # a file written by an older version: the next write fixes it
+        lb.append_rows(path, [make_row("t1")])
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
 
 
 def test_a_newer_schema_version_is_refused_and_never_overwritten(existing):

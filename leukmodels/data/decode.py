@@ -76,6 +76,12 @@ def fingerprint(paths: list[str], size: int) -> str:
     return digest.hexdigest()[:24]
 
 
+def cache_entry(key: str, size: int, cache_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """(array, meta) paths of the cache entry for `key` = fingerprint(paths, size); the meta exists once it is whole."""
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return folder / f"cnmc-{size}px-{key}.npy", folder / f"cnmc-{size}px-{key}.json"
+
+
 def decode(manifest: pd.DataFrame, size: int, cache_dir: str | Path | None = None, workers: int | None = None,
            progress: Any = True, cache: bool = True) -> DecodedSet:
     """All images of `manifest` (in its row order) -> DecodedSet of uint8 N x 3 x size x size.
@@ -95,8 +101,7 @@ def decode(manifest: pd.DataFrame, size: int, cache_dir: str | Path | None = Non
         images = np.empty(shape, dtype=np.uint8)
         _decode_into(images, paths, size, workers, progress)
         return DecodedSet(images, *meta_fields, key)
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    array_path, meta_path = folder / f"cnmc-{size}px-{key}.npy", folder / f"cnmc-{size}px-{key}.json"
+    array_path, meta_path = cache_entry(key, size, cache_dir)
     images = _load_cached(array_path, meta_path, shape, key)
     if images is None:
         _build_cache(array_path, meta_path, shape, key, paths, size, workers, progress)

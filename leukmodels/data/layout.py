@@ -31,6 +31,7 @@ COLUMNS = ("path", "label", "patient", "source", "image_id")
 # UID_57_29_1_all, UID_H21_3_18_hem, and the one lower-case UID_h3_... (normalised to H3)
 NAME_RE = re.compile(r"^UID_(?P<patient>[Hh]?\d+)_(?P<image>\d+)_(?P<cell>\d+)_(?P<cls>all|hem)$", re.IGNORECASE)
 CLASS_LABEL = {"all": 1, "hem": 0}
+PREFIX_RULE = "normal patients are H<n>, ALL patients plain numbers"
 SHOW = 3  # how many offending names an error message quotes
 
 
@@ -40,6 +41,12 @@ def parse_name(name: str) -> tuple[str, int] | None:
     if match is None:
         return None
     return match["patient"].upper(), CLASS_LABEL[match["cls"].lower()]
+
+
+def _prefix_contradicts(patient: str, label: int) -> bool:
+    """True when a (normalised) patient id says the other class: in C-NMC every normal (HEM) subject is H<n> (one
+    written h3) and every ALL subject a plain number, so 'H77' with ALL or '77' with HEM is a mislabelled file."""
+    return patient.startswith("H") != (label == CLASS_LABEL["hem"])
 
 
 def discover(root: str | Path) -> pd.DataFrame:
@@ -151,7 +158,7 @@ def _training_rows(top: Path) -> list[tuple]:
         return []
     folds = sorted((c for c in training.iterdir() if c.is_dir() and re.fullmatch(r"fold_\d+", c.name, re.I)),
                    key=_natural_key)
-    rows, unparsed, mismatched = [], [], []
+    rows, unparsed, mismatched, wrong_patient = [], [], [], []
     for fold in map(_unnest, folds):
         for class_name, label in CLASS_LABEL.items():
             for path in _image_files(_unnest(d) if (d := _child_dir(fold, class_name)) else None):
@@ -160,6 +167,8 @@ def _training_rows(top: Path) -> list[tuple]:
                     unparsed.append(path)
                 elif parsed[1] != label:
                     mismatched.append(path)
+                elif _prefix_contradicts(parsed[0], label):
+                    wrong_patient.append(path)
                 else:
                     rows.append((str(path), label, parsed[0], fold.name.lower(), path.stem))
     if unparsed:
@@ -168,6 +177,9 @@ def _training_rows(top: Path) -> list[tuple]:
     if mismatched:
         raise DataError(f"{len(mismatched)} file(s) sit in a class folder that contradicts their name suffix, "
                         f"e.g. {mismatched[0]}")
+    if wrong_patient:
+        raise DataError(f"{len(wrong_patient)} file(s) name a patient whose id contradicts their class folder "
+                        f"({PREFIX_RULE}), e.g. {wrong_patient[0]}")
     return rows
 
 
@@ -180,6 +192,10 @@ def _prelim_rows(top: Path) -> list[tuple]:
     csv = next((p for d in dict.fromkeys((outer.parent, outer, inner)) if (p := _labels_csv_in(d))), None)
     if csv is None:
         if files and all(parse_name(p.name) for p in files):  # a copy that kept the original names
+            wrong = [p for p in files if _prefix_contradicts(*parse_name(p.name))]
+            if wrong:
+                raise DataError(f"{len(wrong)} prelim-test file(s) name a patient whose id contradicts their "
+                                f"_all/_hem suffix ({PREFIX_RULE}), e.g. {wrong[0]}")
             return [(str(p), *reversed(parse_name(p.name)), "prelim_test", p.stem) for p in files]
         if not files:
             return []
@@ -232,6 +248,10 @@ def _read_labels_csv(csv: Path) -> pd.DataFrame:
     if len(contradicting):
         raise DataError(f"labels CSV {csv}: label of {contradicting[0]} contradicts its Patient_ID "
                         f"{table.at[contradicting[0], 'Patient_ID']}")
+    wrong = table.index[[_prefix_contradicts(p[0], int(lab)) for p, lab in zip(parsed, table["labels"])]]
+    if len(wrong):
+        raise DataError(f"labels CSV {csv}: Patient_ID {table.at[wrong[0], 'Patient_ID']} of {wrong[0]} names a "
+                        f"patient whose id contradicts its label ({PREFIX_RULE})")
     table["patient"] = [p[0] for p in parsed]
     table["image_id"] = table["Patient_ID"].map(_stem)
     return table
