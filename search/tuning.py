@@ -72,7 +72,11 @@ def build_tuner(args: argparse.Namespace, plan: Plan, trainable: Any, callbacks:
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
-                                    max_concurrent_trials=plan.max_concurrent_trials, reuse_actors=True),
+                                    max_concurrent_trials=plan.max_concurrent_trials,
+                                    # a one-worker trial's actor is its training process: the next trial reuses it
+                                    # (torch imported, data fetched); a DDP trial's actor holds a Train controller
+                                    # that must die with it when the scheduler stops the trial
+                                    reuse_actors=in_process),
         run_config=tune.RunConfig(
             name=args.name, storage_path=args.storage, verbose=1, callbacks=callbacks, stop=BudgetStopper(args.name),
             # one-worker trials are retried by Tune from their last checkpoint; DDP trials by Ray Train
