@@ -108,24 +108,29 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "
                 f"each, {plan.max_concurrent_trials} at once ({args.searcher} + {args.scheduler}, maximising "
                 f"{args.metric} on the validation patients)")
+    fit_started = time.time()
     grid = tuner.fit()
+    slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
     rows = rows_from_grid(recorder.context, grid, walls=recorder.walls)
     table = leaderboard.append_rows(board, rows) if rows else leaderboard.read(board)
-    return finish(args, grid, leaderboard.rank_table(table, search=args.name), time.time() - started, console)
+    mine = leaderboard.rank_table(table, search=args.name)
+    return finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
 
 
 BOARD_COLUMNS = ["rank", "trial_id", "family", "status", "epochs_run", "balanced_accuracy", "weighted_f1", "roc_auc",
                  "filters", "depth", "lr", "batch_size", "image_size", "optimizer", "train_seconds"]
 
 
-def finish(args: argparse.Namespace, grid: Any, mine: Any, wall_s: float, console: Console) -> int:
+def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, summary: str) -> int:
     """Show the search's rows, timing and what to run next; tidy the Optuna study; the exit code says whether
     anything trained."""
-    say = console.say
+    say, board = console.say, Path(args.results) / "leaderboard.parquet"
     say(f"\nleaderboard of {args.name} ({len(mine)} trials, ranked by {args.metric} on the validation patients):")
     if len(mine):
         say(leaderboard.render(mine, [c for c in BOARD_COLUMNS if c in mine.columns]))
-    say(summary_line(mine, wall_s))
+        path = "" if Path(args.results) == Path("results").resolve() else f" --path {board}"
+        say(f"(every column: python search/leaderboard.py --search {args.name} --columns all{path})")
+    say(summary)
     for warning in single_class_warnings(mine):
         say(warning)
     pending = len({_trial_id(result) for result in grid} - set(mine["trial_id"]))
@@ -192,15 +197,20 @@ def _trial_id(result: Any) -> str:
     return (result.metrics or {}).get("trial_id") or trial_id_from_path(result.path)
 
 
-def summary_line(rows: Any, wall_s: float) -> str:
-    """Wall time, and per trial the time in the training function against the rest (the trial's overhead)."""
-    timed = rows.dropna(subset=["train_seconds", "overhead_seconds"]) if len(rows) else rows
+def summary_line(rows: Any, wall_s: float, slot_seconds: float) -> str:
+    """Wall time; per trial the time in the training function against the rest of its time as the driver saw it
+    (the trial's overhead); and the share of the trial slots' time (Tune's wall time x trials at once) not spent
+    training: start-ups, scheduling gaps and slots left idle, everything the user waits for."""
+    timed = rows.dropna(subset=["train_seconds"]) if len(rows) else rows
     if not len(timed):
         return f"wall time {wall_s:.0f} s; no trial reported"
-    train, overhead = timed["train_seconds"].astype(float), timed["overhead_seconds"].astype(float)
-    share = overhead.sum() / max(1e-9, (train + overhead).sum())
-    return (f"wall time {wall_s:.0f} s for {len(rows)} trials; per trial median {train.median():.1f} s training, "
-            f"{overhead.median():.1f} s overhead ({share:.0%} of trial time)")
+    train = timed["train_seconds"].astype(float)
+    overhead = timed["overhead_seconds"].dropna().astype(float)
+    share = overhead.sum() / max(1e-9, train.sum() + overhead.sum())
+    idle = max(0.0, 1.0 - train.sum() / max(1e-9, slot_seconds))
+    return (f"wall time {wall_s:.0f} s for {len(rows)} trials; per trial median {train.median():.1f} s training and "
+            f"{overhead.median() if len(overhead) else float('nan'):.1f} s overhead ({share:.0%} of trial time); "
+            f"{idle:.0%} of the trial slots' time was not training")
 
 
 __all__ = ["run_search", "optuna_storage", "summary_line", "close_open_optuna_trials"]

@@ -74,7 +74,7 @@ def test_the_rows_checkpoint_exists_and_gives_back_its_validation_metric(searche
     best = EXPECTED_BEST[case]
     # the precondition this test is about: the best score is reached again at or after an earlier epoch
     assert scores.max() == scores[best] and (scores[:best - 1] == scores[best]).any(), scores.to_dict()
-    assert row["best_epoch"] == best and row["epochs_run"] == EPOCHS and row["notes"] is None
+    assert row["best_epoch"] == best and row["epochs_run"] == EPOCHS and pd.isna(row["notes"])
     model, config, _ = load_trial_model(row["checkpoint"])
     val = searched["data"].sets[24]["val"]
     again = classification_metrics(val.labels, predict_proba(model, val.images), patients=val.patients)

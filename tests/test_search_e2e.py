@@ -105,10 +105,10 @@ def test_search_ranks_every_ddp_trial_and_asha_stops_some(first_search):
         assert rows[column].notna().all(), column
     assert rows["data_generated"].all() and (rows["image_size"] == 24).all()
     assert all(Path(path, "checkpoint.pt").is_file() for path in rows["checkpoint"])
-    assert rows["asha_stopped"].sum() >= 1
-    stopped = rows[rows["asha_stopped"]]
+    assert rows["early_stopped"].sum() >= 1
+    stopped = rows[rows["early_stopped"]]
     assert (stopped["status"] == "stopped").all() and (stopped["epochs_run"] < 3).all()
-    assert (rows.loc[~rows["asha_stopped"], "epochs_run"] == 3).all()
+    assert (rows.loc[~rows["early_stopped"], "epochs_run"] == 3).all()
     # each trial trained with 2 DDP workers: every report says so
     progress = [pd.read_csv(p) for p in (tmp / "ray" / "search-a").glob("*/progress.csv")]
     assert len(progress) == 3 and all((frame["world_size"] == 2).all() for frame in progress)
