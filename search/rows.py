@@ -210,6 +210,9 @@ def trial_id_from_path(path: Optional[str]) -> str:
     return match.group(1) if match else name or "unknown"
 
 
+RELEASE_DELAY_S = 5.0  # a stopped DDP trial's driver and Train controller are gone well within this
+
+
 @dataclass
 class LeaderboardCallback(Callback):
     """Appends each trial's row to the leaderboard the moment the trial ends, so an interrupted search keeps what
@@ -221,8 +224,30 @@ class LeaderboardCallback(Callback):
     started: dict = field(default_factory=dict)  # trial id -> when this process saw it start (wall clock)
     walls: dict = field(default_factory=dict)  # trial id -> seconds from its start to its end, as seen here
 
+    to_release: list = field(default_factory=list)  # (when, placement group id, trial id) of ended DDP trials
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started.setdefault(trial.trial_id, time.time())
+
+    def on_step(self, iteration: int, trials: list, **info: Any) -> None:
+        self.release_placement_groups(older_than=RELEASE_DELAY_S)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.release_placement_groups(older_than=0.0)
+
+    def release_placement_groups(self, older_than: float) -> None:
+        """Free the worker placement groups of DDP trials that ended `older_than` seconds ago or more. A trial Tune
+        stops dies with its Train controller, which never frees its workers' group; freed while the controller still
+        lives, the controller would retry the workers in a new group."""
+        from search.trial import release_placement_group
+
+        due = [entry for entry in self.to_release if time.time() - entry[0] >= older_than]
+        self.to_release = [entry for entry in self.to_release if entry not in due]
+        for _, group, trial_id in due:
+            try:
+                release_placement_group(group)
+            except Exception as failure:  # noqa: BLE001 - never let cleanup take the search down
+                print(f"warning: could not free the placement group of trial {trial_id}: {failure}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         keep = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}  # drop config/ nested dicts
@@ -230,17 +255,13 @@ class LeaderboardCallback(Callback):
 
     def _ended(self, trial: Any, error: Optional[str]) -> None:
         from search import leaderboard
-        from search.trial import release_placement_group
 
         history = self.history.pop(trial.trial_id, [])
         if not history and trial.last_result and "epoch" in trial.last_result:
             history = with_checkpoint_paths([trial.last_result], trial.path)
         last = history[-1] if history else (trial.last_result or {})
-        if last.get("placement_group"):  # a DDP trial: its Train controller may have died before freeing it
-            try:
-                release_placement_group(str(last["placement_group"]))
-            except Exception as failure:  # noqa: BLE001 - never let cleanup take the search down
-                print(f"warning: could not free the placement group of trial {trial.trial_id}: {failure}")
+        if last.get("placement_group"):  # a DDP trial: its Train controller may die before freeing it
+            self.to_release.append((time.time(), str(last["placement_group"]), trial.trial_id))
         if trial.trial_id in self.started:
             self.walls[trial.trial_id] = time.time() - self.started.pop(trial.trial_id)
         if is_over(self.context, trial.trial_id, history, error):

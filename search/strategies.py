@@ -82,8 +82,13 @@ class _RecordsEarlyStops:
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
-        if decision == TrialScheduler.STOP and result.get(TIME_ATTR, math.inf) < self.max_epochs:
-            early_stops(self.search).add(trial.trial_id)
+        if decision != TrialScheduler.STOP:
+            return decision
+        if result.get(TIME_ATTR, math.inf) >= self.max_epochs:
+            # the last epoch: the trial returns by itself. A STOP would kill it while a DDP trial's Train run is
+            # still closing, and its controller would retry the workers whose placement group is being freed
+            return TrialScheduler.CONTINUE
+        early_stops(self.search).add(trial.trial_id)
         return decision
 
 
