@@ -141,7 +141,7 @@ class ConsoleCallback(Callback):
         if isinstance(value, float) and math.isfinite(value) and value >= self.best.get(trial.trial_id, (-1.0,))[0]:
             self.best[trial.trial_id] = (value, epoch)  # ties: the later epoch, as the leaderboard row
 
-    def _ended(self, trial: Any, error: Optional[str]) -> None:
+    def _ended(self, trial: Any, error: Optional[str], progress: bool = True) -> None:
         from search.rows import SearchContext, ending
 
         last = trial.last_result or {}
@@ -152,7 +152,8 @@ class ConsoleCallback(Callback):
         score = f", best {self.metric} {best[0]:.3f} (epoch {best[1]})" if best and not error else ""
         current().say(f"{self._label(trial)} {how}{score}" + (f": {error}" if error else ""))
         self.ended.add(trial.trial_id)
-        current().say(self.progress())
+        if progress:
+            current().say(self.progress())
 
     def progress(self) -> str:
         done, elapsed = len(self.ended), time.time() - self.started_at
@@ -164,6 +165,12 @@ class ConsoleCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trial, None)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Trials the time budget (or an interrupt) ended get no completion callback from Tune: say how they ended."""
+        for trial in trials:
+            if trial.trial_id in self.numbers and trial.trial_id not in self.ended:
+                self._ended(trial, None, progress=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         from search.rows import trial_error

@@ -177,20 +177,25 @@ def next_steps(args: argparse.Namespace) -> str:
 
 
 def close_open_optuna_trials(args: argparse.Namespace, say=print) -> int:
-    """Once every Tune trial of the search has ended, a trial still RUNNING in its Optuna study was never run: the
-    time budget ended the search before it started, or the driver was killed between Optuna's ask and Tune's state
-    save. Mark it FAIL so the study shows no live trials."""
+    """Once every Tune trial of the search has ended, a trial still RUNNING in its Optuna study is one Tune never
+    reported back: cut by the time budget (Tune ends such trials without telling the searcher; PRUNED at its last
+    value when it trained, as the row's time_budget), never started, or left by a driver killed between Optuna's
+    ask and Tune's state save (FAIL). The study then shows no live trials."""
     import optuna
 
     study = optuna.load_study(study_name=args.name, storage=optuna_storage(args.results))
-    open_ = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
-    for number in open_:
-        study.tell(number, state=optuna.trial.TrialState.FAIL)
-    if open_:
-        why = "the time budget ended the search before they started" if search_run(args.name).budget_spent() \
-            else "orphans of an interrupted driver"
-        say(f"closed {len(open_)} Optuna trial(s) {open_} of study {args.name} as FAIL: {why}")
-    return len(open_)
+    spent = search_run(args.name).budget_spent()
+    closed = {"PRUNED": [], "FAIL": []}
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        state = optuna.trial.TrialState.PRUNED if spent and trial.intermediate_values else optuna.trial.TrialState.FAIL
+        study.tell(trial.number, state=state)
+        closed[state.name].append(trial.number)
+    if closed["PRUNED"]:
+        say(f"closed Optuna trial(s) {closed['PRUNED']} of study {args.name} as PRUNED: cut by the time budget")
+    if closed["FAIL"]:
+        why = "the time budget ended the search before they trained" if spent else "orphans of an interrupted driver"
+        say(f"closed Optuna trial(s) {closed['FAIL']} of study {args.name} as FAIL: {why}")
+    return len(closed["PRUNED"]) + len(closed["FAIL"])
 
 
 def _trial_id(result: Any) -> str:
@@ -208,9 +213,10 @@ def summary_line(rows: Any, wall_s: float, slot_seconds: float) -> str:
     overhead = timed["overhead_seconds"].dropna().astype(float)
     share = overhead.sum() / max(1e-9, train.sum() + overhead.sum())
     idle = max(0.0, 1.0 - train.sum() / max(1e-9, slot_seconds))
+    per_trial = (f"{overhead.median():.1f} s overhead ({share:.0%} of trial time)" if len(overhead) else
+                 "overhead not measured (no trial ended on its own)")
     return (f"wall time {wall_s:.0f} s for {len(rows)} trials; per trial median {train.median():.1f} s training and "
-            f"{overhead.median() if len(overhead) else float('nan'):.1f} s overhead ({share:.0%} of trial time); "
-            f"{idle:.0%} of the trial slots' time was not training")
+            f"{per_trial}; {idle:.0%} of the trial slots' time was not training")
 
 
 __all__ = ["run_search", "optuna_storage", "summary_line", "close_open_optuna_trials"]
