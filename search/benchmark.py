@@ -370,7 +370,8 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{' '.join(map(str, args.image_sizes))} px, val {args.metric}) on {args.data or 'the generated set'}")
     import ray
 
-    own_ray = start_ray()
+    done = [s for s in searches if runs.get(s.name, {}).get("exit_code") == 0]
+    own_ray = start_ray() if len(done) < len(searches) else False  # a rerun with every search finished: no Ray
     try:
         runs = run_searches(args, searches, runs)
     finally:
@@ -378,8 +379,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             ray.shutdown()
     if runs is None:
         return 2
-    results = analyse(args, searches, runs, command)
-    written = write_outputs(args, results)
+    from leukmodels.data import DataError
+    from search.leaderboard import LeaderboardError
+
+    try:
+        results = analyse(args, searches, runs, command)
+        written = write_outputs(args, results)
+    except (DataError, LeaderboardError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     for line in summary_lines(results, written):
         print(line)
     return 0 if all(runs[s.name]["exit_code"] == 0 for s in searches) else 1
