@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import threading
@@ -50,7 +49,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from search.run import METRICS
 
-    p = _Parser(prog="python -m search.benchmark", description=__doc__.split("\n\n")[0].strip('`" '))
+    p = _Parser(prog="python -m search.benchmark", description="How much training each search strategy (sampler x "
+                "scheduler) needs to reach random sampling's best, over several seeds, and how well validation "
+                "metrics rank trials for unseen test patients. Writes RESULTS/benchmarks/NAME/.")
     p.add_argument("--family", nargs="+", help="model family searched by every strategy (default resnet)")
     p.add_argument("--data", help="C-NMC folder (default: the generated C-NMC-like set)")
     p.add_argument("--num-samples", type=int, help="trials per search (default 12)")

@@ -63,14 +63,14 @@ def reach_shares(curves: pd.DataFrame, baseline: str) -> pd.DataFrame:
     per (strategy, seed): best_val and epochs and seconds (the end of its curve), target (the baseline's final best),
     epochs_to_target and seconds_to_target (NaN: not reached), epochs_share and seconds_share (to_target / the
     baseline's total; inf when not reached; NaN when the baseline did not run on that seed or has no best)."""
-    ends = {key: curve.iloc[-1] for key, curve in curves.groupby(["strategy", "seed"], sort=False) if len(curve)}
+    ends = {key: curve.iloc[-1] for key, curve in curves.groupby(["strategy", "seed"], sort=False)}  # never empty
     out = []
     for (strategy, seed), curve in curves.groupby(["strategy", "seed"], sort=False):
         base = ends.get((baseline, seed))
         target = float(base["best"]) if base is not None else math.nan
-        row = {"strategy": strategy, "seed": seed, "best_val": float(curve["best"].iloc[-1]) if len(curve) else math.nan,
-               "epochs": int(curve["epochs"].iloc[-1]) if len(curve) else 0,
-               "seconds": float(curve["seconds"].iloc[-1]) if len(curve) else math.nan, "target": target}
+        end = ends[strategy, seed]
+        row = {"strategy": strategy, "seed": seed, "best_val": float(end["best"]), "epochs": int(end["epochs"]),
+               "seconds": float(end["seconds"]), "target": target}
         for x in ("epochs", "seconds"):
             needed = first_reach(curve, target, x)
             total = float(base[x]) if base is not None else math.nan
@@ -143,7 +143,7 @@ def headline_text(summary: pd.DataFrame, metric: str, baseline: str) -> pd.DataF
         "strategy": summary["strategy"],
         f"share of {baseline}'s epochs to reach its best": [share_text(s, r, n) for s, r, n in zip(
             summary["epochs_share"], summary["reached"], summary["seeds"])],
-        "share of its seconds": [share_text(s, r, n) for s, r, n in zip(
+        f"share of {baseline}'s seconds": [share_text(s, r, n) for s, r, n in zip(
             summary["seconds_share"], summary["reached"], summary["seeds"])],
         f"best val {metric}": [cell(v, ".4f") for v in summary["median_best_val"]],
         "epochs": [cell(v, ".0f") for v in summary["median_epochs"]],
@@ -174,12 +174,13 @@ def target_verdict(summary: pd.DataFrame, baseline: str, strategy: str = "tpe-as
     if strategy not in rows.index or baseline not in rows.index:
         return ""
     mine, base = rows.loc[strategy], rows.loc[baseline]
-    share, f1, f1_base = mine["epochs_share"], mine["median_winner_test_weighted_f1"], base[
-        "median_winner_test_weighted_f1"]
+    share, f1 = mine["epochs_share"], mine["median_winner_test_weighted_f1"]
+    f1_base = base["median_winner_test_weighted_f1"]
     met = bool(share <= most and f1 >= f1_base)  # NaN compares False: not met
+    reached = share_text(share, int(mine["reached"]), int(mine["seeds"]))
     return (f"target ({strategy} reaches {baseline}'s best with <= {most:.0%} of its epochs, winner's test weighted "
-            f"F1 not lower): {'met' if met else 'NOT met'}: {share_text(share, int(mine['reached']), int(mine['seeds']))} of "
-            f"the epochs; winner test weighted F1 {f1:.4f} vs {f1_base:.4f} (medians over seeds)")
+            f"F1 not lower): {'met' if met else 'NOT met'}: {reached} of the epochs; "
+            f"winner test weighted F1 {f1:.4f} vs {f1_base:.4f} (medians over seeds)")
 
 
 def on_grid(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -191,10 +192,12 @@ def on_grid(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 
 def bands(curves: pd.DataFrame, x: str, grid: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """strategy -> (median, min, max) over its seeds of the best-so-far curve read at `grid` (each len(grid))."""
+    """strategy -> (median, min, max) over its seeds of the best-so-far curve read at `grid` (each len(grid)); NaN
+    past the strategy's last point on any seed, so a line ends where the strategy stopped training."""
     out = {}
     for strategy, mine in curves.groupby("strategy", sort=False):
         stacked = np.vstack([on_grid(c[x].to_numpy(), c["best"].to_numpy(), grid) for _, c in mine.groupby("seed")])
+        stacked[:, grid > mine[x].max()] = np.nan
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before any seed's first point
             out[strategy] = (np.nanmedian(stacked, axis=0), np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0))
@@ -214,7 +217,10 @@ def curve_figure(curves: pd.DataFrame, x: str, metric: str, title: str, baseline
     figure, axes = plt.subplots(figsize=(8, 5))
     for strategy, (median, low, high) in bands(curves, x, grid).items():
         line, = axes.step(grid, median, where="post", label=strategy)
-        axes.fill_between(grid, low, high, step="post", alpha=0.15, color=line.get_color())
+        axes.fill_between(grid, low, high, step="post", alpha=0.1, color=line.get_color())
+        last = np.flatnonzero(~np.isnan(median))
+        if len(last):  # where its longest seed ended
+            axes.plot(grid[last[-1]], median[last[-1]], "o", color=line.get_color())
     if math.isfinite(target):
         axes.axhline(target, linestyle=":", color="black", label=f"{baseline}'s final best (median over seeds)")
     axes.set_xlabel("epochs trained (all trials, cumulative)" if x == "epochs" else "wall seconds since the first "
@@ -232,7 +238,8 @@ def table_text(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame({
         "strategy": table["strategy"], "seed": table["seed"], "exit": table["exit_code"],
         f"best val {metric}": [_cell(v, ".4f") for v in table["best_val"]],
-        "epochs": [_cell(v, ".0f") for v in table["epochs"]], "wall s": [_cell(v, ".0f") for v in table["wall_seconds"]],
+        "epochs": [_cell(v, ".0f") for v in table["epochs"]],
+        "wall s": [_cell(v, ".0f") for v in table["wall_seconds"]],
         "epochs to target": ["-" if pd.isna(share) else "not reached" if math.isinf(share) else _cell(needed, ".0f")
                              for needed, share in zip(table["epochs_to_target"], table["epochs_share"])],
         "share": [_share_cell(share) for share in table["epochs_share"]],
@@ -304,5 +311,5 @@ def headline_record(results: Results) -> dict:
 
 
 __all__ = ["Results", "strategy_table", "table_text", "finding_lines", "markdown", "headline_record", "correlations",
-           "target_verdict", "best_so_far", "first_reach", "reach_shares", "median_share", "share_text", "headline", "headline_text",
-           "rank_correlation", "on_grid", "bands", "curve_figure", "CURVE_COLUMNS"]
+           "target_verdict", "best_so_far", "first_reach", "reach_shares", "median_share", "share_text", "headline",
+           "headline_text", "rank_correlation", "on_grid", "bands", "curve_figure", "CURVE_COLUMNS", "SHARE_COLUMNS"]

@@ -91,7 +91,8 @@ def test_headline_median_counts_not_reached_as_worst_and_says_so():
         "seconds_share": [0.2, math.inf, 0.4, math.inf, math.inf, 0.3],
         "epochs_to_target": [2, math.nan, 4, math.nan, math.nan, 3],
         "best_val": [0.8, 0.7, 0.9, 0.6, 0.6, 0.9], "epochs": [10, 12, 14, 8, 8, 8],
-        "wall_seconds": [30.0, 31.0, 29.0, 20.0, 21.0, 22.0], "winner_test_weighted_f1": [0.7, 0.8, 0.9, 0.5, 0.6, 0.7]})
+        "wall_seconds": [30.0, 31.0, 29.0, 20.0, 21.0, 22.0],
+        "winner_test_weighted_f1": [0.7, 0.8, 0.9, 0.5, 0.6, 0.7]})
     summary = report.headline(table, ["b", "a"]).set_index("strategy")
     assert list(summary.index) == ["b", "a"]
     assert summary.loc["a", "epochs_share"] == 0.5 and summary.loc["a", "reached"] == 2
