@@ -116,12 +116,16 @@ class Search:
 
 def plan_searches(args: argparse.Namespace) -> list[Search]:
     """Every (strategy, seed), seed-major so an interrupted benchmark has every strategy on its first seeds. Each
-    search's flags are checked by search/run.py's own parser now, before Ray starts."""
+    search's flags are checked by search/run.py's own parser now, before Ray starts, and the data, sizes and storage
+    by its pre-launch checks once per seed (the seed draws the patient split)."""
     from search import run
+    from search.preflight import check_before_launch
 
     searches = [Search(s, seed, f"{args.name}-{s}-s{seed}") for seed in args.seeds for s in args.strategies]
-    for search in searches:
-        run.parse_args(search.argv(args))
+    for index, search in enumerate(searches):
+        parsed = run.parse_args(search.argv(args))
+        if index % len(args.strategies) == 0:
+            check_before_launch(parsed)
     return searches
 
 
@@ -166,8 +170,9 @@ def heartbeat(folder: Path, label: str, console: int) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
-            epochs = sum(len(p.read_bytes().splitlines()) for p in folder.glob("*/result.json"))
-            os.write(console, f"    {label}: {epochs} epochs trained, {time.time() - started:.0f} s\n".encode())
+            with contextlib.suppress(OSError):  # a file Tune is replacing: count it next time
+                epochs = sum(len(p.read_bytes().splitlines()) for p in folder.glob("*/result.json"))
+                os.write(console, f"    {label}: {epochs} epochs trained, {time.time() - started:.0f} s\n".encode())
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
@@ -178,9 +183,17 @@ def heartbeat(folder: Path, label: str, console: int) -> Iterator[None]:
         thread.join()
 
 
-def run_searches(args: argparse.Namespace, searches: list[Search], runs: dict, say=print) -> Optional[dict]:
-    """Run (or reuse, or resume) every search in this process's Ray; runs.json after each. None when a search
-    refused its input (exit 2): the benchmark cannot go on."""
+class Stop(Exception):
+    """The benchmark cannot go on: a search refused its input (code 2) or was interrupted (code 1)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def run_searches(args: argparse.Namespace, searches: list[Search], runs: dict, say=print) -> dict:
+    """Run (or reuse, or resume) every search in this process's Ray; runs.json after each. Raises Stop when a search
+    refused its input or was interrupted (Ctrl-C: Tune stops the search, which returns 1 saying so)."""
     from leukmodels.atomic import atomic_path
     from search import leaderboard, run
 
@@ -201,10 +214,13 @@ def run_searches(args: argparse.Namespace, searches: list[Search], runs: dict, s
                              "wall_seconds": time.time() - started + (before.get("wall_seconds") or 0.0)}
         with atomic_path(args.folder / "runs.json") as tmp:
             tmp.write_text(json.dumps(runs, indent=1))
+        said = log.read_text(errors="replace").splitlines()
         if code == 2:
-            lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error:")]
-            say(f"{label}: {lines[-1] if lines else 'error: the search refused its input'} (log {log})")
-            return None
+            error = next((line for line in reversed(said) if line.startswith("error:")), "error: input refused")
+            raise Stop(f"{label}: {error[len('error: '):]} (log {log})", 2)
+        if code and any(line.startswith("search interrupted") for line in said):
+            raise Stop(f"{label}: interrupted; run the same command again to continue (finished searches are "
+                       f"reused, this one resumed)", 1)
         board = leaderboard.read(args.runs / "leaderboard.parquet")
         mine = board[board["search"] == search.name]
         say(f"{label}: exit {code} after {runs[search.name]['wall_seconds']:.0f} s: {len(mine)} trials, "
@@ -226,7 +242,7 @@ def epoch_records(folder: Path, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=keep)
 
 
-def test_sets(args: argparse.Namespace, searches: list[Search]) -> dict[str, tuple[tuple, pd.DataFrame]]:
+def held_out_sets(args: argparse.Namespace, searches: list[Search]) -> dict[str, tuple[tuple, pd.DataFrame]]:
     """search -> (split key, its held-out test rows): `split_by_patient` with the seed and validation fraction its
     split.json records (the official preliminary test set when the tree has one). A test patient the search trained
     or validated on is refused (DataError)."""
@@ -241,9 +257,11 @@ def test_sets(args: argparse.Namespace, searches: list[Search]) -> dict[str, tup
             continue
         record = json.loads(path.read_text())
         key = (record["root"], record["seed"], record["val_fraction"])
+        if record["root"] not in manifests:
+            manifests[record["root"]] = discover(record["root"])
         if key not in tests:
-            manifest = manifests.setdefault(record["root"], discover(record["root"]))
-            tests[key] = split_by_patient(manifest, val_fraction=record["val_fraction"], seed=record["seed"])["test"]
+            tests[key] = split_by_patient(manifests[record["root"]], val_fraction=record["val_fraction"],
+                                          seed=record["seed"])["test"]
         seen = sorted((set(record["train"]) | set(record["val"])) & set(tests[key]["patient"].astype(str)))
         if seen:
             raise DataError(f"{path}: test patients {seen} were trained or validated on; refusing to test on them")
@@ -251,7 +269,7 @@ def test_sets(args: argparse.Namespace, searches: list[Search]) -> dict[str, tup
     return out
 
 
-def test_metrics(trials: pd.DataFrame, tests: dict, progress: bool = True) -> pd.DataFrame:
+def held_out_metrics(trials: pd.DataFrame, tests: dict, progress: bool = True) -> pd.DataFrame:
     """Per trial (index of `trials`): test weighted F1, balanced accuracy and ROC AUC of its best-epoch checkpoint on
     its search's test patients, decoded once per (test set, image size); `left_out` says why a trial has none."""
     from tqdm.auto import tqdm
@@ -302,7 +320,7 @@ def analyse(args: argparse.Namespace, searches: list[Search], runs: dict, comman
                         .assign(strategy=s.strategy, seed=s.seed) for s in searches], ignore_index=True)
     trials = pd.concat([trial_rows(board, s, args.metric) for s in searches], ignore_index=True)
     print(f"testing {trials['checkpoint'].notna().sum()} trial checkpoints on the held-out test patients")
-    trials = trials.join(test_metrics(trials, test_sets(args, searches)))
+    trials = trials.join(held_out_metrics(trials, held_out_sets(args, searches)))
     ran = pd.DataFrame([{"strategy": s.strategy, "seed": s.seed, "search": s.name, **runs[s.name]} for s in searches])
     table = report.strategy_table(curves, trials, ran, BASELINE)
     generated = trials["data_generated"].dropna()
@@ -333,15 +351,6 @@ def write_outputs(args: argparse.Namespace, results: report.Results) -> list[Pat
         with atomic_path(args.folder / name) as tmp:
             tmp.write_text(text)
     return [args.folder / name for name in [*texts, *frames, *figures]]
-
-
-def summary_lines(results: report.Results, written: list[Path]) -> list[str]:
-    """The console's closing summary: the headline, its findings, the files and what to look at first."""
-    shown = report.headline_text(results.summary, results.metric, results.baseline)
-    return ["", f"headline ({results.data}; medians over seeds):", shown.to_string(index=False),
-            *report.finding_lines(results), "", f"wrote {written[0].parent}/: {', '.join(p.name for p in written)}",
-            f"look at {written[0]} first (headline and per-seed table), then {written[-2].name} (best-so-far against "
-            f"epochs trained); per-search logs in {written[0].parent / 'logs'}"]
 
 
 def start_ray() -> bool:
@@ -375,11 +384,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     own_ray = start_ray() if len(done) < len(searches) else False  # a rerun with every search finished: no Ray
     try:
         runs = run_searches(args, searches, runs)
+    except Stop as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        return stop.code
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue (finished searches are reused)", file=sys.stderr)
+        return 1
     finally:
         if own_ray and ray.is_initialized():
             ray.shutdown()
-    if runs is None:
-        return 2
     from leukmodels.data import DataError
     from search.leaderboard import LeaderboardError
 
@@ -389,7 +402,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (DataError, LeaderboardError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    for line in summary_lines(results, written):
+    for line in report.console_lines(results, written):
         print(line)
     return 0 if all(runs[s.name]["exit_code"] == 0 for s in searches) else 1
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -310,6 +311,16 @@ def headline_record(results: Results) -> dict:
             "target": target_verdict(results.summary, results.baseline)}
 
 
-__all__ = ["Results", "strategy_table", "table_text", "finding_lines", "markdown", "headline_record", "correlations",
-           "target_verdict", "best_so_far", "first_reach", "reach_shares", "median_share", "share_text", "headline",
-           "headline_text", "rank_correlation", "on_grid", "bands", "curve_figure", "CURVE_COLUMNS", "SHARE_COLUMNS"]
+def console_lines(results: Results, written: Sequence[Path]) -> list[str]:
+    """The console's closing summary: the headline, its findings, the files and what to look at first."""
+    shown = headline_text(results.summary, results.metric, results.baseline)
+    return ["", f"headline ({results.data}; medians over seeds):", shown.to_string(index=False),
+            *finding_lines(results), "", f"wrote {written[0].parent}/: {', '.join(p.name for p in written)}",
+            f"look at {written[0]} first (headline and per-seed table), then {written[-2].name} (best-so-far against "
+            f"epochs trained); per-search logs in {written[0].parent / 'logs'}"]
+
+
+__all__ = ["Results", "console_lines", "strategy_table", "table_text", "finding_lines", "markdown", "headline_record",
+           "correlations", "target_verdict", "best_so_far", "first_reach", "reach_shares", "median_share",
+           "share_text", "headline", "headline_text", "rank_correlation", "on_grid", "bands", "curve_figure",
+           "CURVE_COLUMNS", "SHARE_COLUMNS"]

@@ -160,9 +160,13 @@ def test_bad_flags_are_one_line_naming_the_flag(argv, says, tmp_path, capsys):
     assert not (tmp_path / "benchmarks").exists() or not any((tmp_path / "benchmarks").rglob("*.parquet"))
 
 
-def test_missing_data_folder_is_refused_before_anything_runs(tmp_path, capsys):
-    assert benchmark.main(["--data", str(tmp_path / "nowhere"), "--results", str(tmp_path)]) == 2
-    assert "--data" in capsys.readouterr().err
+@pytest.mark.parametrize("folder", ["nowhere", "empty"])
+def test_a_data_folder_that_is_missing_or_no_cnmc_tree_is_refused_before_ray(folder, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert benchmark.main(["--data", str(tmp_path / folder), "--results", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(tmp_path / folder) in err and "\n" not in err
+    assert not (tmp_path / "out").exists()  # nothing written, no Ray started
 
 
 def test_epoch_records_read_every_trial_and_skip_a_cut_line(tmp_path):
