@@ -392,7 +392,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     finally:
         if own_ray and ray.is_initialized():
-            ray.shutdown()
+            with output_to(args.folder / "logs" / "ray.log"):  # worker lines Ray forwards late land here too
+                ray.shutdown()
     from leukmodels.data import DataError
     from search.leaderboard import LeaderboardError
 
