@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--metric", default="balanced_accuracy", choices=METRICS, help="what the scheduler and the sampler maximise "
       "on the validation patients (default balanced_accuracy: a one-class predictor scores 0.5 whatever the class "
       "ratio); weighted F1, the challenge metric, is reported beside it")
+    a("--warm-start", metavar="SEARCH", help="run the best configs of an earlier search of the same leaderboard "
+      "first (e.g. a 32 px search before a 48 px one): its top 3 by its own metric, at most half of --num-samples "
+      "(at least 1). Each is mapped onto this search's space, one line per change: values clipped to the new "
+      "ranges, image and batch sizes moved to the nearest offered, parameters the space lacks dropped, configs of "
+      "families not searched here skipped")
     a("--time-budget", type=float, metavar="SECONDS", help="stop the whole search after this many seconds")
     a("--max-failures", type=int, default=2, help="retries of a trial from its checkpoint (default 2)")
     a("--dry-run", flag=True, help="connect (or start the local Ray), print the profile, settings and plan, stop")
@@ -245,6 +250,10 @@ def prepare(args: argparse.Namespace) -> list[str]:
     if not args.resume and not args.dry_run:
         refuse_existing(args)
     leaderboard.append_rows(Path(args.results) / "leaderboard.parquet", [])  # fail now on unwritable results
+    if args.warm_start and not args.resume:
+        from search.warmstart import check_warm_start
+
+        check_warm_start(args)  # the earlier search exists and has a config of a family searched here
     check_before_launch(args)
     return notes
 

@@ -54,6 +54,11 @@ def trainable_for(settings: TrialSettings, refs: dict) -> Any:
     return tune.with_resources(tune.with_parameters(run_trial, data_refs=refs, settings=settings), resources)
 
 
+def search_space(args: argparse.Namespace) -> SearchSpace:
+    return SearchSpace(args.family, image_sizes=args.image_sizes, batch_sizes=args.batch_sizes,
+                       epochs=args.max_epochs, seed=args.seed)
+
+
 def build_tuner(args: argparse.Namespace, plan: Plan, trainable: Any, callbacks: list) -> tune.Tuner:
     """A new Tuner, or the search's own restored from its storage with `--resume`."""
     experiment = _join(args.storage, args.name)
@@ -61,11 +66,9 @@ def build_tuner(args: argparse.Namespace, plan: Plan, trainable: Any, callbacks:
         if not tune.Tuner.can_restore(experiment):
             raise ValueError(f"--resume: no Tune experiment at {experiment}")
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    space = SearchSpace(args.family, image_sizes=args.image_sizes, batch_sizes=args.batch_sizes,
-                        epochs=args.max_epochs, seed=args.seed)
-    searcher = make_searcher(args.searcher, search=args.name, space=space, metric=args.metric, mode="max",
-                             storage=optuna_storage(args.results), seed=args.seed, num_samples=args.num_samples,
-                             max_epochs=args.max_epochs)
+    searcher = make_searcher(args.searcher, search=args.name, space=search_space(args), metric=args.metric,
+                             mode="max", storage=optuna_storage(args.results), seed=args.seed, num_samples=args.num_samples,
+                             max_epochs=args.max_epochs, points_to_evaluate=getattr(args, "warm_start_points", None))
     scheduler = make_scheduler(args.scheduler, search=args.name, metric=args.metric, max_epochs=args.max_epochs,
                                grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor)
     in_process = plan.per_trial.workers == 1
@@ -94,6 +97,10 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     """Decode, launch (or resume) the Tune experiment, write and show the rows; returns the CLI's exit code."""
     started = getattr(args, "started", time.time())
     if not args.resume:
+        if args.warm_start:  # the earlier search's best configs, mapped onto this space: the first trials
+            from search.warmstart import warm_start_points
+
+            args.warm_start_points = warm_start_points(args, search_space(args), console.say)
         save_settings(args)  # results/searches/<name>.json, read back by --resume
     data = prepare_data(args.data, args.image_sizes, split_seed=args.seed, val_fraction=args.val_fraction,
                         progress=console.out)
