@@ -117,7 +117,7 @@ def smallest_within(rows: Any, tolerance: float = TOLERANCE) -> Optional[tuple[A
     if not len(usable):
         return None
     best = usable.sort_values(metric, ascending=False, kind="stable").iloc[0]
-    close = usable[usable[metric] >= best[metric] - tolerance]
+    close = usable[usable[metric] >= best[metric] - tolerance - 1e-12]  # 0.13 - 0.01 > 0.12 in floating point
     smallest = close.sort_values([SIZE, metric], ascending=[True, False], kind="stable").iloc[0]
     return best, smallest
 

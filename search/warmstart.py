@@ -35,7 +35,8 @@ def carried_limit(num_samples: int) -> int:
 
 
 class NotCarried(Exception):
-    """A config that cannot run in the new search (its family is not searched there); the message says why."""
+    """A config that cannot run in the new search (its family is not searched there, or it does not build at the
+    new sizes); the message says why."""
 
 
 def _plain(value: Any) -> Any:
@@ -74,23 +75,25 @@ class _Replay:
         self.point[name] = value
         return value
 
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+    def _fit(self, name: str, low: float, high: float, step: Optional[float], whole: bool) -> Any:
+        """The carried value of a numeric parameter inside [low, high] (on its step grid); `low` when the earlier
+        config lacks it: the sampler then chooses it, and the replay goes on with any value."""
         old = self._carried(name)
         if not _numeric(old):
-            return low  # not in the earlier config: the sampler chooses it (the replay goes on with any value)
-        value = min(max(int(round(old)), low), high)
-        value = low + (value - low) // step * step  # on the grid of a stepped range
-        return self._keep(name, value, old, f"outside [{low}, {high}]: clipped")
+            return int(low) if whole else low
+        value = min(max(old, low), high)
+        if step:
+            value = low + round((value - low) / step) * step
+        inside = low <= old <= high  # then only a step grid can move it
+        why = f"onto the step-{step:g} grid" if inside and step else f"outside [{low:g}, {high:g}]: clipped"
+        return self._keep(name, int(round(value)) if whole else float(value), old, why)
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return self._fit(name, low, high, step if step > 1 else None, whole=True)
 
     def suggest_float(self, name: str, low: float, high: float, *, step: Optional[float] = None,
                       log: bool = False) -> float:
-        old = self._carried(name)
-        if not _numeric(old):
-            return low
-        value = min(max(float(old), low), high)
-        if step:
-            value = low + round((value - low) / step) * step
-        return self._keep(name, value, float(old), f"outside [{low:g}, {high:g}]: clipped")
+        return self._fit(name, low, high, step, whole=False)
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
         choices, old = list(choices), self._carried(name)
@@ -109,7 +112,7 @@ class _Replay:
 
 def map_config(config: dict[str, Any], space: Callable[[Any], Optional[dict]]) -> tuple[dict, dict, list[str]]:
     """(the point to enqueue in the new search, the trial config it gives, one note per change) for an earlier
-    config (TrainConfig names). NotCarried when the config cannot run there (its family is not searched)."""
+    config (TrainConfig names). NotCarried when its family is not searched there."""
     replay = _Replay(config)
     constants = space(replay) or {}
     notes = replay.notes

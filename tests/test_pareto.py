@@ -61,6 +61,8 @@ def test_the_smallest_model_within_one_point_of_the_best():
     assert best["trial_id"] == "best" and small["trial_id"] == "edge"  # exactly one point below counts
     assert pick_line(rows) == ("smallest model within 0.01 of the best balanced_accuracy (0.810, best, 400.0k "
                                "parameters): edge (resnet), 50.0k parameters, balanced_accuracy 0.800, 8.0x smaller")
+    low = frame(("best", 0.13, 400_000, "finished"), ("edge", 0.12, 50_000, "finished"))
+    assert smallest_within(low)[1]["trial_id"] == "edge"  # 0.13 - 0.01 is above 0.12 in floating point
     alone = frame(("best", 0.81, 1_000, "finished"), ("big", 0.80, 5_000, "finished"))
     assert pick_line(alone).endswith("the best itself")
 

@@ -168,3 +168,14 @@ def test_the_warm_start_and_the_objectives_are_saved_and_resume_keeps_them(tmp_p
     assert resumed.num_samples == PROFILES["cpu"]["num_samples"]
     code = main(["--resume", "--name", "new", "--results", str(tmp_path), "--warm-start", "other"])
     assert code == 2 and "--warm-start other (saved: old)" in capsys.readouterr().err
+
+
+def test_a_stepped_range_moves_the_value_onto_its_grid():
+    def stepped(trial):
+        trial.suggest_int("filters", 8, 64, step=8)
+        trial.suggest_float("dropout", 0.0, 0.5, step=0.1)
+        return {}
+
+    point, _, notes = map_config({"filters": 30, "dropout": 0.27}, stepped)
+    assert point == {"filters": 32, "dropout": pytest.approx(0.3)}
+    assert notes == ["filters 30 -> 32 (onto the step-8 grid)", "dropout 0.27 -> 0.3 (onto the step-0.1 grid)"]
