@@ -68,6 +68,9 @@ SCHEMA = pa.schema(
        pa.field("train_seconds", pa.float64()), pa.field("overhead_seconds", pa.float64()),
        pa.field("images_per_s", pa.float64()), pa.field("nodes", pa.string()), pa.field("checkpoint", pa.string()),
        pa.field("searcher", pa.string()), pa.field("scheduler", pa.string()),
+       # multi-objective searches: the objectives (comma-separated, the first ranks) and whether the trial is on the
+       # search's Pareto front over its finished/stopped trials; null in single-objective searches
+       pa.field("objectives", pa.string()), pa.field("pareto", pa.bool_()),
        pa.field("data_fingerprint", pa.string()), pa.field("data_generated", pa.bool_()),
        pa.field("data_root", pa.string()), pa.field("code_version", pa.string()),
        pa.field("started_at", _UTC), pa.field("finished_at", _UTC), pa.field("schema_version", pa.int64())],
@@ -109,6 +112,8 @@ def _coerce(name: str, kind: pa.DataType, value: Any) -> Any:
     if kind == pa.string():
         if name == "nodes" and isinstance(value, (list, tuple, set)):
             return ",".join(sorted({str(v) for v in value}))
+        if name == "objectives" and isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)  # in order: the first objective ranks
         return str(value)
     if kind == pa.bool_():
         if isinstance(value, bool) or type(value).__name__ == "bool_" or value in (0, 1):
@@ -197,16 +202,20 @@ def _read_table(path: Path) -> pa.Table:
 
 
 RENAMED = {1: {"asha_stopped": "early_stopped"}}  # schema version -> columns renamed after it
+# Columns added to version 2 before it shipped: a version-2 file written without them reads with them empty.
+ADDED_TO_CURRENT = ("objectives", "pareto")
 
 
 def _upgraded(table: pa.Table, version: int) -> pa.Table:
     """An older file's table in the current columns: renamed ones mapped, new ones empty."""
     for old in range(version, SCHEMA_VERSION):
         table = table.rename_columns([RENAMED.get(old, {}).get(name, name) for name in table.schema.names])
-    if version < SCHEMA_VERSION and set(table.schema.names) <= set(COLUMNS):
+    may_lack = set(COLUMNS) if version < SCHEMA_VERSION else set(ADDED_TO_CURRENT)
+    if set(table.schema.names) <= set(COLUMNS) and set(COLUMNS) - set(table.schema.names) <= may_lack:
         for name in COLUMNS:
             if name not in table.schema.names:
                 table = table.append_column(SCHEMA.field(name), pa.nulls(len(table), SCHEMA.field(name).type))
+    if version < SCHEMA_VERSION and "schema_version" in table.schema.names:
         index = table.schema.get_field_index("schema_version")
         table = table.set_column(index, "schema_version", pa.array([SCHEMA_VERSION] * len(table), pa.int64()))
     return table

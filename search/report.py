@@ -106,6 +106,32 @@ def family_section(rows: pd.DataFrame, metric: str) -> str:
     return figure_html(fig, "best score by family") + table_html(best, ("family", "trial_id", metric, "num_parameters"))
 
 
+def pareto_section(rows: pd.DataFrame) -> list[str]:
+    """A multi-objective search's front (search/pareto.py): the first objective against the model size, every trial
+    in grey, the front joined, the smallest model within 0.01 of the best circled; then the front's rows. [] for a
+    single-objective search."""
+    from search.pareto import SIZE, TOLERANCE, front_of, pick_line, smallest_within
+
+    if "objectives" not in rows or not rows["objectives"].notna().any():
+        return []
+    metric, objectives = str(rows["metric"].iloc[0]), str(rows["objectives"].dropna().iloc[0]).split(",")
+    trials, front, pick = rows.dropna(subset=[SIZE, metric]), front_of(rows), smallest_within(rows)
+    fig, ax = new_figure(figsize=(7, 4))
+    ax.scatter(trials[SIZE], trials[metric], color="lightgrey", edgecolor="grey", label="trial")
+    ax.plot(front[SIZE], front[metric], "o-", color="tab:purple", label="Pareto front")
+    if pick is not None:
+        ax.axhline(pick[0][metric] - TOLERANCE, ls=":", color="grey", label=f"best - {TOLERANCE:g}")
+        ax.scatter([pick[1][SIZE]], [pick[1][metric]], s=220, facecolors="none", edgecolors="tab:red",
+                   label="smallest within it")
+    ax.set(xscale="log", xlabel="parameters (log scale)", ylabel=f"validation {metric}",
+           title=f"{' vs '.join(objectives)}: {len(front)} of {len(rows)} trials on the front")
+    ax.legend(fontsize=8)
+    columns = ("trial_id", "family", SIZE, *[o for o in objectives if o != SIZE], "status", "image_size", "filters",
+               "depth", "lr")
+    return ["<h2>Small and accurate: the Pareto front</h2>", note(pick_line(rows) or "No trial has a size."),
+            figure_html(fig, "Pareto front"), table_html(front, list(dict.fromkeys(columns)))]
+
+
 def optuna_section(storage: Optional[str], study_name: str) -> str:
     import optuna
     from optuna.visualization import matplotlib as optuna_plots
@@ -123,14 +149,18 @@ def optuna_section(storage: Optional[str], study_name: str) -> str:
                   "(ASHA-stopped trials count as complete with their last value).")]
     if not done:
         return "".join(parts)
+    # a multi-objective study is plotted by its first objective (Optuna's plots need one target for it)
+    first = dict(target=lambda t: t.values[0], target_name="first objective") if len(study.directions) > 1 else {}
     with warnings.catch_warnings(), plt.style.context("ggplot"):  # optuna sets ggplot: keep it inside this block
         warnings.simplefilter("ignore")  # optuna's matplotlib backend is marked experimental
-        parts.append(figure_html(optuna_plots.plot_optimization_history(study).figure, "optimisation history"))
+        parts.append(figure_html(optuna_plots.plot_optimization_history(study, **first).figure,
+                                 "optimisation history"))
         if len(done) < 2:
             parts.append(note("Parameter importances need at least 2 completed trials."))
         else:
             try:
-                parts.append(figure_html(optuna_plots.plot_param_importances(study).figure, "parameter importances"))
+                parts.append(figure_html(optuna_plots.plot_param_importances(study, **first).figure,
+                                         "parameter importances"))
             except (ValueError, RuntimeError) as err:  # e.g. no parameter varied across the trials
                 parts.append(note(f"Parameter importances unavailable: {str(err).splitlines()[0]}"))
     return "".join(parts)
@@ -290,7 +320,7 @@ def build_report(board: pd.DataFrame, search: str, test_metrics: Optional[pd.Dat
     body.append(f"<p>Data: {html.escape(str(root))}. {len(rows)} trials, ranked by validation "
                 f"{html.escape(metric)} (patient-level split). Written {dt.datetime.now():%Y-%m-%d %H:%M}.</p>")
     body += ["<h2>Leaderboard</h2>", single_class_note(rows, test_rows), table_html(rows, BOARD_COLUMNS),
-             "<h2>Best score by family</h2>", family_section(rows, metric),
+             "<h2>Best score by family</h2>", family_section(rows, metric), *pareto_section(rows),
              "<h2>Optuna: optimisation history and parameter importances</h2>", optuna_section(storage, study),
              f"<h2>Learning curves of the top {top} trials</h2>", learning_curves_section(rows, top),
              "<h2>Held-out test patients</h2>"]

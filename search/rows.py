@@ -41,6 +41,7 @@ class SearchContext:
     code_version: str = ""
     searcher: str = ""
     scheduler: str = ""
+    objectives: str = ""  # a multi-objective search's objectives, comma-separated ("" for one objective)
 
 
 def _finite(value: Any) -> bool:
@@ -154,6 +155,7 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
         "images_per_s": (sum(speeds) / len(speeds)) * int(last.get("world_size") or 1) if speeds else None,
         "nodes": ",".join(nodes) or None, "checkpoint": checkpoint,
         "searcher": context.searcher or None, "scheduler": context.scheduler or None,
+        "objectives": context.objectives or None,  # its `pareto` flag is set once the search ends (search.pareto)
         "data_fingerprint": context.data_fingerprint, "data_generated": context.data_generated,
         "data_root": context.data_root, "code_version": context.code_version,
         "started_at": finished - wall_seconds if wall_seconds is not None else None, "finished_at": finished,

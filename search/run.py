@@ -127,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     a("--metric", default="balanced_accuracy", choices=METRICS, help="what the scheduler and the sampler maximise "
       "on the validation patients (default balanced_accuracy: a one-class predictor scores 0.5 whatever the class "
       "ratio); weighted F1, the challenge metric, is reported beside it")
+    a("--objectives", nargs="+", metavar="NAME", help="search for several objectives at once, e.g. "
+      "'balanced_accuracy num_parameters' (small and accurate). The first is a validation metric, maximised, that "
+      "the scheduler stops on and the leaderboard ranks by (it replaces --metric); the others are metric columns "
+      "(val_loss minimised, the rest maximised) or num_parameters (minimised). Optuna's TPE sampler proposes the "
+      "configs: it handles several objectives and models the space from a few trials, where NSGA-II's first "
+      "generation (50) would be random search at these budgets. Rows get a pareto flag (the front of the finished "
+      "and stopped trials); the console and the report show the front and the smallest model within 0.01 of the "
+      "best first objective. No latency objective: timings on a shared CPU machine are not stable enough to rank")
+    a("--warm-start", metavar="SEARCH", help="run the best configs of an earlier search of the same leaderboard "
+      "first (e.g. a 32 px search before a 48 px one): its top 3 by its own metric, at most half of --num-samples "
+      "(at least 1). Each is mapped onto this search's space, one line per change: values clipped to the new "
+      "ranges, image and batch sizes moved to the nearest offered, parameters the space lacks dropped, configs of "
+      "families not searched here skipped")
     a("--time-budget", type=float, metavar="SECONDS", help="stop the whole search after this many seconds")
     a("--max-failures", type=int, default=2, help="retries of a trial from its checkpoint (default 2)")
     a("--dry-run", flag=True, help="connect (or start the local Ray), print the profile, settings and plan, stop")
@@ -150,6 +163,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         raise ValueError("--family is required: one or more model families, or 'all' (see --help)")
     if args.family is not None:
         args.family = resolve_families(args.family)
+    if args.objectives and "metric" in args.given and args.metric != args.objectives[0]:
+        raise ValueError(f"--metric {args.metric} contradicts --objectives {' '.join(args.objectives)}: the first "
+                         f"objective is the metric; drop --metric")
+    if args.objectives:
+        args.metric = args.objectives[0]
     if not args.name:
         args.name = f"{'+'.join(args.family) if len(args.family) < 4 else 'all'}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in args.name or args.name.startswith("."):
@@ -179,6 +197,10 @@ def validate(args: argparse.Namespace) -> None:
     small = [s for s in args.image_sizes or [] if s < 16]
     if small:
         raise ValueError(f"--image-sizes {small[0]} is too small: use 16 px or more")
+    if args.objectives:
+        from search.pareto import check_objectives
+
+        check_objectives(args.objectives, METRICS)
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise ValueError(f"--data {args.data}: no such folder")
     if args.workers_per_trial is not None:
@@ -245,6 +267,10 @@ def prepare(args: argparse.Namespace) -> list[str]:
     if not args.resume and not args.dry_run:
         refuse_existing(args)
     leaderboard.append_rows(Path(args.results) / "leaderboard.parquet", [])  # fail now on unwritable results
+    if args.warm_start and not args.resume:
+        from search.warmstart import check_warm_start
+
+        check_warm_start(args)  # the earlier search exists and has a config of a family searched here
     check_before_launch(args)
     return notes
 

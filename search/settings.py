@@ -35,8 +35,10 @@ AUTOSCALER_CONFIG = "~/ray_bootstrap_config.yaml"
 SAVED_FIELDS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "reduction_factor",
                 "workers_per_trial", "cpus_per_worker", "gpus_per_worker", "image_sizes", "batch_sizes", "seed",
                 "metric", "time_budget", "max_failures", "profile", "storage", "searcher", "scheduler",
-                "val_fraction")
+                "val_fraction", "warm_start", "objectives")
 CHANGEABLE_ON_RESUME = ("time_budget",)  # a resumed run gets a budget of its own
+# Written for the record and read back, never compared with a flag: the configs a --warm-start search ran first.
+RECORDED_FIELDS = ("warm_start_points",)
 
 
 def gpu_node_types(config_path: Optional[str] = None) -> dict[str, dict[str, float]]:
@@ -112,7 +114,7 @@ def save_settings(args: argparse.Namespace) -> Path:
     """Write the resolved settings of a new search to results/searches/<name>.json (read back by --resume)."""
     path = settings_file(args)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({key: getattr(args, key) for key in SAVED_FIELDS}, indent=2))
+    path.write_text(json.dumps({key: getattr(args, key, None) for key in SAVED_FIELDS + RECORDED_FIELDS}, indent=2))
     return path
 
 
@@ -135,6 +137,8 @@ def load_settings(args: argparse.Namespace, given: set[str]) -> list[str]:
                 continue
             clashes.append(f"--{key.replace('_', '-')} {_show(mine)} (saved: {_show(saved[key])})")
         setattr(args, key, saved[key])
+    for key in RECORDED_FIELDS:
+        setattr(args, key, saved.get(key))
     if clashes:
         raise ValueError(f"--resume --name {args.name}: {'; '.join(clashes)} contradict(s) the saved search; drop "
                          f"the flag(s) or start a new search with another --name")

@@ -140,12 +140,15 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def make_searcher(sampler_name: str, *, search: str, space: Any, metric: str, mode: str, storage: Any,
-                  seed: int, num_samples: int, max_epochs: int) -> BudgetAwareOptunaSearch:
-    """OptunaSearch over `space` with the named sampler; its study is stored under the search's name."""
+def make_searcher(sampler_name: str, *, search: str, space: Any, metric: Any, mode: Any, storage: Any,
+                  seed: int, num_samples: int, max_epochs: int,
+                  points_to_evaluate: Optional[list[dict]] = None) -> BudgetAwareOptunaSearch:
+    """OptunaSearch over `space` with the named sampler; its study is stored under the search's name. `metric` and
+    `mode` are lists for a multi-objective search (the sampler then proposes for all of them); `points_to_evaluate`
+    (a warm start) are enqueued in the study, so they are the first trials."""
     return BudgetAwareOptunaSearch(space=space, metric=metric, mode=mode, study_name=search, storage=storage,
                                    sampler=make_sampler(sampler_name, seed, num_samples), search=search,
-                                   max_epochs=max_epochs)
+                                   max_epochs=max_epochs, points_to_evaluate=points_to_evaluate or None)
 
 
 __all__ = ["SEARCHERS", "SCHEDULERS", "make_sampler", "make_scheduler", "early_stops", "search_run", "SearchRun",

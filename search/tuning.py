@@ -18,6 +18,7 @@ from leukmodels.metrics import SINGLE_CLASS_SHARE
 from search import leaderboard
 from search.console import Console, ConsoleCallback
 from search.data import SearchData, prepare_data
+from search.pareto import direction, front_lines, marked_search, searcher_objectives
 from search.plan import Plan, cluster_nodes, driver_resources
 from search.rows import LeaderboardCallback, SearchContext, rows_from_grid, trial_id_from_path
 from search.settings import save_settings
@@ -54,6 +55,11 @@ def trainable_for(settings: TrialSettings, refs: dict) -> Any:
     return tune.with_resources(tune.with_parameters(run_trial, data_refs=refs, settings=settings), resources)
 
 
+def search_space(args: argparse.Namespace) -> SearchSpace:
+    return SearchSpace(args.family, image_sizes=args.image_sizes, batch_sizes=args.batch_sizes,
+                       epochs=args.max_epochs, seed=args.seed)
+
+
 def build_tuner(args: argparse.Namespace, plan: Plan, trainable: Any, callbacks: list) -> tune.Tuner:
     """A new Tuner, or the search's own restored from its storage with `--resume`."""
     experiment = _join(args.storage, args.name)
@@ -61,11 +67,10 @@ def build_tuner(args: argparse.Namespace, plan: Plan, trainable: Any, callbacks:
         if not tune.Tuner.can_restore(experiment):
             raise ValueError(f"--resume: no Tune experiment at {experiment}")
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    space = SearchSpace(args.family, image_sizes=args.image_sizes, batch_sizes=args.batch_sizes,
-                        epochs=args.max_epochs, seed=args.seed)
-    searcher = make_searcher(args.searcher, search=args.name, space=space, metric=args.metric, mode="max",
+    metric, mode = searcher_objectives(args)  # lists with --objectives; the scheduler uses the first (args.metric)
+    searcher = make_searcher(args.searcher, search=args.name, space=search_space(args), metric=metric, mode=mode,
                              storage=optuna_storage(args.results), seed=args.seed, num_samples=args.num_samples,
-                             max_epochs=args.max_epochs)
+                             max_epochs=args.max_epochs, points_to_evaluate=getattr(args, "warm_start_points", None))
     scheduler = make_scheduler(args.scheduler, search=args.name, metric=args.metric, max_epochs=args.max_epochs,
                                grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor)
     in_process = plan.per_trial.workers == 1
@@ -87,13 +92,18 @@ def build_tuner(args: argparse.Namespace, plan: Plan, trainable: Any, callbacks:
 def search_context(args: argparse.Namespace, data: SearchData) -> SearchContext:
     return SearchContext(search=args.name, metric=args.metric, max_epochs=args.max_epochs,
                          data_fingerprint=data.fingerprint, data_generated=data.generated, data_root=data.root,
-                         code_version=leaderboard.code_version(), searcher=args.searcher, scheduler=args.scheduler)
+                         code_version=leaderboard.code_version(), searcher=args.searcher, scheduler=args.scheduler,
+                         objectives=",".join(args.objectives or []))
 
 
 def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     """Decode, launch (or resume) the Tune experiment, write and show the rows; returns the CLI's exit code."""
     started = getattr(args, "started", time.time())
     if not args.resume:
+        if args.warm_start:  # the earlier search's best configs, mapped onto this space: the first trials
+            from search.warmstart import warm_start_points
+
+            args.warm_start_points = warm_start_points(args, search_space(args), console.say)
         save_settings(args)  # results/searches/<name>.json, read back by --resume
     data = prepare_data(args.data, args.image_sizes, split_seed=args.seed, val_fraction=args.val_fraction,
                         progress=console.out)
@@ -106,12 +116,14 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), data.put()), [recorder, progress])
     search_run(args.name).deadline = time.time() + args.time_budget if args.time_budget else None
     console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "
-                f"each, {plan.max_concurrent_trials} at once ({args.searcher} + {args.scheduler}, maximising "
-                f"{args.metric} on the validation patients)")
+                f"each, {plan.max_concurrent_trials} at once ({args.searcher} + {args.scheduler}, {goal(args)} "
+                f"on the validation patients)")
     fit_started = time.time()
     grid = tuner.fit()
     slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
     rows = rows_from_grid(recorder.context, grid, walls=recorder.walls)
+    if args.objectives:  # the front over every ended trial of the search, this run's and a resumed one's earlier
+        rows = marked_search(Path(board), args.name, rows, args.objectives)
     table = leaderboard.append_rows(board, rows) if rows else leaderboard.read(board)
     mine = leaderboard.rank_table(table, search=args.name)
     return finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
@@ -130,6 +142,8 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, sum
         say(leaderboard.render(mine, [c for c in BOARD_COLUMNS if c in mine.columns]))
         path = "" if Path(args.results) == Path("results").resolve() else f" --path {board}"
         say(f"(every column: python search/leaderboard.py --search {args.name} --columns all{path})")
+    for line in front_lines(mine):  # multi-objective searches only
+        say(line)
     say(summary)
     for warning in single_class_warnings(mine):
         say(warning)
@@ -148,6 +162,13 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, sum
         return 1
     say(next_steps(args))
     return 0 if (mine["status"] != "error").any() else 1
+
+
+def goal(args: argparse.Namespace) -> str:
+    """What the sampler optimises, in words: "maximising balanced_accuracy", or with several objectives
+    "maximising balanced_accuracy and minimising num_parameters" (the scheduler stops on the first)."""
+    words = {"max": "maximising", "min": "minimising"}
+    return " and ".join(f"{words[direction(o)]} {o}" for o in (args.objectives or [args.metric]))
 
 
 def single_class_warnings(mine: Any) -> list[str]:
