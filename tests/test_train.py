@@ -13,7 +13,7 @@ from leukmodels.data import DecodedSet
 from leukmodels.train import WarmupCosine, epoch_shard, fit
 
 CONTRACT_KEYS = ["epoch", "train_loss", "val_loss", "weighted_f1", "macro_f1", "accuracy", "balanced_accuracy",
-                 "roc_auc", "sensitivity", "specificity", "images_per_s", "lr", "num_parameters"]
+                 "roc_auc", "sensitivity", "specificity", "predicted_all", "images_per_s", "lr", "num_parameters"]
 
 
 def cell_set(n_all, n_hem, per_patient, size=32, seed=0, first_patient=0):
