@@ -214,7 +214,7 @@ def resolve_for_cluster(args: argparse.Namespace, nodes: list[dict], say=print):
     """Profile, settings and plan for the cluster Ray is connected to; ValueError naming the flag that cannot fit."""
     from search.plan import TrialResources, plan_concurrency
     from search.preflight import check_sizes
-    from search.settings import apply_profile, choose_profile, gpu_node_types
+    from search.settings import apply_profile, choose_profile, gpu_node_types, nodes_to_plan_on
 
     node_types = gpu_node_types()
     profile, why = choose_profile(args, nodes, node_types)
@@ -223,7 +223,8 @@ def resolve_for_cluster(args: argparse.Namespace, nodes: list[dict], say=print):
     apply_profile(args, profile, nodes, node_types)
     validate(args)
     say(f"profile: {profile} ({why})")
-    plan = plan_concurrency(nodes, TrialResources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker))
+    trial = TrialResources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker)
+    plan = plan_concurrency(nodes_to_plan_on(nodes, node_types) if args.gpus_per_worker else nodes, trial)
     say(f"plan: {plan.reason}")
     check_sizes(args, nodes, say)  # before decoding: families fit the sizes, the decoded set fits disk and memory
     return plan

@@ -51,9 +51,19 @@ def gpu_node_types(config_path: Optional[str] = None) -> dict[str, dict[str, flo
     except (OSError, yaml.YAMLError):
         return {}
     types = config.get("available_node_types") or {}
-    resources = {name: {k: float(v) for k, v in (spec.get("resources") or {}).items() if k in ("CPU", "GPU")}
-                 for name, spec in types.items() if int(spec.get("max_workers", 0) or 0) > 0}
-    return {name: r for name, r in resources.items() if r.get("GPU", 0) > 0}
+    resources = {name: {**{k: float(v) for k, v in (spec.get("resources") or {}).items() if k in ("CPU", "GPU")},
+                        "max_workers": int(spec.get("max_workers", 0) or 0)} for name, spec in types.items()}
+    return {name: r for name, r in resources.items() if r.get("GPU", 0) > 0 and r["max_workers"] > 0}
+
+
+def nodes_to_plan_on(nodes: list[dict[str, Any]], node_types: dict[str, dict]) -> list[dict[str, Any]]:
+    """The nodes that are up, plus, when none of them has a GPU, every GPU node the autoscaler may start (each type
+    times its max_workers): Tune's waiting trials ask the autoscaler for them."""
+    if any(float(node.get("GPU", 0)) > 0 for node in nodes):
+        return nodes
+    extra = [{k: v for k, v in spec.items() if k != "max_workers"} for spec in node_types.values()
+             for _ in range(spec["max_workers"])]
+    return nodes + extra
 
 
 def choose_profile(args: argparse.Namespace, nodes: list[dict[str, Any]],
@@ -69,7 +79,7 @@ def choose_profile(args: argparse.Namespace, nodes: list[dict[str, Any]],
         with_gpus = sum(1 for node in nodes if node.get("GPU", 0))
         return "gpu", f"the cluster has {gpus:g} GPU(s) on {with_gpus} of its {len(nodes)} node(s)"
     if node_types and args.gpus_per_worker is None:
-        listed = ", ".join(f"{name} ({r['GPU']:g} GPUs)" for name, r in node_types.items())
+        listed = ", ".join(f"up to {r['max_workers']} x {name} ({r['GPU']:g} GPUs each)" for name, r in node_types.items())
         return "gpu", (f"no GPU node is up yet, but the autoscaler can start {listed}: trials wait until it has "
                        f"started one (pass --gpus-per-worker 0 for a CPU search)")
     cpus = sum(float(node.get("CPU", 0)) for node in nodes)
@@ -91,7 +101,8 @@ def apply_profile(args: argparse.Namespace, profile: str, nodes: list[dict[str, 
     args.profile = profile
     defaults = dict(PROFILES[profile])
     if profile == "gpu":
-        gpu_nodes = [n for n in nodes if float(n.get("GPU", 0)) >= 1] or list((node_types or {}).values())
+        gpu_nodes = [n for n in nodes if float(n.get("GPU", 0)) >= 1] or [
+            {k: v for k, v in spec.items() if k != "max_workers"} for spec in (node_types or {}).values()]
         defaults["cpus_per_worker"] = gpu_worker_cpus(gpu_nodes) if gpu_nodes else 1.0
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
@@ -152,4 +163,4 @@ def _show(value: Any) -> str:
 
 
 __all__ = ["PROFILES", "SAVED_FIELDS", "choose_profile", "apply_profile", "gpu_node_types", "save_settings",
-           "load_settings", "refuse_existing", "settings_file"]
+           "load_settings", "refuse_existing", "settings_file", "nodes_to_plan_on"]

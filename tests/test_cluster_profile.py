@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from search.run import main
-from search.settings import PROFILES, apply_profile, choose_profile, gpu_node_types
+from search.plan import TrialResources, plan_concurrency
+from search.settings import PROFILES, apply_profile, choose_profile, gpu_node_types, nodes_to_plan_on
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,11 +26,14 @@ def _args(**given) -> argparse.Namespace:
 def test_autoscaler_gpu_node_types_are_read_from_the_cluster_file():
     """clusters/gpu.yaml is what `ray up` copies to the head as ~/ray_bootstrap_config.yaml."""
     types = gpu_node_types(str(REPO / "clusters" / "gpu.yaml"))
-    assert types == {"gpu_4x_a10g": {"CPU": 48.0, "GPU": 4.0}}  # the opt-in types have max_workers 0
+    assert types == {"gpu_4x_a10g": {"CPU": 48.0, "GPU": 4.0, "max_workers": 4}}  # opt-in types: max_workers 0
     profile, why = choose_profile(_args(), [{"CPU": 8.0}], types)
-    assert profile == "gpu" and "no GPU node is up yet" in why and "gpu_4x_a10g (4 GPUs)" in why
+    assert profile == "gpu" and "no GPU node is up yet" in why and "up to 4 x gpu_4x_a10g (4 GPUs each)" in why
     args = apply_profile(_args(), profile, [{"CPU": 8.0}], types)
     assert args.gpus_per_worker == 1.0 and args.cpus_per_worker == 4.0 and args.image_sizes == [64, 96, 128]
+    # the plan counts the GPU nodes the autoscaler may start: one GPU per trial, 4 nodes x 4 GPUs
+    plan = plan_concurrency(nodes_to_plan_on([{"CPU": 8.0}], types), TrialResources(1, 4.0, 1.0))
+    assert plan.max_concurrent_trials == 16
 
 
 def test_no_gpu_anywhere_is_the_cpu_profile_and_the_flags_win():
