@@ -37,8 +37,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-if __package__ in (None, ""):  # run as `python search/evaluate.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python search/evaluate.py`: this checkout first (search/_script.py)
+    import _script  # noqa: F401
 
 from leukmodels.atomic import atomic_path  # noqa: E402
 from search.heldout import TestSet, held_out_set, held_out_test, recorded_split  # noqa: E402,F401  (public here too)

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-if __package__ in (None, ""):  # run as `python search/export.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python search/export.py`: this checkout first (search/_script.py)
+    import _script  # noqa: F401
 
 from search.predict import expand_images, load_images, load_trial_model  # noqa: E402
 

@@ -27,8 +27,8 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-if __package__ in (None, ""):  # run as `python search/leaderboard.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python search/leaderboard.py`: this checkout first (search/_script.py)
+    import _script  # noqa: F401
 
 import pandas as pd
 import pyarrow as pa

@@ -23,11 +23,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as `python search/predict.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python search/predict.py`: this checkout first (search/_script.py)
+    import _script  # noqa: F401
 
-IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
-CLASS_NAMES = {1: "ALL", 0: "HEM"}
+from leukmodels.data.layout import IMAGE_SUFFIXES  # noqa: E402
+from leukmodels.labels import CLASS_NAMES  # noqa: E402
 
 
 def load_trial_model(checkpoint, device=None):

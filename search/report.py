@@ -25,8 +25,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-if __package__ in (None, ""):  # run as `python search/report.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python search/report.py`: this checkout first (search/_script.py)
+    import _script  # noqa: F401
 
 import matplotlib  # noqa: E402
 
@@ -34,6 +34,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from leukmodels.atomic import atomic_path  # noqa: E402
+from leukmodels.labels import CLASS_NAMES  # noqa: E402
 from search.evaluate import ENSEMBLE_FAMILY, EvaluateError, board_dir, read_board, read_parquet_or_none  # noqa: E402
 
 BOARD_COLUMNS = ("rank", "trial_id", "family", "status", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
@@ -45,7 +46,6 @@ TEST_COLUMNS = ("val_rank", "trial_id", "family", "n_members", "tta", "retrained
                 "n_test_patients", "test_source")
 VERSUS_COLUMNS = ("model", "members", "tta", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
                   "sensitivity", "specificity")
-CLASS_NAMES = ("HEM", "ALL")
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
 .banner{background:#b00020;color:#fff;font-weight:bold;font-size:20px;padding:10px;margin:8px 0}
@@ -234,7 +234,7 @@ def winner_section(test_rows: pd.DataFrame, preds: pd.DataFrame, worst: int) -> 
         ax_roc.text(0.5, 0.5, "ROC needs both classes", ha="center")
     ax_roc.set_title("ROC on test patients")
     ConfusionMatrixDisplay.from_predictions(labels, (prob > 0.5).astype(int), labels=[0, 1],
-                                            display_labels=CLASS_NAMES, ax=ax_cm, colorbar=False)
+                                            display_labels=[CLASS_NAMES[0], CLASS_NAMES[1]], ax=ax_cm, colorbar=False)
     ax_cm.set_title("winner's confusion matrix (threshold 0.5)")
     parts.append(figure_html(fig, "ROC curve and confusion matrix"))
 

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-if __package__ in (None, ""):  # run as `python search/run.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python search/run.py`: this checkout first (search/_script.py)
+    import _script  # noqa: F401
 
 from search.settings import PROFILES  # noqa: E402
 from search.strategies import SCHEDULERS, SEARCHERS  # noqa: E402

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from leukmodels.config import TrainConfig, config_fields, model_kwargs
+from leukmodels.config import OPTIMIZERS, TrainConfig, config_fields, model_kwargs
 
 FAMILY_PREFIX_SEP = ":"  # "resnet:filters"; not "/" (Tune would unflatten that into nested dicts)
 
@@ -26,7 +26,6 @@ WEIGHT_DECAY_RANGE = (1e-6, 1e-2)
 DROPOUT_RANGE = (0.0, 0.5)
 MOMENTUM_RANGE = (0.8, 0.99)  # sgd only
 AUG_RANGE = (0.0, 1.0)
-OPTIMIZERS = ("adamw", "sgd")
 
 
 class _PrefixedTrial:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from leukmodels.data.errors import DataError
+from leukmodels.labels import CLASS_LABEL
 
 TRAINING_DIRS = ("training_data", "C-NMC_training_data")  # kaggle, tcia
 PRELIM_DIR = "C-NMC_test_prelim_phase_data"
@@ -30,7 +31,6 @@ COLUMNS = ("path", "label", "patient", "source", "image_id")
 
 # UID_57_29_1_all, UID_H21_3_18_hem, and the one lower-case UID_h3_... (normalised to H3)
 NAME_RE = re.compile(r"^UID_(?P<patient>[Hh]?\d+)_(?P<image>\d+)_(?P<cell>\d+)_(?P<cls>all|hem)$", re.IGNORECASE)
-CLASS_LABEL = {"all": 1, "hem": 0}
 PREFIX_RULE = "normal patients are H<n>, ALL patients plain numbers"
 SHOW = 3  # how many offending names an error message quotes
 

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from leukmodels.data.errors import DataError
+from leukmodels.labels import CLASS_NAMES
 
 OFFICIAL_TEST = "prelim_test"
-CLASS_NAMES = {1: "ALL", 0: "HEM"}
 
 
 def patient_table(manifest: pd.DataFrame) -> pd.DataFrame:
