@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--reduction-factor", type=int, default=2, help="ASHA keeps the top 1/factor at each rung (default 2)")
     a("--searcher", default="tpe", choices=SEARCHERS, help="Optuna sampler that proposes configs (default tpe)")
     a("--scheduler", default="asha", choices=SCHEDULERS, help="early stopping: asha, median (Tune's median "
-      "stopping rule) or fifo (every trial runs --max-epochs) (default asha)")
+      "stopping rule) or fifo (every trial runs --max-epochs); or pbt, population-based training: every trial runs "
+      "--max-epochs, and every quarter of them the worst quarter continue the best quarter's weights with "
+      "perturbed lr, weight decay and augmentation (one-worker trials; population drawn at random) (default asha)")
     a("--workers-per-trial", type=int, help="training processes per trial: 1 trains inside the Tune trial, 2 or "
       "more with Ray Train DDP (default 1)")
     a("--cpus-per-worker", type=float, help="CPUs per worker (cpu 1, gpu up to 4)")
@@ -181,11 +183,24 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--image-sizes {small[0]} is too small: use 16 px or more")
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise ValueError(f"--data {args.data}: no such folder")
+    if args.scheduler == "pbt":
+        _check_pbt(args)
     if args.workers_per_trial is not None:
         from search.plan import TrialResources
 
         TrialResources(args.workers_per_trial, args.cpus_per_worker if args.cpus_per_worker is not None else 1.0,
                        args.gpus_per_worker or 0.0).validate()
+
+
+def _check_pbt(args: argparse.Namespace) -> None:
+    """PBT trains one-worker trials only, and its population is drawn at random (Tune's PBT takes no searcher)."""
+    if (args.workers_per_trial or 1) > 1:
+        raise ValueError(f"--scheduler pbt needs --workers-per-trial 1 (got {args.workers_per_trial}): PBT restarts "
+                         f"a trial from another trial's checkpoint, which Ray Train does not do for a DDP run")
+    if args.searcher != "random" and "searcher" in _given(args):
+        raise ValueError(f"--searcher {args.searcher} cannot drive --scheduler pbt: Tune's PBT takes no searcher "
+                         f"and draws its population at random from the space (drop --searcher)")
+    args.searcher = "random"
 
 
 def resolve_for_cluster(args: argparse.Namespace, nodes: list[dict], say=print):
