@@ -64,17 +64,34 @@ def clip_to_space(config: dict) -> dict:
 
 
 class SearchPBT(PopulationBasedTraining):
-    """PopulationBasedTraining that leaves a trial's last epoch alone: exploiting there would restore a checkpoint
-    with no epoch left to train, so the trial would end on the donor's weights without a report of its own."""
+    """PopulationBasedTraining that leaves a trial's last epoch alone (exploiting there would restore a checkpoint
+    with no epoch left to train, so the trial would end on the donor's weights without a report of its own), and puts
+    the trials of a resumed search back on the grid of rounds."""
 
     def __init__(self, *, max_epochs: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_epochs = int(max_epochs)
+        self._resumed = False  # True once a restored trial has set the next round (see on_trial_add)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if result.get(TIME_ATTR, 0) >= self.max_epochs:
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        """`--resume` restores the trials but not PBT's state (the scheduler comes back as it was built): a restored
+        trial's times start at 0 and the next round at the first one, so trials perturb off the grid and the
+        synchronous rounds end up waiting for a time no paused trial is below: every trial stays paused forever
+        (seen here). Give each restored trial its last round and resume the rounds at the earliest next one."""
+        super().on_trial_add(tune_controller, trial)
+        epoch = int((trial.last_result or {}).get(TIME_ATTR) or 0)
+        if not epoch:  # a new trial
+            return
+        state, interval = self._trial_state[trial], self._perturbation_interval
+        state.last_perturbation_time = state.last_train_time = epoch // interval * interval
+        upcoming = state.last_train_time + interval
+        self._next_perturbation_sync = min(self._next_perturbation_sync, upcoming) if self._resumed else upcoming
+        self._resumed = True
 
 
 def make_pbt(*, metric: str, max_epochs: int, mode: str = "max", seed: int = 0) -> SearchPBT:
