@@ -126,6 +126,32 @@ def _builds(config: Any) -> bool:
         return False
 
 
+def prune_checkpoints(grid: Any, rows: list[dict]) -> tuple[int, int]:
+    """Once a PBT search has finished, delete the checkpoints kept only for exploits (`checkpoint_config(keep_all)`):
+    each trial keeps the one its row points at and its latest (report.py reads the history there). Returns (folders
+    removed, bytes freed); a trial without a row or a checkpoint is left as it is."""
+    import pyarrow.fs
+
+    best = {row["trial_id"]: _name(row["checkpoint"]) for row in rows if row.get("checkpoint")}
+    removed = freed = 0
+    for result in grid:
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id not in best or result.checkpoint is None:
+            continue
+        keep, fs = {best[trial_id], _name(result.checkpoint.path)}, result.filesystem
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(result.path)):
+            if info.type == pyarrow.fs.FileType.Directory and _name(info.path).startswith("checkpoint_") \
+                    and _name(info.path) not in keep:
+                freed += sum(f.size or 0 for f in fs.get_file_info(pyarrow.fs.FileSelector(info.path, recursive=True)))
+                fs.delete_dir(info.path)
+                removed += 1
+    return removed, freed
+
+
+def _name(path: str) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
 def describe(max_epochs: int, num_samples: int) -> str:
     """One line for the console: what PBT will do with this search's settings."""
     interval = perturbation_interval(max_epochs)
@@ -137,4 +163,5 @@ def describe(max_epochs: int, num_samples: int) -> str:
 
 
 __all__ = ["make_pbt", "population", "perturbation_interval", "clip_to_space", "SearchPBT", "describe",
+           "prune_checkpoints",
            "QUANTILE_FRACTION", "MUTATIONS"]

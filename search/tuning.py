@@ -123,6 +123,12 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     grid = tuner.fit()
     rows = rows_from_grid(recorder.context, grid, walls=recorder.walls)
     table = leaderboard.append_rows(board, rows) if rows else leaderboard.read(board)
+    if args.scheduler == "pbt" and rows and len(rows) == len(grid):  # finished: no exploit needs the donors' now
+        from search.pbt import prune_checkpoints
+
+        removed, freed = prune_checkpoints(grid, rows)
+        console.say(f"pbt: removed {removed} checkpoint(s) kept for exploits ({freed / 2**20:.0f} MiB); each trial "
+                    f"keeps its best and its latest")
     return finish(args, grid, leaderboard.rank_table(table, search=args.name), time.time() - started, console)
 
 

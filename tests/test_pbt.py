@@ -172,11 +172,16 @@ def _replay(config: TrainConfig, sets: dict, donor_checkpoint: Path, out: Path) 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_pbt_search_exploited_trial_continues_the_donor_weights_with_its_mutated_config(tiny_cnmc, tmp_path):
+def test_pbt_search_exploited_trial_continues_the_donor_weights_with_its_mutated_config(tiny_cnmc, tmp_path,
+                                                                                        monkeypatch):
     """4 trials of 3 epochs: synchronous rounds at epochs 1 and 2, where the bottom trial of 4 takes a top one's
-    checkpoint, so every run exploits at least once."""
+    checkpoint, so every run exploits at least once. The search's final pruning of checkpoints is held back until
+    the checks have read the donor's."""
+    import search.pbt
     from search.data import prepare_data
 
+    held, prune = [], search.pbt.prune_checkpoints
+    monkeypatch.setattr(search.pbt, "prune_checkpoints", lambda grid, rows: held.append((grid, rows)) or (0, 0))
     name = "pbt-e2e"
     code = main(["--family", "resnet", "--data", str(tiny_cnmc), "--image-sizes", "24", "--scheduler", "pbt",
                  "--num-samples", "4", "--max-epochs", "3", "--seed", "0", "--results", str(tmp_path / "results"),
@@ -221,3 +226,11 @@ def test_pbt_search_exploited_trial_continues_the_donor_weights_with_its_mutated
         (final["lr"], final["weight_decay"], final["aug_strength"]))
     assert row["notes"] == "exploited_from " + " ".join(events["exploited_from"])
     assert int(row["best_epoch"]) > int(events["exploited_from"].iloc[-1].split("@")[1])
+
+    # the search's end keeps each trial's best and latest checkpoints, and nothing more
+    assert len(held) == 1
+    removed, _ = prune(*held[0])
+    assert removed >= 1
+    for _, kept in rows.iterrows():
+        assert Path(kept["checkpoint"], "checkpoint.pt").is_file()
+        assert 1 <= len(list(trials[kept["trial_id"]].glob("checkpoint_*"))) <= 2
