@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -80,6 +81,32 @@ def test_pbt_settings_for_short_searches():
     assert set(scheduler._hyperparam_mutations) == EXPLOIT_CHANGES and scheduler._synch
     assert scheduler._perturbation_interval == 2 and scheduler._quantile_fraction == 0.25
     pickle.loads(pickle.dumps(scheduler))  # Tune saves it for --resume
+
+
+class _RestoredTrial:
+    """What PBT reads of a Tune trial when it is added: its config, last result and checkpoint settings."""
+
+    def __init__(self, epoch: int) -> None:
+        self.config = {"lr": 1e-3, "weight_decay": 1e-4, "aug_strength": 0.5}
+        self.last_result, self.experiment_tag, self.evaluated_params = ({"epoch": epoch} if epoch else {}), "", {}
+        self.run_metadata = SimpleNamespace(checkpoint_manager=SimpleNamespace(
+            checkpoint_config=SimpleNamespace(num_to_keep=None)))
+
+
+def test_resumed_trials_are_put_back_on_the_grid_of_rounds():
+    """A search killed in its round at epoch 4 (interval 2): trials at epochs 5, 6 (waiting for the round at 6), 4,
+    and one never started. Tune restores them with PBT's state as built; without the grid the synchronous rounds
+    left every trial paused forever."""
+    scheduler, controller = make_pbt(metric="balanced_accuracy", max_epochs=8), SimpleNamespace(search_alg=None)
+    trials = [_RestoredTrial(epoch) for epoch in (5, 6, 4, 0)]
+    for trial in trials:
+        scheduler.on_trial_add(controller, trial)
+    assert [scheduler._trial_state[t].last_train_time for t in trials] == [4, 6, 4, 0]
+    assert [scheduler._trial_state[t].last_perturbation_time for t in trials] == [4, 6, 4, 0]
+    assert scheduler._next_perturbation_sync == 6  # the earliest next round: trials at 4-5 train on to it
+    fresh = make_pbt(metric="balanced_accuracy", max_epochs=8)
+    fresh.on_trial_add(controller, _RestoredTrial(0))
+    assert fresh._next_perturbation_sync == 2  # a new search starts at the first round
 
 
 def test_population_is_drawn_from_the_search_space_and_builds():
