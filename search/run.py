@@ -28,6 +28,7 @@ EPILOG = """examples:
   python search/run.py --family resnet                 # the main job: generated data, local Ray, >= 8 trials
   python search/run.py --smoke-test                    # a real but tiny search (2 trials, 2 epochs) in minutes
   python search/run.py --family baseline resnet --data ~/data/C-NMC_Leukemia --num-samples 40
+  python search/run.py --family resnet --scheduler pbt   # population-based training (one-worker trials)
   python search/run.py --family resnet --address auto --dry-run     # what would this search do on this cluster?
   python search/run.py --family all --address auto --workers-per-trial 2 --gpus-per-worker 1 \\
       --storage s3://bucket/leukemia-tune               # on a Ray cluster (see clusters/)
