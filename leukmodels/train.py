@@ -32,6 +32,10 @@ from leukmodels.config import TrainConfig
 from leukmodels.metrics import classification_metrics, predict_log_proba
 
 RESUMABLE_CHANGES = {"epochs", "pretrained"}  # config fields a resumed run may change (the rest must match)
+# Fields a run may change when it continues ANOTHER run's weights (`fit(..., exploit=True)`: population-based
+# training copies a better trial's checkpoint into a worse one and perturbs these); they touch neither the model's
+# shape nor the data order, so the copied weights, optimizer moments and step count stay valid.
+EXPLOIT_CHANGES = {"lr", "weight_decay", "aug_strength"}
 STAGE_FRACTION = 0.3  # on CUDA, keep the whole uint8 set on the GPU when it takes less than this share of free memory
 
 
@@ -140,6 +144,18 @@ def _make_optimizer(config: TrainConfig, model: nn.Module, cuda: bool) -> torch.
     return torch.optim.AdamW(groups, lr=config.lr, **fast)
 
 
+def _set_rates(optimizer: torch.optim.Optimizer, scheduler: Any, config: TrainConfig) -> None:
+    """Give a restored optimizer and LambdaLR `config`'s lr and weight decay: the schedule's base (its factor keeps
+    the restored step's position on the warm-up/cosine curve) and the rate the next step uses. The loaded state
+    holds the other run's values in each param group (`lr`, `initial_lr`, `weight_decay`) and in `base_lrs`."""
+    scheduler.base_lrs = [config.lr] * len(optimizer.param_groups)
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)  # last_epoch counts the optimizer steps taken so far
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["lr"] = config.lr, config.lr * factor
+    optimizer.param_groups[0]["weight_decay"] = config.weight_decay  # group 1 (biases, norms) stays undecayed
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def _average_buffers(model: nn.Module, world_size: int) -> None:
     """Average floating buffers (BatchNorm running statistics) over ranks: each rank updated them with its own
     batches, so without this the ranks would evaluate (and rank 0 would save) slightly different models."""
@@ -167,10 +183,13 @@ def _evaluate(model: nn.Module, images: Any, labels: torch.Tensor, batch_size: i
 
 
 def fit(config: TrainConfig, train: Any, val: Any, *, device: Any = None, rank: int = 0, world_size: int = 1,
-        checkpoint_dir: Any = None, resume_from: Any = None,
+        checkpoint_dir: Any = None, resume_from: Any = None, exploit: bool = False,
         on_epoch: Optional[Callable[[dict, Optional[str]], None]] = None,
         log: Optional[Callable[[str], None]] = print) -> FitResult:
-    """Train `config`'s model on `train`, evaluate on `val` every epoch; see the module docstring."""
+    """Train `config`'s model on `train`, evaluate on `val` every epoch; see the module docstring.
+
+    `exploit=True`: `resume_from` is another run's checkpoint whose weights, optimizer state and schedule position
+    this run continues with its own `EXPLOIT_CHANGES` (lr, weight decay, augmentation) from the next step on."""
     config.validate()
     distributed = _check_world(rank, world_size)
     _check_data(config, train, "train", min_items=2 * world_size)
@@ -204,19 +223,24 @@ def fit(config: TrainConfig, train: Any, val: Any, *, device: Any = None, rank: 
     if resume_from is not None:
         payload = load_checkpoint(resume_from)  # on the CPU; load_state_dict copies to the device
         changed = sorted(k for k, v in config.to_dict().items() if payload["config"].get(k) != v)
-        if set(changed) - RESUMABLE_CHANGES:
+        allowed = RESUMABLE_CHANGES | (EXPLOIT_CHANGES if exploit else set())
+        if set(changed) - allowed:
             raise ValueError(f"{resume_from}: checkpoint config differs in {changed}; only "
-                             f"{sorted(RESUMABLE_CHANGES)} may change on resume")
+                             f"{sorted(allowed)} may change on {'an exploit' if exploit else 'resume'}")
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         if "epochs" in changed:  # a longer or shorter run: keep the step count, stretch the cosine to the new end
-            scheduler.lr_lambdas[0] = WarmupCosine(round(config.warmup_epochs * steps), config.epochs * steps)
+            stretched = WarmupCosine(round(config.warmup_epochs * steps), config.epochs * steps)
+            scheduler.lr_lambdas = [stretched] * len(optimizer.param_groups)  # every group, biases' too
+        if {"lr", "weight_decay"} & set(changed):
+            _set_rates(optimizer, scheduler, config)
         restore_rng_state(payload["rng"])
         history = list(payload["extra"].get("history", []))
         per_patient_history = list(payload["extra"].get("per_patient", []))
         start_epoch = int(payload["epoch"]) + 1
-        log(f"resumed from {resume_from} after epoch {payload['epoch']}")
+        log(f"{'continuing the weights of' if exploit else 'resumed from'} {resume_from} after epoch "
+            f"{payload['epoch']}" + (f" with {changed}" if changed else ""))
     train_model = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
                    if distributed else model)
 
@@ -299,4 +323,4 @@ def _finite_or(value: float, default: float) -> float:
     return value if math.isfinite(value) else default
 
 
-__all__ = ["fit", "FitResult", "WarmupCosine", "epoch_shard"]
+__all__ = ["fit", "FitResult", "WarmupCosine", "epoch_shard", "RESUMABLE_CHANGES", "EXPLOIT_CHANGES"]

@@ -122,6 +122,7 @@ class ConsoleCallback(Callback):
     best: dict = field(default_factory=dict)  # trial id -> (best metric value, its epoch)
     ended: set = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
+    quiet_restarts: bool = False  # PBT restarts every trial at every round: say only its first start and exploits
 
     def _label(self, trial: Any) -> str:
         number = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
@@ -129,6 +130,8 @@ class ConsoleCallback(Callback):
         return f"[{number:>{width}}/{self.num_samples}] {trial.trial_id}"
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.quiet_restarts and trial.trial_id in self.numbers:
+            return
         config = dict(trial.config)
         family = config.get("family", "?")
         current().say(f"{self._label(trial)} started: {family} {_params(config)}")
@@ -137,6 +140,12 @@ class ConsoleCallback(Callback):
         if "epoch" not in result:
             return
         epoch, value = int(result["epoch"]), result.get(self.metric)
+        donor = result.get("exploited_from")  # PBT replaced its weights: its row ranks the epochs from here on
+        if isinstance(donor, str) and donor:
+            self.best.pop(trial.trial_id, None)
+            current().say(f"{self._label(trial)} continues the weights of {donor} with "
+                          f"{_params(dict(trial.config))} wd={trial.config.get('weight_decay', 0):.1e} "
+                          f"aug={trial.config.get('aug_strength', 0):.2f}")
         self.epochs[trial.trial_id] = max(self.epochs.get(trial.trial_id, 0), epoch)
         if isinstance(value, float) and math.isfinite(value) and value >= self.best.get(trial.trial_id, (-1.0,))[0]:
             self.best[trial.trial_id] = (value, epoch)  # ties: the later epoch, as the leaderboard row

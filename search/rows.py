@@ -10,6 +10,13 @@ and where it ran.
 
 Status: "error" (the trial raised), "stopped" (the scheduler stopped it early), "time_budget" (the search's time
 budget ended it before max_epochs), "finished" (it ran max_epochs).
+
+PBT (`--scheduler pbt`) may replace a trial's weights with a better trial's checkpoint and change its lr, weight
+decay and augmentation ("exploit"). One rule: a row describes the weights the trial ended with. Its config is the
+one it last trained with; its metrics, best epoch and checkpoint come from the epochs it trained since its last
+exploit (the earlier ones belong to weights it threw away, trained with another config); `epochs_run` is the epoch
+those weights reached, the donors' epochs included; `notes` says `exploited_from <donor>@<epoch> ...`, every exploit
+in order (the weights up to the last such epoch are that donor's); `train_seconds` counts all its training.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from leukmodels.metrics import LOWER_IS_BETTER, is_single_class
 from search.leaderboard import METRIC_COLUMNS
 from search.spaces import FAMILY_PREFIX_SEP, train_config
 from search.strategies import search_run
+from search.trial import EXPLOITED_FROM
 
 
 @dataclass
@@ -95,6 +103,35 @@ def with_prior_epochs(history: list[dict]) -> list[dict]:
     return earlier + list(history)
 
 
+def exploits(history: list[dict]) -> list[str]:
+    """"<donor>@<epoch>" for each time PBT replaced the trial's weights, in report order."""
+    return [report[EXPLOITED_FROM] for report in history if _is_exploit(report)]
+
+
+def _is_exploit(report: dict) -> bool:
+    return isinstance(report.get(EXPLOITED_FROM), str) and bool(report[EXPLOITED_FROM])  # NaN in a data frame
+
+
+def since_last_exploit(history: list[dict]) -> list[dict]:
+    """The reports (in report order) of the weights the trial ended with: those from its last exploit on."""
+    marks = [i for i, report in enumerate(history) if _is_exploit(report)]
+    return history[marks[-1]:] if marks else history
+
+
+def trained_seconds(history: list[dict]) -> Optional[float]:
+    """Seconds in the training function over all of a trial's runs, from reports in report order: `train_seconds`
+    starts again from 0 with each run (a PBT round, a retry, a resume), so the last value of each run is added up."""
+    total, last = 0.0, None
+    for report in history:
+        value = report.get("train_seconds")
+        if not _finite(value):
+            continue
+        if last is not None and value < last:
+            total += last
+        last = float(value)
+    return None if last is None else total + last
+
+
 def checkpoint_exists(path: Optional[str]) -> bool:
     """Whether a reported checkpoint folder still holds its file (a local folder or a pyarrow-readable URI)."""
     from leukmodels.checkpoint import CHECKPOINT_FILE
@@ -128,18 +165,20 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
     its start to its end; minus the time in the training function it is the trial's overhead."""
     train_fields, config_error = _config_fields(config)
     error = error or config_error
-    history = sorted(with_prior_epochs(history), key=lambda r: (r.get("epoch", 0), r.get("timestamp", 0)))
+    exploited, train_seconds = exploits(history), trained_seconds(history)
+    # after an exploit the donor's epochs (the first report's prior_epochs) are not this trial's: see the docstring
+    history = since_last_exploit(history) if exploited else with_prior_epochs(history)
+    history = sorted(history, key=lambda r: (r.get("epoch", 0), r.get("timestamp", 0)))
     best = best_report(history, context.metric) or {}
     last = history[-1] if history else {}
     status = ending(context, trial_id, history, error) or "stopped"
-    notes = []
+    notes = [f"exploited_from {' '.join(exploited)}"] if exploited else []
     checkpoint = best.get("checkpoint_path") or last.get("checkpoint_path")
     if checkpoint and not checkpoint_exists(checkpoint):
         notes.append(f"best checkpoint missing: {checkpoint}")
         checkpoint = None
     nodes = sorted({n for r in history for n in str(r.get("nodes") or "").split(",") if n})
     speeds = [r["images_per_s"] for r in history if _finite(r.get("images_per_s"))]
-    train_seconds = last.get("train_seconds") if _finite(last.get("train_seconds")) else None
     finished = float(last["timestamp"]) if _finite(last.get("timestamp")) else time.time()
     return {
         "search": context.search, "trial_id": trial_id, "metric": context.metric, "status": status,
@@ -203,12 +242,12 @@ def rows_from_grid(context: SearchContext, grid: Any, walls: Optional[dict] = No
 
 def trial_id_from_path(path: Optional[str]) -> str:
     """Tune names a trial folder `<trainable>_<trial id>_<index>_<config...>`; with a search algorithm the id is
-    8 hex digits (`run_trial_374596e2_1_...`), otherwise `<8 hex>_<5 digits>`."""
+    8 hex digits (`run_trial_374596e2_1_...`), with Tune's own generator (PBT's population) `<5 hex>_<5 digits>`."""
     import os
     import re
 
     name = os.path.basename(str(path or "").rstrip("/"))
-    match = re.search(r"_([0-9a-f]{8}(?:_\d{5})?)_", name)
+    match = re.search(r"_([0-9a-f]{8}(?:_\d{5})?|[0-9a-f]{5}_\d{5})_", name)
     return match.group(1) if match else name or "unknown"
 
 
@@ -287,4 +326,5 @@ def trial_error(trial: Any) -> str:
 
 
 __all__ = ["SearchContext", "LeaderboardCallback", "build_row", "rows_from_grid", "best_report", "is_over",
-           "ending", "checkpoint_exists", "short_error", "trial_error"]
+           "ending", "checkpoint_exists", "short_error", "trial_error", "exploits", "since_last_exploit",
+           "trained_seconds"]

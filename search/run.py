@@ -28,6 +28,7 @@ EPILOG = """examples:
   python search/run.py --family resnet                 # the main job: generated data, local Ray, >= 8 trials
   python search/run.py --smoke-test                    # a real but tiny search (2 trials, 2 epochs) in minutes
   python search/run.py --family baseline resnet --data ~/data/C-NMC_Leukemia --num-samples 40
+  python search/run.py --family resnet --scheduler pbt   # population-based training (one-worker trials)
   python search/run.py --family resnet --address auto --dry-run     # what would this search do on this cluster?
   python search/run.py --family all --address auto --workers-per-trial 2 --gpus-per-worker 1 \\
       --storage s3://bucket/leukemia-tune               # on a Ray cluster (see clusters/)
@@ -108,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--reduction-factor", type=int, default=2, help="ASHA keeps the top 1/factor at each rung (default 2)")
     a("--searcher", default="tpe", choices=SEARCHERS, help="Optuna sampler that proposes configs (default tpe)")
     a("--scheduler", default="asha", choices=SCHEDULERS, help="early stopping: asha, median (Tune's median "
-      "stopping rule) or fifo (every trial runs --max-epochs) (default asha)")
+      "stopping rule) or fifo (every trial runs --max-epochs); or pbt, population-based training: every trial runs "
+      "--max-epochs, and every quarter of them the worst quarter continue the best quarter's weights with "
+      "perturbed lr, weight decay and augmentation (one-worker trials; population drawn at random) (default asha)")
     a("--workers-per-trial", type=int, help="training processes per trial: 1 trains inside the Tune trial, 2 or "
       "more with Ray Train DDP (default 1)")
     a("--cpus-per-worker", type=float, help="CPUs per worker (cpu 1, gpu up to 4)")
@@ -203,11 +206,24 @@ def validate(args: argparse.Namespace) -> None:
         check_objectives(args.objectives, METRICS)
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise ValueError(f"--data {args.data}: no such folder")
+    if args.scheduler == "pbt":
+        _check_pbt(args)
     if args.workers_per_trial is not None:
         from search.plan import TrialResources
 
         TrialResources(args.workers_per_trial, args.cpus_per_worker if args.cpus_per_worker is not None else 1.0,
                        args.gpus_per_worker or 0.0).validate()
+
+
+def _check_pbt(args: argparse.Namespace) -> None:
+    """PBT trains one-worker trials only, and its population is drawn at random (Tune's PBT takes no searcher)."""
+    if (args.workers_per_trial or 1) > 1:
+        raise ValueError(f"--scheduler pbt needs --workers-per-trial 1 (got {args.workers_per_trial}): PBT restarts "
+                         f"a trial from another trial's checkpoint, which Ray Train does not do for a DDP run")
+    if args.searcher != "random" and "searcher" in _given(args):
+        raise ValueError(f"--searcher {args.searcher} cannot drive --scheduler pbt: Tune's PBT takes no searcher "
+                         f"and draws its population at random from the space (drop --searcher)")
+    args.searcher = "random"
 
 
 def resolve_for_cluster(args: argparse.Namespace, nodes: list[dict], say=print):

@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
 SEARCHERS = ("tpe", "random")
-SCHEDULERS = ("asha", "median", "fifo")
+SCHEDULERS = ("asha", "median", "fifo", "pbt")
 TIME_ATTR = "epoch"  # every report carries the epoch it ends; schedulers count in epochs, not Tune iterations
 
 
@@ -101,10 +101,15 @@ class RecordingMedian(_RecordsEarlyStops, MedianStoppingRule):
 
 
 def make_scheduler(name: str, *, search: str, metric: str, max_epochs: int, grace_epochs: int,
-                   reduction_factor: int = 2, mode: str = "max") -> Optional[TrialScheduler]:
+                   reduction_factor: int = 2, mode: str = "max", seed: int = 0) -> Optional[TrialScheduler]:
     """ASHA (stops a trial at epoch grace x factor^k unless it is in the top 1/factor there), the median stopping
     rule (stops a trial whose running mean falls below the median of the others at the same epoch, after the grace
-    epochs), or FIFO (every trial runs max_epochs)."""
+    epochs), FIFO (every trial runs max_epochs), or population-based training (every trial runs max_epochs; the
+    worst copy the best's weights and perturb their lr, weight decay and augmentation: search/pbt.py)."""
+    if name == "pbt":
+        from search.pbt import make_pbt
+
+        return make_pbt(metric=metric, mode=mode, max_epochs=max_epochs, seed=seed)
     if name == "asha":
         scheduler = RecordingASHA(time_attr=TIME_ATTR, max_t=max_epochs, grace_period=grace_epochs,
                                   reduction_factor=reduction_factor, metric=metric, mode=mode)

@@ -23,6 +23,9 @@ from search.plan import TrialResources
 from search.spaces import check_buildable, train_config
 
 TRAIN_RUNS_DIR = "train_runs"  # <storage>/<search name>/train_runs/<trial id>: the Ray Train run of a DDP trial
+ORIGIN_FILE = "origin.json"  # beside each epoch's checkpoint.pt: {"trial_id": who wrote it, "epoch": its epoch}
+EXPLOITED_FROM = "exploited_from"  # report key: "<donor trial id>@<epoch>" on a trial's first report after PBT
+# replaced its weights with that donor's checkpoint of that epoch (see search/pbt.py)
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ class _Reporter:
     """Sends one epoch's metrics (plus where and how long the trial ran) and its checkpoint folder to `send`.
 
     The first report of a restarted trial carries the epochs before the restart (`prior_epochs`, JSON): Tune's record
-    of a resumed trial starts afresh, and the leaderboard row must still see every epoch."""
+    of a resumed trial starts afresh, and the leaderboard row must still see every epoch. When the checkpoint it
+    restarted from is another trial's (a PBT exploit), that first report also names it (`exploited_from`)."""
 
     def __init__(self, send: Callable[[dict, Optional[str]], None], trial_id: str, rank: int, world_size: int,
                  nodes: str, placement_group: str = "") -> None:
@@ -52,14 +56,19 @@ class _Reporter:
         self.started = time.time()
         self.fixed = {"nodes": nodes, "world_size": world_size, "placement_group": placement_group}
         self.prior_epochs: Optional[str] = None
+        self.exploited_from: Optional[str] = None
         self.epochs: list[int] = []
 
     def extras(self) -> dict:
-        once = {"prior_epochs": self.prior_epochs} if self.prior_epochs and not self.epochs else {}
+        once = {} if self.epochs else {key: value for key, value in (
+            ("prior_epochs", self.prior_epochs), (EXPLOITED_FROM, self.exploited_from)) if value}
         now = time.time()  # reported_at: sub-second wall clock (Tune's timestamp is whole seconds)
         return {**self.fixed, "train_seconds": now - self.started, "reported_at": now, **once}
 
     def on_epoch(self, metrics: dict, epoch_dir: Optional[str]) -> None:
+        if epoch_dir:  # who trained these weights: a trial restored from them knows whether they are its own
+            with open(os.path.join(epoch_dir, ORIGIN_FILE), "w") as out:
+                json.dump({"trial_id": self.trial_id, "epoch": int(metrics["epoch"])}, out)
         self.send({**metrics, **self.extras()}, epoch_dir)
         self.epochs.append(int(metrics["epoch"]))
         if epoch_dir:
@@ -73,16 +82,29 @@ class _Reporter:
             self.send({**result.history[-1], **self.extras()}, None)
 
 
+def donor_of(folder: str, trial_id: str) -> Optional[str]:
+    """"<trial id>@<epoch>" when the checkpoint in `folder` was written by another trial (PBT handed this trial a
+    better one's weights), None when it is this trial's own (a retry, a pause, `--resume`) or says nothing."""
+    path = os.path.join(folder, ORIGIN_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as origin_file:
+        origin = json.load(origin_file)
+    return None if origin.get("trial_id") in (None, trial_id) else f"{origin['trial_id']}@{origin['epoch']}"
+
+
 @contextlib.contextmanager
-def _resume_point(previous: Any, reporter: _Reporter) -> Iterator[Optional[str]]:
-    """The checkpoint file to resume from (None for a fresh trial); remembers the epochs it already holds."""
+def _resume_point(previous: Any, reporter: _Reporter) -> Iterator[tuple[Optional[str], bool]]:
+    """The checkpoint file to resume from (None for a fresh trial) and whether it is another trial's (an exploit);
+    remembers the epochs it already holds."""
     from leukmodels.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
     with (previous.as_directory() if previous is not None else contextlib.nullcontext(None)) as folder:
         resume_from = os.path.join(folder, CHECKPOINT_FILE) if folder else None
+        reporter.exploited_from = donor_of(folder, reporter.trial_id) if folder else None
         if resume_from and reporter.rank == 0:
             reporter.prior_epochs = json.dumps(load_checkpoint(resume_from)["extra"].get("history", []))
-        yield resume_from
+        yield resume_from, reporter.exploited_from is not None
 
 
 def _fit_and_report(config: Any, train_set: Any, val_set: Any, device: Any, rank: int, world_size: int,
@@ -91,9 +113,10 @@ def _fit_and_report(config: Any, train_set: Any, val_set: Any, device: Any, rank
 
     local_dir = tempfile.mkdtemp(prefix="leuk-ckpt-") if rank == 0 else None  # fit writes epoch_XXXX/ here
     try:
-        with _resume_point(previous, reporter) as resume_from:
+        with _resume_point(previous, reporter) as (resume_from, exploit):
             result = fit(config, train_set, val_set, device=device, rank=rank, world_size=world_size,
-                         checkpoint_dir=local_dir, on_epoch=reporter.on_epoch, resume_from=resume_from)
+                         checkpoint_dir=local_dir, on_epoch=reporter.on_epoch, resume_from=resume_from,
+                         exploit=exploit)  # another trial's weights: PBT's perturbed lr/decay/augmentation apply
         reporter.finish(result)
     finally:
         if local_dir:
@@ -186,13 +209,17 @@ def _train_with_ray_train(config: Any, refs: dict, settings: TrialSettings) -> N
     trainer.fit()  # raises (TrainingFailedError) when retries are exhausted: Tune records the trial as error
 
 
-def checkpoint_config(metric: str, mode: str, for_tune: bool = False):
+def checkpoint_config(metric: str, mode: str, for_tune: bool = False, keep_all: bool = False):
     """Keep the best epoch by the search metric (the leaderboard points at it) and, always, the latest (to resume
-    from). Ray breaks ties in favour of the later epoch; `search.rows.best_report` does the same."""
+    from). Ray breaks ties in favour of the later epoch; `search.rows.best_report` does the same.
+
+    `keep_all` (PBT): every epoch's checkpoint stays. PBT may hand a trial's checkpoint to another trial one slice
+    after taking it, and Tune's checkpoint manager, which knows nothing of that, would by then have deleted it
+    whenever it was neither the trial's best nor its latest."""
     from ray import train, tune
 
     kind = tune.CheckpointConfig if for_tune else train.CheckpointConfig
-    return kind(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode)
+    return kind(num_to_keep=None if keep_all else 1, checkpoint_score_attribute=metric, checkpoint_score_order=mode)
 
 
 def run_trial(config: dict[str, Any], data_refs: Optional[dict] = None,
@@ -228,4 +255,4 @@ def release_placement_group(group_hex: str) -> bool:
 
 
 __all__ = ["TrialSettings", "run_trial", "train_worker", "release_placement_group", "checkpoint_config",
-           "TRAIN_RUNS_DIR"]
+           "donor_of", "TRAIN_RUNS_DIR", "ORIGIN_FILE", "EXPLOITED_FROM"]

@@ -67,17 +67,26 @@ def build_tuner(args: argparse.Namespace, plan: Plan, trainable: Any, callbacks:
         if not tune.Tuner.can_restore(experiment):
             raise ValueError(f"--resume: no Tune experiment at {experiment}")
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    metric, mode = searcher_objectives(args)  # lists with --objectives; the scheduler uses the first (args.metric)
-    searcher = make_searcher(args.searcher, search=args.name, space=search_space(args), metric=metric, mode=mode,
-                             storage=optuna_storage(args.results), seed=args.seed, num_samples=args.num_samples,
-                             max_epochs=args.max_epochs, points_to_evaluate=getattr(args, "warm_start_points", None))
+    pbt, param_space = args.scheduler == "pbt", None
+    if pbt:  # Tune's PBT refuses a searcher: its population is drawn at random from the same space (search/pbt.py)
+        from search.pbt import population
+
+        searcher, param_space = population(search_space(args), args.num_samples, seed=args.seed)
+    else:
+        metric, mode = searcher_objectives(args)  # lists with --objectives; the scheduler uses the first
+        searcher = make_searcher(args.searcher, search=args.name, space=search_space(args), metric=metric, mode=mode,
+                                 storage=optuna_storage(args.results), seed=args.seed, num_samples=args.num_samples,
+                                 max_epochs=args.max_epochs,
+                                 points_to_evaluate=getattr(args, "warm_start_points", None))
     scheduler = make_scheduler(args.scheduler, search=args.name, metric=args.metric, max_epochs=args.max_epochs,
-                               grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor)
+                               grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor, seed=args.seed)
     in_process = plan.per_trial.workers == 1
     return tune.Tuner(
-        trainable,
+        trainable, param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
-                                    max_concurrent_trials=plan.max_concurrent_trials,
+                                    # PBT: the whole population must exist at once (paused trials free their
+                                    # slot); a one-worker trial's actor holds its resources, so they bound it
+                                    max_concurrent_trials=None if pbt else plan.max_concurrent_trials,
                                     # a one-worker trial's actor is its training process: the next trial reuses it
                                     # (torch imported, data fetched); a DDP trial's actor holds a Train controller
                                     # that must die with it when the scheduler stops the trial
@@ -86,7 +95,7 @@ def build_tuner(args: argparse.Namespace, plan: Plan, trainable: Any, callbacks:
             name=args.name, storage_path=args.storage, verbose=1, callbacks=callbacks, stop=BudgetStopper(args.name),
             # one-worker trials are retried by Tune from their last checkpoint; DDP trials by Ray Train
             failure_config=tune.FailureConfig(max_failures=args.max_failures if in_process else 0),
-            checkpoint_config=checkpoint_config(args.metric, "max", for_tune=True)))
+            checkpoint_config=checkpoint_config(args.metric, "max", for_tune=True, keep_all=pbt)))
 
 
 def search_context(args: argparse.Namespace, data: SearchData) -> SearchContext:
@@ -112,12 +121,16 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     board = str(Path(args.results) / "leaderboard.parquet")
     recorder = LeaderboardCallback(search_context(args, data), board)
     progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
-                               max_epochs=args.max_epochs)
+                               max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
     tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), data.put()), [recorder, progress])
     search_run(args.name).deadline = time.time() + args.time_budget if args.time_budget else None
     console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "
                 f"each, {plan.max_concurrent_trials} at once ({args.searcher} + {args.scheduler}, {goal(args)} "
                 f"on the validation patients)")
+    if args.scheduler == "pbt":
+        from search.pbt import describe
+
+        console.say(describe(args.max_epochs, args.num_samples))
     fit_started = time.time()
     grid = tuner.fit()
     slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
@@ -125,6 +138,12 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     if args.objectives:  # the front over every ended trial of the search, this run's and a resumed one's earlier
         rows = marked_search(Path(board), args.name, rows, args.objectives)
     table = leaderboard.append_rows(board, rows) if rows else leaderboard.read(board)
+    if args.scheduler == "pbt" and rows and len(rows) == len(grid):  # finished: no exploit needs the donors' now
+        from search.pbt import prune_checkpoints
+
+        removed, freed = prune_checkpoints(grid, rows)
+        console.say(f"pbt: removed {removed} checkpoint(s) kept for exploits ({freed / 2**20:.0f} MiB); each trial "
+                    f"keeps its best and its latest")
     mine = leaderboard.rank_table(table, search=args.name)
     return finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
 
@@ -153,7 +172,8 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, sum
             f"--resume --name {args.name} --results {args.results} --storage {args.storage}")
         return 1
     try:
-        close_open_optuna_trials(args, say)
+        if args.scheduler != "pbt":  # a PBT search has no Optuna study
+            close_open_optuna_trials(args, say)
     except Exception as failure:  # noqa: BLE001 - tidying the study must not fail a finished search
         say(f"warning: could not check the Optuna study {args.name} for open trials: {failure}")
     if not (mine["epochs_run"].fillna(0) > 0).any():
@@ -193,7 +213,8 @@ def next_steps(args: argparse.Namespace) -> str:
         "next:",
         f"  python search/evaluate.py --search {args.name} --top 3{board}   # the top trials on unseen test patients",
         f"  python search/report.py --search {args.name}{board}   # HTML report: {results / args.name / 'report.html'}",
-        f"  optuna-dashboard sqlite:///{results / 'optuna.db'}   # the study '{args.name}'",
+        *([] if args.scheduler == "pbt" else [
+            f"  optuna-dashboard sqlite:///{results / 'optuna.db'}   # the study '{args.name}'"]),
         f"  tensorboard --logdir {_join(args.storage, args.name)}   # learning curves of every trial"])
 
 
