@@ -121,7 +121,6 @@ class ConsoleCallback(Callback):
     epochs: dict = field(default_factory=dict)  # trial id -> epochs reported
     best: dict = field(default_factory=dict)  # trial id -> (best metric value, its epoch)
     ended: set = field(default_factory=set)
-    started_at: float = field(default_factory=time.time)
     quiet_restarts: bool = False  # PBT restarts every trial at every round: say only its first start and exploits
 
     def _label(self, trial: Any) -> str:
@@ -165,7 +164,9 @@ class ConsoleCallback(Callback):
             current().say(self.progress())
 
     def progress(self) -> str:
-        done, elapsed = len(self.ended), time.time() - self.started_at
+        from search.strategies import search_run
+
+        done, elapsed = len(self.ended), time.time() - search_run(self.search).launched
         epochs, budget = sum(self.epochs.values()), self.num_samples * self.max_epochs
         filled = int(20 * done / max(1, self.num_samples))
         eta = f", ~{_duration(elapsed * (self.num_samples - done) / done)} left" if 0 < done < self.num_samples else ""

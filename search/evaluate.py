@@ -47,7 +47,7 @@ from search.predict import load_trial_model  # noqa: E402
 METRIC_COLUMNS = ("weighted_f1", "macro_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity",
                   "specificity")
 KEY_COLUMNS = ("search", "trial_id", "tta", "retrained")  # one evaluation; a re-run replaces rows with the same key
-USABLE_STATUS = ("finished", "stopped")  # search.leaderboard.STATUSES minus "error": a best checkpoint worth testing
+USABLE_STATUS = ("finished", "stopped", "time_budget")  # search.leaderboard.STATUSES minus "error": a best checkpoint worth testing
 ENSEMBLE_FAMILY = "ensemble"  # the `family` of an ensemble row; its trial_id is ensemble-top<K>
 TTA_MODES = {"both": (False, True), "on": (True,), "off": (False,)}  # --tta -> the modes evaluated
 
@@ -89,8 +89,9 @@ def board_dir(path: Path) -> Path:
 
 
 def select_trials(board: pd.DataFrame, search: Optional[str], top: Optional[int], trials: Optional[Sequence[str]],
-                  metric: str = "weighted_f1") -> tuple[pd.DataFrame, str]:
-    """The trials to evaluate, best validation `metric` first, and the search they belong to.
+                  metric: Optional[str] = None) -> tuple[pd.DataFrame, str]:
+    """The trials to evaluate, best validation `metric` (default: the one the search ranked by) first, and the search
+    they belong to.
 
     Without `search`, the most recent search in the board (by started_at when present). Trials without a checkpoint
     or with an error status are skipped; `trials` given by id must all exist.
@@ -103,6 +104,7 @@ def select_trials(board: pd.DataFrame, search: Optional[str], top: Optional[int]
     rows = board[board["search"].astype(str) == str(search)]
     if rows.empty:
         raise EvaluateError(f"--search {search!r}: not in the leaderboard; it has {sorted(board['search'].unique())}")
+    metric = metric or str(rows["metric"].iloc[0])
     if metric not in rows:
         raise EvaluateError(f"--metric {metric!r} is not a leaderboard column")
     if trials:
@@ -141,7 +143,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     which.add_argument("--trials", nargs="+", metavar="ID", help="evaluate these trial ids instead of the top K")
     p.add_argument("--ensemble", type=int, metavar="K", help="also evaluate the ensemble of the top K trials that "
                    "load (mean P(ALL) per image, threshold 0.5); they are evaluated one by one too (>= 2)")
-    p.add_argument("--metric", default="weighted_f1", help="leaderboard column that ranks trials (weighted_f1)")
+    p.add_argument("--metric", help="leaderboard column that ranks the trials (default: the one the search ranked by, "
+                   "its rows' `metric`)")
     p.add_argument("--data", help="data root (default: the leaderboard row's data_root)")
     p.add_argument("--split-seed", type=int, help="seed of split_by_patient (default: split_seed the search "
                    "recorded, else the rows' seed column, which search/run.py also uses for the split, else 0)")
@@ -338,6 +341,7 @@ def run(args: argparse.Namespace) -> int:
     top = None if args.trials else max(args.top, args.ensemble or 0)  # ensemble members get rows of their own
     chosen, search = select_trials(read_board(board_path), args.search, top=top, trials=args.trials,
                                    metric=args.metric)
+    args.metric = args.metric or str(chosen["metric"].iloc[0])  # the metric the search ranked by
     results_dir = board_dir(board_path)
     out_path = Path(args.out) if args.out else results_dir / "test_metrics.parquet"
     test_set = held_out_set(chosen.iloc[0], results_dir, args.data, args.split_seed, args.cache_dir)

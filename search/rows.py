@@ -197,8 +197,15 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
         "objectives": context.objectives or None,  # its `pareto` flag is set once the search ends (search.pareto)
         "data_fingerprint": context.data_fingerprint, "data_generated": context.data_generated,
         "data_root": context.data_root, "code_version": context.code_version,
-        "started_at": finished - wall_seconds if wall_seconds is not None else None, "finished_at": finished,
+        "started_at": finished - wall_seconds if wall_seconds is not None else _started(last), "finished_at": finished,
     }
+
+
+def _started(last: dict) -> Optional[float]:
+    """When a trial started, from Tune's record of its last report (a trial restored by --resume: no wall clock)."""
+    if _finite(last.get("timestamp")) and _finite(last.get("time_total_s")):
+        return float(last["timestamp"]) - float(last["time_total_s"])
+    return None
 
 
 def short_error(error: Any) -> Optional[str]:
@@ -262,13 +269,12 @@ class LeaderboardCallback(Callback):
     context: SearchContext
     leaderboard_path: str
     history: dict = field(default_factory=dict)  # trial id -> reports seen by this process
-    started: dict = field(default_factory=dict)  # trial id -> when this process saw it start (wall clock)
-    walls: dict = field(default_factory=dict)  # trial id -> seconds from its start to its end, as seen here
 
     to_release: list = field(default_factory=list)  # (when, placement group id, trial id) of ended DDP trials
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.started.setdefault(trial.trial_id, time.time())
+        # kept in this process's search_run, not here: `--resume` restores a pickled copy of this callback
+        search_run(self.context.search).trial_started.setdefault(trial.trial_id, time.time())
 
     def on_step(self, iteration: int, trials: list, **info: Any) -> None:
         self.release_placement_groups(older_than=RELEASE_DELAY_S)
@@ -303,11 +309,12 @@ class LeaderboardCallback(Callback):
         last = history[-1] if history else (trial.last_result or {})
         if last.get("placement_group"):  # a DDP trial: its Train controller may die before freeing it
             self.to_release.append((time.time(), str(last["placement_group"]), trial.trial_id))
-        if trial.trial_id in self.started:
-            self.walls[trial.trial_id] = time.time() - self.started.pop(trial.trial_id)
+        run = search_run(self.context.search)
+        if trial.trial_id in run.trial_started:
+            run.trial_walls[trial.trial_id] = time.time() - run.trial_started.pop(trial.trial_id)
         if is_over(self.context, trial.trial_id, history, error):
             row = build_row(self.context, trial.trial_id, dict(trial.config), history, error,
-                            wall_seconds=self.walls.get(trial.trial_id))
+                            wall_seconds=run.trial_walls.get(trial.trial_id))
             leaderboard.append_rows(self.leaderboard_path, [row])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

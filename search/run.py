@@ -223,6 +223,11 @@ def _check_pbt(args: argparse.Namespace) -> None:
     if args.searcher != "random" and "searcher" in _given(args):
         raise ValueError(f"--searcher {args.searcher} cannot drive --scheduler pbt: Tune's PBT takes no searcher "
                          f"and draws its population at random from the space (drop --searcher)")
+    unused = [f"--{key.replace('_', '-')}" for key in ("warm_start", "objectives", "grace_epochs", "reduction_factor")
+              if key in _given(args)]
+    if unused:
+        raise ValueError(f"{' '.join(unused)} with --scheduler pbt: PBT takes no searcher to seed or to give several "
+                         f"objectives, and stops no trial early (drop {'them' if len(unused) > 1 else 'it'})")
     args.searcher = "random"
 
 

@@ -31,6 +31,9 @@ class SearchRun:
 
     early_stops: set = field(default_factory=set)  # trial ids the scheduler stopped before max_epochs
     deadline: Optional[float] = None  # wall-clock time (time.time()) at which the time budget ends the search
+    launched: float = field(default_factory=time.time)  # when this process launched (or resumed) the search
+    trial_started: dict = field(default_factory=dict)  # trial id -> when this process saw it start
+    trial_walls: dict = field(default_factory=dict)  # trial id -> seconds from its start to its end, seen here
 
     def budget_spent(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline

@@ -123,7 +123,8 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
                                max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
     tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), data.put()), [recorder, progress])
-    search_run(args.name).deadline = time.time() + args.time_budget if args.time_budget else None
+    run = search_run(args.name)
+    run.launched, run.deadline = time.time(), (time.time() + args.time_budget if args.time_budget else None)
     console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "
                 f"each, {plan.max_concurrent_trials} at once ({args.searcher} + {args.scheduler}, {goal(args)} "
                 f"on the validation patients)")
@@ -134,7 +135,7 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     fit_started = time.time()
     grid = tuner.fit()
     slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
-    rows = rows_from_grid(recorder.context, grid, walls=recorder.walls)
+    rows = rows_from_grid(recorder.context, grid, walls=search_run(args.name).trial_walls)
     if args.objectives:  # the front over every ended trial of the search, this run's and a resumed one's earlier
         rows = marked_search(Path(board), args.name, rows, args.objectives)
     table = leaderboard.append_rows(board, rows) if rows else leaderboard.read(board)

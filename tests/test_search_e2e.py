@@ -5,6 +5,7 @@ The resume test runs first, in subprocesses with their own Ray, before this modu
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -37,7 +38,10 @@ def test_killed_search_resumes_without_rerunning_or_duplicating(tiny_cnmc, tmp_p
     argv = _common(tiny_cnmc, tmp_path, name) + ["--num-samples", "3", "--max-epochs", "3", "--grace-epochs", "3",
                                                  "--workers-per-trial", "1"]
     log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen([sys.executable, "-m", "search.run", *argv], cwd=tmp_path, stdout=log,
+    # trial 2 parks after its first epoch (the test-only fault hook), so the search is surely still running when a
+    # row exists: one-worker trials train in seconds, and the search could otherwise end before the kill
+    env = {**os.environ, "LEUKTUNE_FAULT_DIR": str(tmp_path / "faults"), "LEUKTUNE_FAULT_HOLD": "2:1"}
+    first = subprocess.Popen([sys.executable, "-m", "search.run", *argv], cwd=tmp_path, stdout=log, env=env,
                              stderr=subprocess.STDOUT, start_new_session=True)
     board = tmp_path / "results" / "leaderboard.parquet"
     try:
@@ -72,8 +76,8 @@ def test_killed_search_resumes_without_rerunning_or_duplicating(tiny_cnmc, tmp_p
         again = after[after["trial_id"] == row["trial_id"]].iloc[0]
         assert (again["epochs_run"], again["best_epoch"]) == (row["epochs_run"], row["best_epoch"])
         assert again["weighted_f1"] == pytest.approx(row["weighted_f1"])
-        run_dir = tmp_path / "ray" / name / "train_runs" / row["trial_id"]
-        assert all(p.stat().st_mtime < killed_at for p in run_dir.glob("checkpoint_*"))
+        checkpoints = list((tmp_path / "ray" / name).glob(f"*{row['trial_id']}*/checkpoint_*"))  # its Tune folder
+        assert checkpoints and all(p.stat().st_mtime < killed_at for p in checkpoints)
 
 
 @pytest.fixture(scope="module")
