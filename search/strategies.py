@@ -135,6 +135,16 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.search, self.max_epochs = search, max_epochs
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # a trial that ended just before the driver died: the study has its end, Tune's saved state did not, so
+            # --resume restored it and it re-reports its last epoch. The study keeps what it has.
+            self._completed_trials.add(trial_id)
+
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         run = search_run(self.search)
         epochs = int((result or {}).get(TIME_ATTR) or 0)
