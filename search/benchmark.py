@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from search.run import METRICS
+    from search.settings import DEFAULT_METRIC, METRICS
 
     p = _Parser(prog="python -m search.benchmark", description="How much training each search strategy (sampler x "
                 "scheduler) needs to reach random sampling's best, over several seeds, and how well validation "
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", nargs="+", metavar="SEARCHER-SCHEDULER", help=f"from {', '.join(STRATEGIES)}; "
                    f"must include {BASELINE} (default {' '.join(DEFAULTS['strategies'])})")
     p.add_argument("--image-sizes", type=int, nargs="+", metavar="S", help="candidate image sizes (default 32)")
-    p.add_argument("--metric", default="balanced_accuracy", choices=METRICS, help="validation metric every search "
+    p.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS, help="validation metric every search "
                    "maximises (default balanced_accuracy)")
     p.add_argument("--name", help="benchmark name (default <family>-<YYYYmmdd-HHMMSS>); a rerun reuses finished "
                    "searches")

@@ -41,13 +41,13 @@ if __package__ in (None, ""):  # run as `python search/evaluate.py`: this checko
     import _script  # noqa: F401
 
 from leukmodels.atomic import atomic_path  # noqa: E402
+from leukmodels.metrics import SCALAR_METRICS  # noqa: E402
 from search.heldout import TestSet, held_out_set, held_out_test, recorded_split  # noqa: E402,F401  (public here too)
+from search.leaderboard import STATUSES  # noqa: E402
 from search.predict import load_trial_model  # noqa: E402
 
-METRIC_COLUMNS = ("weighted_f1", "macro_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity",
-                  "specificity")
 KEY_COLUMNS = ("search", "trial_id", "tta", "retrained")  # one evaluation; a re-run replaces rows with the same key
-USABLE_STATUS = ("finished", "stopped", "time_budget")  # search.leaderboard.STATUSES minus "error": a best checkpoint worth testing
+USABLE_STATUS = tuple(status for status in STATUSES if status != "error")  # a best checkpoint worth testing
 ENSEMBLE_FAMILY = "ensemble"  # the `family` of an ensemble row; its trial_id is ensemble-top<K>
 TTA_MODES = {"both": (False, True), "on": (True,), "off": (False,)}  # --tta -> the modes evaluated
 
@@ -355,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
     table, preds = result_tables(scored, search, test_set)
     write_parquet_atomic(table, out_path, KEY_COLUMNS)
     write_parquet_atomic(preds, out_path.with_name("test_predictions.parquet"), KEY_COLUMNS)
-    shown = ["trial_id", "family", "tta", "retrained"] + list(METRIC_COLUMNS[:5])
+    shown = ["trial_id", "family", "tta", "retrained"] + list(SCALAR_METRICS[:5])
     print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {out_path} and {out_path.with_name('test_predictions.parquet')}"
           + ("  [GENERATED DATA: not C-NMC results]" if test_set.generated else ""))

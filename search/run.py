@@ -12,11 +12,10 @@ from typing import Any, Optional
 if __package__ in (None, ""):  # run as `python search/run.py`: this checkout first (search/_script.py)
     import _script  # noqa: F401
 
-from search.settings import PROFILES  # noqa: E402
+from search.settings import DEFAULT_METRIC, METRICS  # noqa: E402
 from search.strategies import SCHEDULERS, SEARCHERS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("balanced_accuracy", "weighted_f1", "macro_f1", "roc_auc", "accuracy", "sensitivity", "specificity")
 # Ray Train settings for DDP trials: poll workers every 0.25 s instead of 2 s (a report and the end of a run are
 # seen sooner; measured 10.5 -> 7.1 s per 2-worker trial here), no metrics exporter.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_METRICS_ENABLED": "0",
@@ -127,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--resume", flag=True, help="continue the search --name from its storage: finished trials are kept, "
       "unfinished ones continue from their last checkpoint (only --time-budget may change)")
     a("--seed", type=int, default=0, help="seeds the sampler, the patient split and every trial (default 0)")
-    a("--metric", default="balanced_accuracy", choices=METRICS, help="what the scheduler and the sampler maximise "
+    a("--metric", default=DEFAULT_METRIC, choices=METRICS, help="what the scheduler and the sampler maximise "
       "on the validation patients (default balanced_accuracy: a one-class predictor scores 0.5 whatever the class "
       "ratio); weighted F1, the challenge metric, is reported beside it")
     a("--objectives", nargs="+", metavar="NAME", help="search for several objectives at once, e.g. "

@@ -18,6 +18,12 @@ from typing import Any, Optional
 
 import yaml
 
+from leukmodels.metrics import SCALAR_METRICS
+
+# What a search maximises on the validation patients (--metric, the first --objectives). Balanced accuracy by default:
+# a one-class predictor scores 0.5 on it whatever the class ratio, where weighted F1 rewards it.
+DEFAULT_METRIC = "balanced_accuracy"
+METRICS = (DEFAULT_METRIC, *(name for name in SCALAR_METRICS if name != DEFAULT_METRIC))  # the default first
 # Defaults by profile. cpu: the default main job finishes in minutes on a 2-core laptop; gpu: one GPU per trial,
 # image sizes and epochs worth a GPU; smoke: a real but tiny search for checks.
 PROFILES = {
@@ -162,5 +168,5 @@ def _show(value: Any) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-__all__ = ["PROFILES", "SAVED_FIELDS", "choose_profile", "apply_profile", "gpu_node_types", "save_settings",
+__all__ = ["DEFAULT_METRIC", "METRICS", "PROFILES", "SAVED_FIELDS", "choose_profile", "apply_profile", "gpu_node_types", "save_settings",
            "load_settings", "refuse_existing", "settings_file", "nodes_to_plan_on"]

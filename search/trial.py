@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from search import faults
 from search.plan import TrialResources
+from search.settings import DEFAULT_METRIC
 from search.spaces import check_buildable, train_config
 
 TRAIN_RUNS_DIR = "train_runs"  # <storage>/<search name>/train_runs/<trial id>: the Ray Train run of a DDP trial
@@ -35,7 +36,7 @@ class TrialSettings:
     resources: TrialResources
     train_storage: str = ""  # storage_path of DDP trials' Train runs (folder or s3:// URI)
     max_failures: int = 2  # retries of a trial from its last checkpoint (a dead worker, a lost node)
-    metric: str = "balanced_accuracy"  # Train keeps the best epoch's checkpoint by it, besides the latest
+    metric: str = DEFAULT_METRIC  # Train keeps the best epoch's checkpoint by it, besides the latest
     mode: str = "max"
 
     @property
