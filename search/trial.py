@@ -189,7 +189,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
 def _train_with_ray_train(config: Any, refs: dict, settings: TrialSettings) -> None:
     import ray.tune
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from cnmc_trees import write_image
 from search.preflight import forget_unlaunched, ray_start_error
 from search.sizes import footprint, frame_size, frame_warnings, gb, judge
