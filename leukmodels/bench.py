@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from leukmodels.augment import augment
-from leukmodels.checkpoint import build_model
 from leukmodels.config import TrainConfig
+from leukmodels.models import build_model, count_parameters, list_families
 
 GROUP = 5  # steps timed together (one device sync per group)
 
@@ -70,7 +70,7 @@ def step_throughput(family: str, size: int, batch_size: int, steps: int, warmup:
     per_step = [timed(min(GROUP, steps - done)) for done in range(0, steps, GROUP)]
     seconds = float(np.median(per_step))
     return {"images_per_s": round(batch_size / seconds, 1), "step_ms": round(1000 * seconds, 2),
-            "num_parameters": int(sum(p.numel() for p in model.parameters()))}
+            "num_parameters": count_parameters(model)}
 
 
 def benchmark_models(families: list[str], sizes: list[int], batch_size: int, steps: int, warmup: int,
@@ -120,8 +120,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
-    from leukmodels.models import list_families
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="image sizes S to time")
     parser.add_argument("--families", nargs="+", default=None, help="default: every registered family")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from leukmodels.atomic import atomic_path
-from leukmodels.config import TrainConfig, model_kwargs
+from leukmodels.config import TrainConfig
 
 FORMAT = "leukemia-tune-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -119,15 +119,10 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
     return payload
 
 
-def build_model(config: TrainConfig) -> torch.nn.Module:
-    """The model a config describes, from the registry in leukmodels.models."""
-    from leukmodels import models  # imported here: the registry pulls in torchvision, not needed to read a file
-
-    return models.create_model(config.family, **model_kwargs(config))
-
-
 def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, TrainConfig]:
     """Rebuild the model of a checkpoint, load its weights, put it in eval mode on `device` (default CPU)."""
+    from leukmodels.models import build_model  # imported here: the registry pulls in torchvision, not needed to read
+
     payload = load_checkpoint(path)
     config = TrainConfig.from_dict(payload["config"])
     model = build_model(config.replace(pretrained=None))  # the weights come from the checkpoint, not that file
@@ -135,5 +130,5 @@ def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, Tra
     return model.to(device or "cpu").eval(), config
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "build_model", "resolve_checkpoint",
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "resolve_checkpoint",
            "clean_state_dict", "unwrapped", "capture_rng_state", "restore_rng_state", "FORMAT", "CHECKPOINT_FILE"]

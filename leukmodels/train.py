@@ -27,9 +27,10 @@ import torch.distributed as dist
 from torch import nn
 
 from leukmodels.augment import as_tensor, augment
-from leukmodels.checkpoint import CHECKPOINT_FILE, build_model, load_checkpoint, restore_rng_state, save_checkpoint
+from leukmodels.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state, save_checkpoint
 from leukmodels.config import TrainConfig
 from leukmodels.metrics import classification_metrics, predict_log_proba
+from leukmodels.models import build_model, count_parameters
 
 RESUMABLE_CHANGES = {"epochs", "pretrained"}  # config fields a resumed run may change (the rest must match)
 # Fields a run may change when it continues ANOTHER run's weights (`fit(..., exploit=True)`: population-based
@@ -202,7 +203,7 @@ def fit(config: TrainConfig, train: Any, val: Any, *, device: Any = None, rank: 
 
     _seed_everything(config.seed)  # identical initial weights on every rank
     model = build_model(config).to(device)
-    num_parameters = int(sum(p.numel() for p in model.parameters()))
+    num_parameters = count_parameters(model)
     if cuda:
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from leukmodels.config import OPTIMIZERS, TrainConfig, config_fields, model_kwargs
+from leukmodels.config import OPTIMIZERS, TrainConfig, config_fields
 
 FAMILY_PREFIX_SEP = ":"  # "resnet:filters"; not "/" (Tune would unflatten that into nested dicts)
 
@@ -114,11 +114,10 @@ def check_buildable(config: TrainConfig) -> int:
     config (e.g. an image too small for the depth); returns the parameter count."""
     import torch
 
-    from leukmodels.models import create_model
+    from leukmodels.models import build_model, count_parameters
 
     with torch.device("meta"):
-        model = create_model(config.family, **model_kwargs(config))
-    return int(sum(p.numel() for p in model.parameters()))
+        return count_parameters(build_model(config))
 
 
 def sample_configs(space: SearchSpace, n: int, seed: int = 0) -> list[TrainConfig]:

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from leukmodels.models import (NUM_CLASSES, ParameterCountMixin, check_choice, check_dropout, check_downsampling,
-                               check_int_range, register_family)
+from leukmodels.models.checks import check_choice, check_dropout, check_downsampling, check_int_range
+from leukmodels.models.registry import NUM_CLASSES, ParameterCountMixin, register_family
 
 DEPTHS = (2, 5)  # inclusive range of conv blocks
 KERNEL_SIZES = (3, 5)

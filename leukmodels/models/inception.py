@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
-from leukmodels.models import (NUM_CLASSES, ParameterCountMixin, check_downsampling, check_dropout, check_int_range,
-                               register_family)
+from leukmodels.models.checks import check_downsampling, check_dropout, check_int_range
+from leukmodels.models.registry import NUM_CLASSES, ParameterCountMixin, register_family
 
 DEPTHS = (1, 9)  # inclusive; GoogLeNet itself has 9 modules
 POOL_EVERY = 2  # modules between downsampling max-pools

@@ -11,8 +11,8 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from leukmodels.models import (NUM_CLASSES, ParameterCountMixin, check_choice, check_downsampling, check_dropout,
-                               check_int_range, register_family)
+from leukmodels.models.checks import check_choice, check_downsampling, check_dropout, check_int_range
+from leukmodels.models.registry import NUM_CLASSES, ParameterCountMixin, register_family
 
 DEPTHS = (1, 8)  # blocks per stage, inclusive
 STAGES = (1, 6)  # inclusive

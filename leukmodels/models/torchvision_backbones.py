@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from leukmodels.models import (NUM_CLASSES, ParameterCountMixin, check_choice, check_dropout, check_int_range,
-                               register_family)
+from leukmodels.models.checks import check_choice, check_dropout, check_int_range
+from leukmodels.models.registry import NUM_CLASSES, ParameterCountMixin, register_family
 
 # Smallest image each backbone can take: the total stride (32) leaves a 1 x 1 map; Inception-v3's unpadded stem and
 # grid reductions need 75 px (torchvision's documented minimum).
