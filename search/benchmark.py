@@ -29,6 +29,7 @@ from typing import Any, Iterator, Optional
 import pandas as pd
 
 from search import benchmark_report as report
+from search.paths import RESULTS, leaderboard_path, settings_path, split_path
 from search.strategies import SCHEDULERS, SEARCHERS
 
 BASELINE = "random-fifo"  # every strategy is measured against random sampling without early stopping
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "maximises (default balanced_accuracy)")
     p.add_argument("--name", help="benchmark name (default <family>-<YYYYmmdd-HHMMSS>); a rerun reuses finished "
                    "searches")
-    p.add_argument("--results", default="results", help="outputs go to RESULTS/benchmarks/NAME (default results)")
+    p.add_argument("--results", default=RESULTS, help="outputs go to RESULTS/benchmarks/NAME (default results)")
     p.add_argument("--smoke-test", action="store_true", help="2 strategies x 1 seed x 3 trials x 2 epochs at 24 px")
     return p
 
@@ -93,7 +94,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if "/" in args.name or args.name.startswith("."):
         raise ValueError(f"--name {args.name!r}: use a plain folder name")
     args.folder = Path(args.results).expanduser().resolve() / "benchmarks" / args.name
-    args.runs = args.folder / "runs"  # --results of every search; its Tune folders are runs/ray/<search>/
+    args.runs = args.folder / "runs"  # --results of every search
+    args.storage = args.runs / "ray"  # --storage of every search: its Tune folders are runs/ray/<search>/
     return args
 
 
@@ -110,7 +112,7 @@ class Search:
         return ["--family", *args.family, "--num-samples", str(args.num_samples), "--max-epochs",
                 str(args.max_epochs), "--image-sizes", *map(str, args.image_sizes), "--metric", args.metric,
                 "--searcher", searcher, "--scheduler", scheduler, "--seed", str(self.seed), "--name", self.name,
-                "--results", str(args.runs), "--storage", str(args.runs / "ray"),
+                "--results", str(args.runs), "--storage", str(args.storage),
                 *[item for flag, value in given.items() if value is not None for item in (flag, str(value))]]
 
 
@@ -202,13 +204,13 @@ def run_searches(args: argparse.Namespace, searches: list[Search], runs: dict, s
         if before.get("exit_code") == 0:
             say(f"{label}: finished earlier ({before['wall_seconds']:.0f} s), reused")
             continue
-        resume = (args.runs / "searches" / f"{search.name}.json").is_file()
-        argv = (["--resume", "--name", search.name, "--results", str(args.runs), "--storage", str(args.runs / "ray")]
+        resume = settings_path(args.runs, search.name).is_file()
+        argv = (["--resume", "--name", search.name, "--results", str(args.runs), "--storage", str(args.storage)]
                 if resume else search.argv(args))
         log = args.folder / "logs" / f"{search.name}.log"
         say(f"{label}: {'resuming' if resume else 'running'} search {search.name} (log {log})")
         started = time.time()
-        with output_to(log) as console, heartbeat(args.runs / "ray" / search.name, label, console):
+        with output_to(log) as console, heartbeat(args.storage / search.name, label, console):
             code = run.main(argv)
         runs[search.name] = {"exit_code": code, "resumed": resume,
                              "wall_seconds": time.time() - started + (before.get("wall_seconds") or 0.0)}
@@ -221,7 +223,7 @@ def run_searches(args: argparse.Namespace, searches: list[Search], runs: dict, s
         if code and any(line.startswith("search interrupted") for line in said):
             raise Stop(f"{label}: interrupted; run the same command again to continue (finished searches are "
                        f"reused, this one resumed)", 1)
-        board = leaderboard.read(args.runs / "leaderboard.parquet")
+        board = leaderboard.read(leaderboard_path(args.runs))
         mine = board[board["search"] == search.name]
         say(f"{label}: exit {code} after {runs[search.name]['wall_seconds']:.0f} s: {len(mine)} trials, "
             f"{int(mine['epochs_run'].fillna(0).sum())} epochs, best val {args.metric} {mine[args.metric].max():.4f}")
@@ -252,7 +254,7 @@ def held_out_sets(args: argparse.Namespace, searches: list[Search]) -> dict[str,
     tests: dict[tuple, pd.DataFrame] = {}
     out = {}
     for search in searches:
-        path = args.runs / search.name / "split.json"
+        path = split_path(args.runs, search.name)
         if not path.is_file():  # the search stopped before its data were ready: it has no trials
             continue
         record = json.loads(path.read_text())
@@ -315,8 +317,8 @@ def analyse(args: argparse.Namespace, searches: list[Search], runs: dict, comman
     """Curves from the searches' epoch reports, trials from their leaderboard rows plus test metrics, the tables."""
     from search import leaderboard
 
-    board = leaderboard.read(args.runs / "leaderboard.parquet")
-    curves = pd.concat([report.best_so_far(epoch_records(args.runs / "ray" / s.name, args.metric), args.metric)
+    board = leaderboard.read(leaderboard_path(args.runs))
+    curves = pd.concat([report.best_so_far(epoch_records(args.storage / s.name, args.metric), args.metric)
                         .assign(strategy=s.strategy, seed=s.seed) for s in searches], ignore_index=True)
     trials = pd.concat([trial_rows(board, s, args.metric) for s in searches], ignore_index=True)
     print(f"testing {trials['checkpoint'].notna().sum()} trial checkpoints on the held-out test patients")

@@ -43,7 +43,8 @@ if __package__ in (None, ""):  # run as `python search/evaluate.py`: this checko
 from leukmodels.atomic import atomic_path  # noqa: E402
 from leukmodels.metrics import SCALAR_METRICS  # noqa: E402
 from search.heldout import TestSet, held_out_set, held_out_test, recorded_split  # noqa: E402,F401  (public here too)
-from search.leaderboard import STATUSES  # noqa: E402
+from search.leaderboard import DEFAULT_PATH, STATUSES  # noqa: E402
+from search.paths import TEST_METRICS, TEST_PREDICTIONS  # noqa: E402
 from search.predict import load_trial_model  # noqa: E402
 
 KEY_COLUMNS = ("search", "trial_id", "tta", "retrained")  # one evaluation; a re-run replaces rows with the same key
@@ -136,7 +137,7 @@ def write_parquet_atomic(new: pd.DataFrame, path: Path, key_columns: Sequence[st
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="search/evaluate.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--leaderboard", default="results/leaderboard.parquet", help="the search's leaderboard parquet")
+    p.add_argument("--leaderboard", default=DEFAULT_PATH, help="the search's leaderboard parquet")
     p.add_argument("--search", help="search name (default: the most recent search in the leaderboard)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--top", type=int, default=3, help="evaluate the top K trials by validation metric (3)")
@@ -343,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
                                    metric=args.metric)
     args.metric = args.metric or str(chosen["metric"].iloc[0])  # the metric the search ranked by
     results_dir = board_dir(board_path)
-    out_path = Path(args.out) if args.out else results_dir / "test_metrics.parquet"
+    out_path = Path(args.out) if args.out else results_dir / TEST_METRICS
     test_set = held_out_set(chosen.iloc[0], results_dir, args.data, args.split_seed, args.cache_dir)
     print(f"evaluate: search {search!r}, {len(chosen)} trial(s), test = {test_set.info['test_source']} "
           f"({len(test_set.frame)} images, {test_set.info['n_test_patients']} patients), data "
@@ -354,10 +355,10 @@ def run(args: argparse.Namespace) -> int:
     print_scored(scored)
     table, preds = result_tables(scored, search, test_set)
     write_parquet_atomic(table, out_path, KEY_COLUMNS)
-    write_parquet_atomic(preds, out_path.with_name("test_predictions.parquet"), KEY_COLUMNS)
+    write_parquet_atomic(preds, out_path.with_name(TEST_PREDICTIONS), KEY_COLUMNS)
     shown = ["trial_id", "family", "tta", "retrained"] + list(SCALAR_METRICS[:5])
     print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"wrote {out_path} and {out_path.with_name('test_predictions.parquet')}"
+    print(f"wrote {out_path} and {out_path.with_name(TEST_PREDICTIONS)}"
           + ("  [GENERATED DATA: not C-NMC results]" if test_set.generated else ""))
     return 0
 

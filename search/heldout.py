@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from leukmodels.data import DataError
+from search.paths import split_path
 
 
 def recorded_split(row: pd.Series, results_dir: Path) -> dict:
@@ -27,7 +28,7 @@ def recorded_split(row: pd.Series, results_dir: Path) -> dict:
     lists) and from a results/<search>/split.json ({"seed", "val_fraction", "train", "val"}) when the search wrote one.
     """
     found: dict = {"seed": None, "val_fraction": None, "train": None, "val": None, "fingerprint": None}
-    split_file = results_dir / str(row.get("search", "")) / "split.json"
+    split_file = split_path(results_dir, str(row.get("search", "")))
     if split_file.is_file():
         try:
             data = json.loads(split_file.read_text())

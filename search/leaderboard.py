@@ -36,9 +36,10 @@ import pyarrow.parquet as pq
 
 from leukmodels.config import TrainConfig
 from leukmodels.metrics import LOWER_IS_BETTER, SCALAR_METRICS
+from search.paths import RESULTS, leaderboard_path
 
 SCHEMA_VERSION = 2
-DEFAULT_PATH = "results/leaderboard.parquet"
+DEFAULT_PATH = str(leaderboard_path(RESULTS))
 METRIC_COLUMNS = (*SCALAR_METRICS, "val_loss")  # every metric a search can rank by (the loss: lower is better)
 STATUSES = ("finished", "stopped", "time_budget", "error")  # every status but error ranks by its metric
 _VERSION_KEY = b"leukemia_tune.leaderboard.schema_version"

@@ -32,11 +32,11 @@ from leukmodels.labels import CLASS_NAMES  # noqa: E402
 
 def load_trial_model(checkpoint, device=None):
     """(model in eval mode, TrainConfig, checkpoint file) from a checkpoint file or a directory holding one."""
-    from leukmodels.checkpoint import load_model, resolve_checkpoint
+    from leukmodels.checkpoint import CHECKPOINT_FILE, load_model, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     if not path.is_file():  # a Ray checkpoint dir may nest the file one level deeper
-        nested = sorted(Path(checkpoint).rglob("checkpoint.pt")) if Path(checkpoint).is_dir() else []
+        nested = sorted(Path(checkpoint).rglob(CHECKPOINT_FILE)) if Path(checkpoint).is_dir() else []
         if len(nested) != 1:
             raise FileNotFoundError(f"{checkpoint}: no checkpoint file (expected a file or a folder holding exactly "
                                     f"one checkpoint.pt, found {len(nested)})")

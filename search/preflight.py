@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
+from search.paths import OPTUNA_DB, in_storage
 from search.sizes import Footprint, available_memory, footprint, frame_size, frame_warnings, judge
 
 ADDRESS_TIMEOUT_S = 5.0  # a cluster address must accept a TCP connection this fast (ray.init would wait minutes)
@@ -86,7 +87,7 @@ def _check_cache_folder() -> Path:
 def _check_optuna_db(results: str) -> None:
     """results/optuna.db holds the Optuna study of every search: a file that is not SQLite would fail the search only
     once its data are decoded and Ray is up, so look at it now (header, then a read of its schema)."""
-    path = Path(results) / "optuna.db"
+    path = Path(results) / OPTUNA_DB
     if not path.exists():
         return
     if not path.is_file():
@@ -267,7 +268,7 @@ def forget_unlaunched(settings: Path, storage: str, name: str) -> bool:
     try:
         from ray import tune
 
-        if tune.Tuner.can_restore(f"{storage.rstrip('/')}/{name}"):
+        if tune.Tuner.can_restore(in_storage(storage, name)):
             return False
     except Exception:  # noqa: BLE001 - an unreachable storage: keep what --resume may need
         return False

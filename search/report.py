@@ -36,6 +36,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from leukmodels.atomic import atomic_path  # noqa: E402
 from leukmodels.labels import CLASS_NAMES  # noqa: E402
 from search.evaluate import ENSEMBLE_FAMILY, EvaluateError, board_dir, read_board, read_parquet_or_none  # noqa: E402
+from search.leaderboard import DEFAULT_PATH  # noqa: E402
+from search.paths import OPTUNA_DB, REPORT, TEST_METRICS, TEST_PREDICTIONS, optuna_url  # noqa: E402
 
 BOARD_COLUMNS = ("rank", "trial_id", "family", "status", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
                  "single_class", "best_epoch", "epochs_run", "early_stopped", "num_parameters", "image_size",
@@ -342,7 +344,7 @@ def write_atomic(text: str, path: Path) -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="search/report.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--leaderboard", default="results/leaderboard.parquet")
+    p.add_argument("--leaderboard", default=DEFAULT_PATH)
     p.add_argument("--search", help="search name (default: the most recent search in the leaderboard)")
     p.add_argument("--test-metrics", help="evaluate.py output (default: test_metrics.parquet next to the leaderboard)")
     p.add_argument("--optuna-storage", help="Optuna storage URL (default: sqlite:///<leaderboard dir>/optuna.db)")
@@ -367,13 +369,12 @@ def write_report(args: argparse.Namespace) -> Path:
     board = read_board(Path(args.leaderboard))
     search = choose_search(board, args.search, args.leaderboard)
     results = board_dir(Path(args.leaderboard))
-    metrics_path = Path(args.test_metrics) if args.test_metrics else results / "test_metrics.parquet"
+    metrics_path = Path(args.test_metrics) if args.test_metrics else results / TEST_METRICS
     test_metrics = read_parquet_or_none(metrics_path)  # None: not evaluated yet
-    predictions = read_parquet_or_none(metrics_path.with_name("test_predictions.parquet"))
-    storage = args.optuna_storage or ((f"sqlite:///{results / 'optuna.db'}")
-                                      if (results / "optuna.db").is_file() else None)
+    predictions = read_parquet_or_none(metrics_path.with_name(TEST_PREDICTIONS))
+    storage = args.optuna_storage or (optuna_url(results) if (results / OPTUNA_DB).is_file() else None)
     page = build_report(board, search, test_metrics, predictions, storage, args.study or search, args.top, args.worst)
-    out = Path(args.out) if args.out else results / search / "report.html"
+    out = Path(args.out) if args.out else results / search / REPORT
     write_atomic(page, out)
     print(f"wrote {out} ({len(page) / 1e6:.1f} MB, self-contained)")
     return out

@@ -12,6 +12,7 @@ from typing import Any, Optional
 if __package__ in (None, ""):  # run as `python search/run.py`: this checkout first (search/_script.py)
     import _script  # noqa: F401
 
+from search.paths import RESULTS, SEARCH_LOG, STORAGE, leaderboard_path  # noqa: E402
 from search.settings import DEFAULT_METRIC, METRICS  # noqa: E402
 from search.strategies import SCHEDULERS, SEARCHERS  # noqa: E402
 
@@ -119,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--val-fraction", type=float, default=0.2, help="share of the training patients held out for validation, "
       "drawn by patient (default 0.2)")
     a("--address", help="Ray cluster to join: 'auto' or ray://host:10001 (default: start a local Ray)")
-    a("--storage", default="results/ray", help="Tune/Train storage: a folder or an s3:// URI (default results/ray; "
+    a("--storage", default=STORAGE, help="Tune/Train storage: a folder or an s3:// URI (default results/ray; "
       "must be shared storage on a multi-node cluster)")
-    a("--results", default="results", help="folder for leaderboard.parquet, optuna.db, searches/ (default results)")
+    a("--results", default=RESULTS, help="folder for leaderboard.parquet, optuna.db, searches/ (default results)")
     a("--name", help="search name (default: <families>-<YYYYmmdd-HHMMSS>); the Optuna study has the same name")
     a("--resume", flag=True, help="continue the search --name from its storage: finished trials are kept, "
       "unfinished ones continue from their last checkpoint (only --time-budget may change)")
@@ -287,7 +288,7 @@ def prepare(args: argparse.Namespace) -> list[str]:
     notes = load_settings(args, args.given) if args.resume else []
     if not args.resume and not args.dry_run:
         refuse_existing(args)
-    leaderboard.append_rows(Path(args.results) / "leaderboard.parquet", [])  # fail now on unwritable results
+    leaderboard.append_rows(leaderboard_path(args.results), [])  # fail now on unwritable results
     if args.warm_start and not args.resume:
         from search.warmstart import check_warm_start
 
@@ -298,7 +299,7 @@ def prepare(args: argparse.Namespace) -> list[str]:
 
 def log_path(args: argparse.Namespace) -> Path:
     """Where everything Ray, Tune and Train print goes: the search's own log (a dry run's is overwritten)."""
-    return Path(args.results) / ("dry-run.log" if args.dry_run else f"{args.name}/search.log")
+    return Path(args.results) / ("dry-run.log" if args.dry_run else f"{args.name}/{SEARCH_LOG}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -328,7 +329,7 @@ def launch(args: argparse.Namespace, console: Any) -> int:
     import ray
 
     from search.preflight import forget_unlaunched, sigterm_as_sigint
-    from search.settings import settings_file
+    from search.paths import settings_path
 
     own_ray, code = not ray.is_initialized(), 2
     try:
@@ -349,13 +350,13 @@ def launch(args: argparse.Namespace, console: Any) -> int:
         console.error(str(error))
         return 2
     except KeyboardInterrupt:  # before Tune set its own handler (e.g. while decoding), or a second signal to it
-        forgot = not args.resume and forget_unlaunched(settings_file(args), args.storage, args.name)
+        forgot = not args.resume and forget_unlaunched(settings_path(args.results, args.name), args.storage, args.name)
         console.error("interrupted before any trial started; run the same command again" if forgot else
                       f"interrupted; continue it with --resume --name {args.name}")
         return 1
     finally:
         if code != 0 and not args.resume and not args.dry_run:  # a search that never launched must not hold its name
-            forget_unlaunched(settings_file(args), args.storage, args.name)
+            forget_unlaunched(settings_path(args.results, args.name), args.storage, args.name)
         if own_ray and ray.is_initialized():
             ray.shutdown()
 

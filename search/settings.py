@@ -19,6 +19,7 @@ from typing import Any, Optional
 import yaml
 
 from leukmodels.metrics import SCALAR_METRICS
+from search.paths import settings_path
 
 # What a search maximises on the validation patients (--metric, the first --objectives). Balanced accuracy by default:
 # a one-class predictor scores 0.5 on it whatever the class ratio, where weighted F1 rewards it.
@@ -116,20 +117,15 @@ def apply_profile(args: argparse.Namespace, profile: str, nodes: list[dict[str, 
     return args
 
 
-def settings_file(args: argparse.Namespace) -> Path:
-    """results/searches/<name>.json: a search's resolved settings, read back by --resume."""
-    return Path(args.results) / "searches" / f"{args.name}.json"
-
-
 def refuse_existing(args: argparse.Namespace) -> None:
-    path = settings_file(args)
+    path = settings_path(args.results, args.name)
     if path.exists():
         raise ValueError(f"--name {args.name}: a search of that name exists ({path}); use --resume or a new name")
 
 
 def save_settings(args: argparse.Namespace) -> Path:
     """Write the resolved settings of a new search to results/searches/<name>.json (read back by --resume)."""
-    path = settings_file(args)
+    path = settings_path(args.results, args.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({key: getattr(args, key, None) for key in SAVED_FIELDS + RECORDED_FIELDS}, indent=2))
     return path
@@ -139,7 +135,7 @@ def load_settings(args: argparse.Namespace, given: set[str]) -> list[str]:
     """--resume: the saved settings replace the unset flags; a flag given now that contradicts them is a ValueError
     naming it, except those a resumed run may change (CHANGEABLE_ON_RESUME), which are applied. Returns one note
     per changed setting."""
-    path = settings_file(args)
+    path = settings_path(args.results, args.name)
     if not path.is_file():
         raise ValueError(f"--resume --name {args.name}: no settings at {path} (is --results the same?)")
     saved = json.loads(path.read_text())
@@ -169,4 +165,4 @@ def _show(value: Any) -> str:
 
 
 __all__ = ["DEFAULT_METRIC", "METRICS", "PROFILES", "SAVED_FIELDS", "choose_profile", "apply_profile", "gpu_node_types", "save_settings",
-           "load_settings", "refuse_existing", "settings_file", "nodes_to_plan_on"]
+           "load_settings", "refuse_existing", "nodes_to_plan_on"]

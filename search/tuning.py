@@ -19,6 +19,7 @@ from search import leaderboard
 from search.console import Console, ConsoleCallback
 from search.data import SearchData, prepare_data
 from search.pareto import direction, front_lines, marked_search, searcher_objectives
+from search.paths import RESULTS, REPORT, in_storage, leaderboard_path, optuna_url, split_path
 from search.plan import Plan, cluster_nodes, driver_resources
 from search.rows import LeaderboardCallback, SearchContext, rows_from_grid, trial_id_from_path
 from search.settings import save_settings
@@ -27,20 +28,16 @@ from search.strategies import BudgetStopper, make_scheduler, make_searcher, sear
 from search.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config, run_trial
 
 
-def _join(storage: str, *parts: str) -> str:
-    return "/".join([storage.rstrip("/"), *parts])
-
-
 def optuna_storage(results: str):
     """The study lives in results/optuna.db (one SQLite file, a study per search): `optuna-dashboard sqlite:///...`."""
     import optuna
 
     Path(results).mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(f"sqlite:///{Path(results) / 'optuna.db'}")
+    return optuna.storages.RDBStorage(optuna_url(results))
 
 
 def trial_settings(args: argparse.Namespace, plan: Plan) -> TrialSettings:
-    return TrialSettings(resources=plan.per_trial, train_storage=_join(args.storage, args.name, TRAIN_RUNS_DIR),
+    return TrialSettings(resources=plan.per_trial, train_storage=in_storage(args.storage, args.name, TRAIN_RUNS_DIR),
                          max_failures=args.max_failures, metric=args.metric, mode="max")
 
 
@@ -62,7 +59,7 @@ def search_space(args: argparse.Namespace) -> SearchSpace:
 
 def build_tuner(args: argparse.Namespace, plan: Plan, trainable: Any, callbacks: list) -> tune.Tuner:
     """A new Tuner, or the search's own restored from its storage with `--resume`."""
-    experiment = _join(args.storage, args.name)
+    experiment = in_storage(args.storage, args.name)
     if args.resume:
         if not tune.Tuner.can_restore(experiment):
             raise ValueError(f"--resume: no Tune experiment at {experiment}")
@@ -117,8 +114,8 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     data = prepare_data(args.data, args.image_sizes, split_seed=args.seed, val_fraction=args.val_fraction,
                         progress=console.out)
     console.say(data.describe())
-    data.write_split(Path(args.results) / args.name / "split.json")  # read by search/evaluate.py
-    board = str(Path(args.results) / "leaderboard.parquet")
+    data.write_split(split_path(args.results, args.name))  # read by search/evaluate.py
+    board = str(leaderboard_path(args.results))
     recorder = LeaderboardCallback(search_context(args, data), board)
     progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
                                max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
@@ -156,11 +153,11 @@ BOARD_COLUMNS = ["rank", "trial_id", "family", "status", "epochs_run", "balanced
 def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, summary: str) -> int:
     """Show the search's rows, timing and what to run next; tidy the Optuna study; the exit code says whether
     anything trained."""
-    say, board = console.say, Path(args.results) / "leaderboard.parquet"
+    say, board = console.say, leaderboard_path(args.results)
     say(f"\nleaderboard of {args.name} ({len(mine)} trials, ranked by {args.metric} on the validation patients):")
     if len(mine):
         say(leaderboard.render(mine, [c for c in BOARD_COLUMNS if c in mine.columns]))
-        path = "" if Path(args.results) == Path("results").resolve() else f" --path {board}"
+        path = "" if Path(args.results) == Path(RESULTS).resolve() else f" --path {board}"
         say(f"(every column: python search/leaderboard.py --search {args.name} --columns all{path})")
     for line in front_lines(mine):  # multi-objective searches only
         say(line)
@@ -209,14 +206,14 @@ def single_class_warnings(mine: Any) -> list[str]:
 def next_steps(args: argparse.Namespace) -> str:
     """The commands that come next, with this search's own name and folders filled in."""
     results = Path(args.results)
-    board = "" if results == Path("results").resolve() else f" --leaderboard {results / 'leaderboard.parquet'}"
+    board = "" if results == Path(RESULTS).resolve() else f" --leaderboard {leaderboard_path(results)}"
     return "\n".join([
         "next:",
         f"  python search/evaluate.py --search {args.name} --top 3{board}   # the top trials on unseen test patients",
-        f"  python search/report.py --search {args.name}{board}   # HTML report: {results / args.name / 'report.html'}",
+        f"  python search/report.py --search {args.name}{board}   # HTML report: {results / args.name / REPORT}",
         *([] if args.scheduler == "pbt" else [
-            f"  optuna-dashboard sqlite:///{results / 'optuna.db'}   # the study '{args.name}'"]),
-        f"  tensorboard --logdir {_join(args.storage, args.name)}   # learning curves of every trial"])
+            f"  optuna-dashboard {optuna_url(results)}   # the study '{args.name}'"]),
+        f"  tensorboard --logdir {in_storage(args.storage, args.name)}   # learning curves of every trial"])
 
 
 def close_open_optuna_trials(args: argparse.Namespace, say=print) -> int:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pandas as pd
 
+from search.paths import leaderboard_path
 from search.spaces import FAMILY_PREFIX_SEP, SearchSpace
 
 TOP_CONFIGS = 3  # carried configs: the top 3 of the earlier search, at most half the new trials (at least one)
@@ -185,16 +185,12 @@ def points_from_rows(rows: Any, space: Any, limit: int) -> tuple[list[dict], lis
     return points, lines
 
 
-def leaderboard_path(args: argparse.Namespace) -> Path:
-    return Path(args.results) / "leaderboard.parquet"
-
-
 def check_warm_start(args: argparse.Namespace) -> None:
     """Before Ray starts: --warm-start names another search of this leaderboard with a scored trial of a family
     searched here. ValueError naming the flag otherwise."""
     from search import leaderboard
 
-    name, path = args.warm_start, leaderboard_path(args)
+    name, path = args.warm_start, leaderboard_path(args.results)
     if name == args.name:
         raise ValueError(f"--warm-start {name}: that is this search's own name; name an earlier search")
     if not path.is_file():
@@ -216,7 +212,7 @@ def warm_start_points(args: argparse.Namespace, space: Any, say: Callable[[str],
     """The configs the new search runs first (see the module docstring), said on the console."""
     from search import leaderboard
 
-    rows = ranked_rows(leaderboard.read(leaderboard_path(args)), args.warm_start)
+    rows = ranked_rows(leaderboard.read(leaderboard_path(args.results)), args.warm_start)
     limit = carried_limit(args.num_samples)
     points, lines = points_from_rows(rows, space, limit)
     metric = rows["metric"].iloc[0] if len(rows) else "?"
