@@ -21,6 +21,8 @@ from typing import Any, Iterator, Optional, TextIO
 
 from ray.tune import Callback
 
+from search.trial import EXPLOITED_FROM
+
 KEY_PARAMS = (("filters", "filters"), ("depth", "depth"), ("lr", "lr"), ("batch_size", "batch"),
               ("image_size", "px"))
 
@@ -139,7 +141,7 @@ class ConsoleCallback(Callback):
         if "epoch" not in result:
             return
         epoch, value = int(result["epoch"]), result.get(self.metric)
-        donor = result.get("exploited_from")  # PBT replaced its weights: its row ranks the epochs from here on
+        donor = result.get(EXPLOITED_FROM)  # PBT replaced its weights: its row ranks the epochs from here on
         if isinstance(donor, str) and donor:
             self.best.pop(trial.trial_id, None)
             current().say(f"{self._label(trial)} continues the weights of {donor} with "

@@ -40,6 +40,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from leukmodels.train import EXPLOIT_CHANGES
 from search.spaces import AUG_RANGE, LR_RANGE, WEIGHT_DECAY_RANGE, SearchSpace, check_buildable, sample_configs
+from search.trial import TIME_ATTR
 
 QUANTILE_FRACTION = 0.25
 RESAMPLE_PROBABILITY = 0.25  # Tune's default; otherwise a value is multiplied by 0.8 or 1.2 (Tune's factors)
@@ -47,7 +48,6 @@ RANGES = {"lr": LR_RANGE, "weight_decay": WEIGHT_DECAY_RANGE, "aug_strength": AU
 MUTATIONS = {"lr": tune.loguniform(*LR_RANGE), "weight_decay": tune.loguniform(*WEIGHT_DECAY_RANGE),
              "aug_strength": tune.uniform(*AUG_RANGE)}  # what a resample draws from: the space's distributions
 assert set(MUTATIONS) == EXPLOIT_CHANGES, "PBT may perturb exactly the fields fit accepts on an exploit"
-TIME_ATTR = "epoch"  # as the other schedulers: every report carries the epoch it ends
 
 
 def perturbation_interval(max_epochs: int) -> int:

@@ -33,7 +33,7 @@ from leukmodels.metrics import LOWER_IS_BETTER, is_single_class
 from search.leaderboard import METRIC_COLUMNS
 from search.spaces import FAMILY_PREFIX_SEP, train_config
 from search.strategies import search_run
-from search.trial import EXPLOITED_FROM
+from search.trial import EXPLOITED_FROM, PRIOR_EPOCHS
 
 
 @dataclass
@@ -94,7 +94,7 @@ def with_prior_epochs(history: list[dict]) -> list[dict]:
     seen = {r.get("epoch") for r in history}
     earlier = []
     for report in history:
-        text = report.get("prior_epochs")
+        text = report.get(PRIOR_EPOCHS)
         if isinstance(text, str) and text:
             for epoch in json.loads(text):
                 if epoch.get("epoch") not in seen:

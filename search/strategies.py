@@ -19,9 +19,10 @@ from ray.tune import Stopper
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
+from search.trial import TIME_ATTR
+
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "median", "fifo", "pbt")
-TIME_ATTR = "epoch"  # every report carries the epoch it ends; schedulers count in epochs, not Tune iterations
 
 
 
@@ -171,4 +172,4 @@ def make_searcher(sampler_name: str, *, search: str, space: Any, metric: Any, mo
 
 __all__ = ["SEARCHERS", "SCHEDULERS", "make_sampler", "make_scheduler", "early_stops", "search_run", "SearchRun",
            "BudgetStopper", "BudgetAwareOptunaSearch", "make_searcher", "RecordingASHA",
-           "RecordingMedian", "TIME_ATTR"]
+           "RecordingMedian"]

@@ -25,6 +25,8 @@ from search.spaces import check_buildable, train_config
 
 TRAIN_RUNS_DIR = "train_runs"  # <storage>/<search name>/train_runs/<trial id>: the Ray Train run of a DDP trial
 ORIGIN_FILE = "origin.json"  # beside each epoch's checkpoint.pt: {"trial_id": who wrote it, "epoch": its epoch}
+TIME_ATTR = "epoch"  # every report carries the epoch it ends: schedulers count in epochs, not Tune iterations
+PRIOR_EPOCHS = "prior_epochs"  # report key: JSON of the epochs before a restart, on a restarted trial's first report
 EXPLOITED_FROM = "exploited_from"  # report key: "<donor trial id>@<epoch>" on a trial's first report after PBT
 # replaced its weights with that donor's checkpoint of that epoch (see search/pbt.py)
 
@@ -62,7 +64,7 @@ class _Reporter:
 
     def extras(self) -> dict:
         once = {} if self.epochs else {key: value for key, value in (
-            ("prior_epochs", self.prior_epochs), (EXPLOITED_FROM, self.exploited_from)) if value}
+            (PRIOR_EPOCHS, self.prior_epochs), (EXPLOITED_FROM, self.exploited_from)) if value}
         now = time.time()  # reported_at: sub-second wall clock (Tune's timestamp is whole seconds)
         return {**self.fixed, "train_seconds": now - self.started, "reported_at": now, **once}
 
@@ -256,4 +258,4 @@ def release_placement_group(group_hex: str) -> bool:
 
 
 __all__ = ["TrialSettings", "run_trial", "train_worker", "release_placement_group", "checkpoint_config",
-           "donor_of", "TRAIN_RUNS_DIR", "ORIGIN_FILE", "EXPLOITED_FROM"]
+           "donor_of", "TRAIN_RUNS_DIR", "ORIGIN_FILE", "EXPLOITED_FROM", "PRIOR_EPOCHS", "TIME_ATTR"]
