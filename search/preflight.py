@@ -204,18 +204,19 @@ def _data_footprint(args: argparse.Namespace, cache: Path) -> Footprint:
     """Discover and split the data (DataError naming the file, or `--data DIR: why`), then size its decoded set. The
     default generated set, not built yet, is sized from the generator's settings instead of being built here."""
     from leukmodels import synthetic
+    from leukmodels.cells import FRAME
     from leukmodels.data import discover, split_by_patient
+    from leukmodels.data.layout import KAGGLE_TOP
     from leukmodels.data.decode import cache_entry, fingerprint
     from search.data import SEARCH_SPLITS
 
     root = args.data
     if root is None:
-        built = synthetic.default_root() / synthetic.TOP
-        if not (built / synthetic.MARKER).is_file():
+        if not synthetic.built(synthetic.default_root()):
             defaults = synthetic.DEFAULTS  # training patients x images: the search's train+val (prelim is the test)
             images = (defaults["n_all"] + defaults["n_hem"]) * defaults["images_per_patient"]
-            return footprint(images, args.image_sizes, frame=synthetic.FRAME)
-        root = str(built)
+            return footprint(images, args.image_sizes, frame=FRAME)
+        root = str(synthetic.default_root() / KAGGLE_TOP)
     manifest = discover(root)
     try:
         splits = split_by_patient(manifest, val_fraction=args.val_fraction, seed=args.seed)  # as prepare_data

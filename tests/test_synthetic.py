@@ -1,5 +1,6 @@
 """The generated C-NMC stand-in: exact Kaggle layout and names, labels CSV, determinism, image format, cell statistics
-against DESIGN.md section 2, patient disjointness, and the atomic, locked default_dataset."""
+against the measurements of real cells (leukmodels/cells.py), patient disjointness, and the atomic, locked
+default_dataset."""
 import csv
 import json
 import re

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from leukmodels.data.decode import decode
-from leukmodels.data.layout import discover
+from leukmodels.data.layout import KAGGLE_DIRS, KAGGLE_TOP, discover
 
 
 def measure(root: str | Path, size: int = 224, batch_size: int = 64, workers: int = 2,
@@ -80,7 +80,7 @@ def write_bench_tree(out: str | Path, images: int = 300, frame: int = 450, seed:
     thirds ALL); returns the C-NMC_Leukemia folder. Content barely matters here: BMP decode cost is per pixel."""
     from PIL import Image
 
-    top = Path(out) / "C-NMC_Leukemia"
+    top = Path(out) / KAGGLE_TOP
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:frame, :frame]
     for index in range(images):
@@ -91,7 +91,7 @@ def write_bench_tree(out: str | Path, images: int = 300, frame: int = 450, seed:
         inside = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius ** 2  # H x W
         pixels = np.zeros((frame, frame, 3), np.uint8)
         pixels[inside] = np.clip(rng.normal((70, 30, 80), 10, (int(inside.sum()), 3)), 0, 255)
-        path = top / "training_data" / "fold_0" / label / f"UID_{patient}_{index}_1_{label}.bmp"
+        path = top / KAGGLE_DIRS[0] / "fold_0" / label / f"UID_{patient}_{index}_1_{label}.bmp"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels, "RGB").save(path)
     return top

@@ -19,6 +19,7 @@ import pandas as pd
 from leukmodels.data.errors import DataError
 from leukmodels.labels import CLASS_LABEL
 
+KAGGLE_TOP = "C-NMC_Leukemia"
 TRAINING_DIRS = ("training_data", "C-NMC_training_data")  # kaggle, tcia
 PRELIM_DIR = "C-NMC_test_prelim_phase_data"
 FINAL_DIR = "C-NMC_test_final_phase_data"
