@@ -10,7 +10,8 @@ from sklearn.metrics import f1_score
 from leukmodels.checkpoint import (FORMAT, clean_state_dict, load_checkpoint, load_model, save_checkpoint)
 from leukmodels.config import TrainConfig
 from leukmodels.data import DecodedSet
-from leukmodels.train import WarmupCosine, epoch_shard, fit
+from leukmodels.optim import WarmupCosine
+from leukmodels.train import epoch_shard, fit
 
 CONTRACT_KEYS = ["epoch", "train_loss", "val_loss", "weighted_f1", "macro_f1", "accuracy", "balanced_accuracy",
                  "roc_auc", "sensitivity", "specificity", "predicted_all", "images_per_s", "lr", "num_parameters"]
