@@ -1,20 +1,8 @@
 """How many trials can run at once, from the cluster's declared (logical) resources and what one trial needs.
 
-Tune only accounts for each trial's *driver*; the trial's Train workers get their own placement group later. If Tune
-starts more drivers than the cluster can give workers to, the extra trials sit waiting for workers (and hold their
-driver resources) -- so the search sets `max_concurrent_trials` from this plan and refuses, before launch, a request
-no cluster node can ever satisfy.
-
-Packing rule: a Ray Train worker is one placement-group bundle, and a bundle lives on one node, so a worker's CPUs and
-GPUs must all come from the same node. Per node we count how many whole workers fit; a trial's workers may spread over
-nodes, so the cluster runs (sum of per-node workers) // workers-per-trial trials at once.
-
-The trial driver: in Ray 2.60 the Train V2 controller actor asks for `num_cpus=0` (ray/train/v2/api/
-data_parallel_trainer.py, `_initialize_and_run_controller`), and the Tune function that builds the TorchTrainer only
-blocks on that controller. So by default the driver costs no CPU. A fractional CPU would be wrong on small machines:
-with 2 cores and 2 workers x 1 CPU, a 0.1-CPU driver leaves 1.9 CPUs and the second worker never fits. Tune refuses an
-all-zero request, hence `driver_resources()`: 0 CPU plus a token amount of Ray's `memory` resource, which workers don't
-ask for. Pass `driver_cpus > 0` to plan for drivers that do real work.
+Tune accounts only for each trial's driver, so `max_concurrent_trials` comes from this plan (or trials wait forever
+for workers), and a request no node can ever satisfy is refused before launch. A worker's CPUs and GPUs come from one
+node; a trial's workers may spread over nodes. Why a driver costs 0 CPU: docs/ray-notes.md.
 """
 from __future__ import annotations
 
@@ -130,6 +118,34 @@ def _refuse(trial: TrialResources, cpus: list[int], gpus: list[int], slots: list
                       f"(CPUs and GPUs of a worker must share a node)")
 
 
+def _whole_trials(cpus: list[int], gpus: list[int], cpu: int, gpu: int, driver: int, workers: int) -> int:
+    """Place whole trials one after another: the driver where it costs the fewest worker slots, then the workers
+    packed onto the fullest-fitting nodes (Train's default PACK strategy). With a 0-CPU driver this is exactly
+    sum(slots) // workers; with a CPU-using driver it counts the slots the drivers take away."""
+    free_cpu, free_gpu = list(cpus), list(gpus)
+    trials = 0
+    while True:
+        cpu_after, gpu_after = list(free_cpu), list(free_gpu)
+        if driver:
+            candidates = [i for i, c in enumerate(cpu_after) if c >= driver]
+            if not candidates:
+                return trials
+
+            def slots_lost(i: int) -> tuple[int, int]:
+                before = _fits(cpu_after[i], gpu_after[i], cpu, gpu)
+                return before - _fits(cpu_after[i] - driver, gpu_after[i], cpu, gpu), -cpu_after[i]
+            cpu_after[min(candidates, key=slots_lost)] -= driver
+        to_place = workers
+        for i in sorted(range(len(cpus)), key=lambda i: -_fits(cpu_after[i], gpu_after[i], cpu, gpu)):
+            take = min(to_place, _fits(cpu_after[i], gpu_after[i], cpu, gpu))
+            cpu_after[i] -= take * cpu
+            gpu_after[i] -= take * gpu
+            to_place -= take
+        if to_place:
+            return trials
+        free_cpu, free_gpu, trials = cpu_after, gpu_after, trials + 1
+
+
 def plan_concurrency(nodes: list[dict[str, Any]], trial: TrialResources,
                      driver_cpus: float = DEFAULT_DRIVER_CPUS) -> Plan:
     """Trials that can run at once on `nodes` (per-node declared resources, e.g. ray.nodes()[i]["Resources"]).
@@ -148,31 +164,7 @@ def plan_concurrency(nodes: list[dict[str, Any]], trial: TrialResources,
     if sum(slots) < trial.workers:
         raise _refuse(trial, cpus, gpus, slots)
 
-    # Place whole trials one after another: the driver where it costs the fewest worker slots, then the workers
-    # packed onto the fullest-fitting nodes (Train's default PACK strategy). With a 0-CPU driver this is exactly
-    # sum(slots) // workers; with a CPU-using driver it counts the slots the drivers take away.
-    free_cpu, free_gpu = list(cpus), list(gpus)
-    trials = 0
-    while True:
-        cpu_after, gpu_after = list(free_cpu), list(free_gpu)
-        if driver:
-            candidates = [i for i, c in enumerate(cpu_after) if c >= driver]
-            if not candidates:
-                break
-            def slots_lost(i: int) -> tuple[int, int]:
-                before = _fits(cpu_after[i], gpu_after[i], cpu, gpu)
-                return before - _fits(cpu_after[i] - driver, gpu_after[i], cpu, gpu), -cpu_after[i]
-            cpu_after[min(candidates, key=slots_lost)] -= driver
-        to_place = trial.workers
-        for i in sorted(range(len(nodes)), key=lambda i: -_fits(cpu_after[i], gpu_after[i], cpu, gpu)):
-            take = min(to_place, _fits(cpu_after[i], gpu_after[i], cpu, gpu))
-            cpu_after[i] -= take * cpu
-            gpu_after[i] -= take * gpu
-            to_place -= take
-        if to_place:
-            break
-        free_cpu, free_gpu, trials = cpu_after, gpu_after, trials + 1
-
+    trials = _whole_trials(cpus, gpus, cpu, gpu, driver, trial.workers)
     worker = f"{trial.cpus_per_worker:g} CPU" + (f" + {trial.gpus_per_worker:g} GPU" if gpu else "")
     driver_note = (f" plus a {driver_cpus:g}-CPU driver" if driver else
                    " (each trains in its Tune trial)" if trial.workers == 1 else " (Ray Train DDP, driver: 0 CPU)")
