@@ -119,7 +119,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="image sizes S to time")
     parser.add_argument("--families", nargs="+", default=None, help="default: every registered family")
@@ -138,15 +138,19 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if args.smoke_test:
         args.sizes, args.steps, args.warmup, args.batch_size = [32], 2, 1, 4
         args.io_images, args.io_size = 12, 32
-    families = args.families or list_families()
-    unknown = sorted(set(families) - set(list_families()))
+    args.families = args.families or list_families()
+    unknown = sorted(set(args.families) - set(list_families()))
     if unknown:
         parser.error(f"--families {unknown}: unknown; known: {list_families()}")
     if min(args.sizes) < 1 or args.steps < 1 or args.batch_size < 2:
         parser.error("--sizes must be positive, --steps >= 1 and --batch-size >= 2")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return args
 
-    rows = benchmark_models(families, args.sizes, args.batch_size, args.steps, args.warmup, device)
+
+def run(args: argparse.Namespace, command: str) -> dict:
+    """Time every family and size, then the data path; print both, write `args.out` and return what it holds."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = benchmark_models(args.families, args.sizes, args.batch_size, args.steps, args.warmup, device)
     print(format_table(rows))
     data_path = {"skipped": "--skip-io"} if args.skip_io else benchmark_data_path(
         args.data_root, args.io_images, args.io_size, args.io_workers)
@@ -156,7 +160,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
               f"({data_path['images']} images): x{data_path['ratio_cached_vs_imagefolder']}")
     else:
         print(f"data path: {data_path}")
-    result = {"command": " ".join(["python -m leukmodels.bench", *(argv if argv is not None else sys.argv[1:])]),
+    result = {"command": command,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "device_type": device.type, "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
               "rows": rows, "data_path": data_path}
@@ -167,5 +171,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
     return result
 
 
+def main(argv: Optional[list[str]] = None) -> int:
+    """0 written; 2 with one line on stderr when the data root or the output cannot be used."""
+    args = parse_args(argv)
+    try:
+        run(args, " ".join(["python -m leukmodels.bench", *(argv if argv is not None else sys.argv[1:])]))
+    except (ValueError, OSError) as error:  # DataError is a ValueError: a --data-root that is not a C-NMC tree
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
