@@ -120,12 +120,12 @@ def plan_searches(args: argparse.Namespace) -> list[Search]:
     """Every (strategy, seed), seed-major so an interrupted benchmark has every strategy on its first seeds. Each
     search's flags are checked by search/run.py's own parser now, before Ray starts, and the data, sizes and storage
     by its pre-launch checks once per seed (the seed draws the patient split)."""
-    from search import run
+    from search.flags import parse_args
     from search.preflight import check_before_launch
 
     searches = [Search(s, seed, f"{args.name}-{s}-s{seed}") for seed in args.seeds for s in args.strategies]
     for index, search in enumerate(searches):
-        parsed = run.parse_args(search.argv(args))
+        parsed = parse_args(search.argv(args))
         if index % len(args.strategies) == 0:
             check_before_launch(parsed)
     return searches

@@ -12,7 +12,8 @@ import pytest
 from search import leaderboard as lb
 from search.pareto import (check_objectives, front_lines, mark_front, marked_search, pareto_flags, pick_line,
                            searcher_objectives, smallest_within)
-from search.run import main, parse_args
+from search.flags import parse_args
+from search.run import main
 from search.settings import METRICS
 from test_leaderboard import make_row
 

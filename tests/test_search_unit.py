@@ -13,7 +13,8 @@ from leukmodels.config import TrainConfig
 from leukmodels.models import list_families
 from search import leaderboard
 from search.rows import SearchContext, best_report, build_row, is_over, rows_from_grid
-from search.run import main, parse_args
+from search.flags import parse_args
+from search.run import main
 from search.settings import PROFILES, apply_profile, choose_profile
 from search.strategies import early_stops, search_run
 from search.spaces import SearchSpace, check_buildable, resolve_families, sample_configs, train_config

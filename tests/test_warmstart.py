@@ -12,7 +12,8 @@ import pytest
 
 from leukmodels.config import TrainConfig
 from search import leaderboard
-from search.run import main, parse_args
+from search.flags import parse_args
+from search.run import main
 from search.spaces import SearchSpace
 from search.warmstart import NotCarried, carried_limit, map_config, points_from_rows, ranked_rows, row_config
 
