@@ -43,9 +43,10 @@ if __package__ in (None, ""):  # run as `python search/evaluate.py`: this checko
 from leukmodels.atomic import atomic_path  # noqa: E402
 from leukmodels.metrics import SCALAR_METRICS  # noqa: E402
 from search.heldout import TestSet, held_out_set, held_out_test, recorded_split  # noqa: E402,F401  (public here too)
-from search.leaderboard import DEFAULT_PATH, STATUSES  # noqa: E402
+from search.leaderboard import DEFAULT_PATH  # noqa: E402
 from search.paths import TEST_METRICS, TEST_PREDICTIONS  # noqa: E402
 from search.predict import load_trial_model  # noqa: E402
+from search.schema import STATUSES  # noqa: E402
 
 KEY_COLUMNS = ("search", "trial_id", "tta", "retrained")  # one evaluation; a re-run replaces rows with the same key
 USABLE_STATUS = tuple(status for status in STATUSES if status != "error")  # a best checkpoint worth testing

@@ -30,7 +30,7 @@ import pandas as pd
 from ray.tune import Callback
 
 from leukmodels.metrics import LOWER_IS_BETTER, is_single_class
-from search.leaderboard import METRIC_COLUMNS
+from search.schema import METRIC_COLUMNS
 from search.spaces import FAMILY_PREFIX_SEP, train_config
 from search.strategies import search_run
 from search.trial import EXPLOITED_FROM, PRIOR_EPOCHS

@@ -15,6 +15,7 @@ import pytest
 
 from leukmodels.config import TrainConfig, config_fields
 from search import leaderboard as lb
+from search import schema
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,7 @@ def test_every_column_round_trips_with_stable_types(tmp_path):
             assert pd.isna(got[name]), name
         elif name != "trial_id":
             assert got[name] == value, name
-    assert got["schema_version"] == lb.SCHEMA_VERSION and got["rank"] == 1
+    assert got["schema_version"] == schema.SCHEMA_VERSION and got["rank"] == 1
     assert str(lb.read(path)["started_at"].dtype) == "datetime64[us, UTC]"
 
 
@@ -109,7 +110,7 @@ def test_two_processes_appending_at_once_keep_both_sets_and_readers_never_fail(t
     reads = 0
     while any(proc.is_alive() for proc in procs):  # a reader never sees a half-written file
         if os.path.exists(path):
-            assert lb.read(path)["schema_version"].eq(lb.SCHEMA_VERSION).all()
+            assert lb.read(path)["schema_version"].eq(schema.SCHEMA_VERSION).all()
             reads += 1
     for proc in procs:
         proc.join(timeout=120)
@@ -201,11 +202,11 @@ def test_the_file_is_as_readable_as_any_new_file_under_the_umask(tmp_path, umask
 def test_a_newer_schema_version_is_refused_and_never_overwritten(existing):
     path, _, _ = existing
     table = pq.read_table(path)
-    newer_version = str(lb.SCHEMA_VERSION + 1).encode()
-    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, lb._VERSION_KEY: newer_version}), path)
+    newer_version = str(schema.SCHEMA_VERSION + 1).encode()
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, schema.VERSION_KEY: newer_version}), path)
     newer = path.read_bytes()
     for attempt in (lambda: lb.append_rows(path, [make_row("t2")]), lambda: lb.read(path)):
-        with pytest.raises(lb.LeaderboardError, match=f"schema version {lb.SCHEMA_VERSION + 1}; this code reads"):
+        with pytest.raises(lb.LeaderboardError, match=f"schema version {schema.SCHEMA_VERSION + 1}; this code reads"):
             attempt()
     assert path.read_bytes() == newer
 
@@ -214,18 +215,18 @@ def test_a_version_1_file_is_read_and_upgraded_with_its_rows_kept(tmp_path):
     """Version 1 called early stops `asha_stopped` and had no overhead, notes, searcher or scheduler columns."""
     path = tmp_path / "leaderboard.parquet"
     new_columns = {"notes", "overhead_seconds", "searcher", "scheduler"}
-    row = {k: v for k, v in lb.normalise_row(make_row("old", status="stopped")).items() if k not in new_columns}
+    row = {k: v for k, v in schema.normalise_row(make_row("old", status="stopped")).items() if k not in new_columns}
     row["asha_stopped"] = row.pop("early_stopped")
     row["rank"], row["schema_version"] = 1, 1
-    fields = [pa.field("asha_stopped" if f.name == "early_stopped" else f.name, f.type) for f in lb.SCHEMA
+    fields = [pa.field("asha_stopped" if f.name == "early_stopped" else f.name, f.type) for f in schema.SCHEMA
               if f.name not in new_columns]
-    old_schema = pa.schema(fields, metadata={lb._VERSION_KEY: b"1"})
+    old_schema = pa.schema(fields, metadata={schema.VERSION_KEY: b"1"})
     pq.write_table(pa.Table.from_pylist([row], schema=old_schema), path)
     got = lb.read(path).iloc[0]
     assert got["early_stopped"] and pd.isna(got["overhead_seconds"]) and got["trial_id"] == "old"
     board = lb.append_rows(path, [make_row("new")])
-    assert set(board["trial_id"]) == {"old", "new"} and (board["schema_version"] == lb.SCHEMA_VERSION).all()
-    assert pq.read_schema(path).metadata[lb._VERSION_KEY] == str(lb.SCHEMA_VERSION).encode()
+    assert set(board["trial_id"]) == {"old", "new"} and (board["schema_version"] == schema.SCHEMA_VERSION).all()
+    assert pq.read_schema(path).metadata[schema.VERSION_KEY] == str(schema.SCHEMA_VERSION).encode()
 
 
 def test_a_parquet_that_is_not_a_leaderboard_is_refused(tmp_path):
