@@ -80,7 +80,7 @@ def test_page_references_nothing_outside_itself(report):
 def test_fewer_than_two_completed_trials_gives_a_note_not_a_crash(tiny_search, tmp_path):
     import optuna
 
-    from search.report import optuna_section
+    from search.report_sections import optuna_section
 
     storage = f"sqlite:///{tmp_path / 'one.db'}"
     study = optuna.create_study(study_name="one", storage=storage, direction="maximize")
@@ -132,7 +132,7 @@ def test_report_renders_in_headless_chromium_without_network(report, tmp_path):
 
 def test_learning_curves_come_from_the_whole_history(tiny_search):  # noqa: F811
     from search.leaderboard import read
-    from search.report import trial_history
+    from search.report_sections import trial_history
 
     for _, row in read(tiny_search["leaderboard"]).iterrows():
         history = trial_history(row["checkpoint"])
