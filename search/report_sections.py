@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from leukmodels.labels import CLASS_NAMES  # noqa: E402
-from search.evaluate import ENSEMBLE_FAMILY  # noqa: E402
+from search.scoring import ENSEMBLE_FAMILY  # noqa: E402
 
 VERSUS_COLUMNS = ("model", "members", "tta", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
                   "sensitivity", "specificity")

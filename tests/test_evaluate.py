@@ -167,7 +167,7 @@ def test_rerun_replaces_rows_and_keeps_other_searches(tiny_search, evaluated, tm
 
 def test_a_split_that_is_not_the_searchs_is_refused(tiny_search, tmp_path):
     from leukmodels.data import DataError, discover
-    from search.evaluate import held_out_test
+    from search.heldout import held_out_test
 
     manifest = discover(tiny_search["root"])
     manifest = manifest[manifest["source"] != "prelim_test"]  # no official test: the split decides the test set
@@ -255,7 +255,7 @@ def test_ensemble_probability_is_the_mean_of_its_members_per_image(evaluated):
 
 def test_ensemble_prob_is_a_plain_mean_called_all_above_one_half():
     from leukmodels.metrics import classification_metrics
-    from search.evaluate import ensemble_prob
+    from search.scoring import ensemble_prob
 
     prob = ensemble_prob([np.array([0.2, 0.9, 0.4]), np.array([0.6, 0.3, 0.6])])
     assert prob == pytest.approx([0.4, 0.6, 0.5])

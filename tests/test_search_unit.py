@@ -169,7 +169,7 @@ def test_split_record_is_what_evaluation_reads_back(tiny_cnmc, tmp_path):
     import pandas as pd
 
     from search.data import prepare_data
-    from search.evaluate import recorded_split
+    from search.heldout import recorded_split
 
     data = prepare_data(str(tiny_cnmc), image_sizes=[16], split_seed=3, progress=False)
     data.write_split(tmp_path / "s1" / "split.json")
