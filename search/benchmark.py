@@ -5,13 +5,9 @@ validation patients predict unseen ones.
     python -m search.benchmark --smoke-test     # random-fifo and tpe-asha, seed 0, 3 trials x 2 epochs, 24 px
 
 Every search is a real `search.run.main` call with the same family, space, data, trial count and maximum epochs; only
-the sampler, the scheduler and the seed (sampler, patient split and trials) change, and all share one Ray start.
-Then every trial's best-epoch checkpoint predicts the held-out test patients. Everything goes under
-results/benchmarks/<name>/: `benchmark.md` (headline and table), `table.parquet` (one row per strategy and seed),
-`trials.parquet` (validation and test metrics of every trial), `curves.parquet` (best-so-far curves),
-`headline.json`, `best_vs_epochs.png`, `best_vs_seconds.png`, `logs/<search>.log` (what each search printed) and
-`runs/` (the searches' leaderboard, Optuna study, splits and Tune folders). Rerunning a --name reuses its finished
-searches and resumes an interrupted one.
+the sampler, the scheduler and the seed change, and all share one Ray start. Then every trial's best-epoch checkpoint
+predicts the held-out test patients (search/benchmark_analysis.py). Everything goes under
+results/benchmarks/<name>/; rerunning a --name reuses its finished searches and resumes an interrupted one.
 """
 from __future__ import annotations
 
@@ -24,12 +20,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
-import pandas as pd
 
 from search import benchmark_report as report
-from search.paths import RESULTS, leaderboard_path, settings_path, split_path
+from search.paths import RESULTS, leaderboard_path, settings_path
 from search.strategies import SCHEDULERS, SEARCHERS
 
 BASELINE = "random-fifo"  # every strategy is measured against random sampling without early stopping
@@ -230,131 +225,6 @@ def run_searches(args: argparse.Namespace, searches: list[Search], runs: dict, s
     return runs
 
 
-# -- what the searches found ----------------------------------------------------------------------------------------
-def epoch_records(folder: Path, metric: str) -> pd.DataFrame:
-    """Every epoch report of one search, from Tune's result.json in each trial folder (one JSON object per line)."""
-    keep = list(dict.fromkeys(("trial_id", "epoch", "reported_at", "train_seconds", metric)))
-    rows = []
-    for path in sorted(folder.glob("*/result.json")):
-        for line in path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill
-                report = json.loads(line)
-                if isinstance(report, dict) and "epoch" in report:
-                    rows.append({key: report.get(key) for key in keep})
-    return pd.DataFrame(rows, columns=keep)
-
-
-def held_out_sets(args: argparse.Namespace, searches: list[Search]) -> dict[str, tuple[tuple, pd.DataFrame]]:
-    """search -> (split key, its held-out test rows): `split_by_patient` with the seed and validation fraction its
-    split.json records (the official preliminary test set when the tree has one). A test patient the search trained
-    or validated on is refused (DataError)."""
-    from leukmodels.data import DataError, discover, split_by_patient
-
-    manifests: dict[str, pd.DataFrame] = {}
-    tests: dict[tuple, pd.DataFrame] = {}
-    out = {}
-    for search in searches:
-        path = split_path(args.runs, search.name)
-        if not path.is_file():  # the search stopped before its data were ready: it has no trials
-            continue
-        record = json.loads(path.read_text())
-        key = (record["root"], record["seed"], record["val_fraction"])
-        if record["root"] not in manifests:
-            manifests[record["root"]] = discover(record["root"])
-        if key not in tests:
-            tests[key] = split_by_patient(manifests[record["root"]], val_fraction=record["val_fraction"],
-                                          seed=record["seed"])["test"]
-        seen = sorted((set(record["train"]) | set(record["val"])) & set(tests[key]["patient"].astype(str)))
-        if seen:
-            raise DataError(f"{path}: test patients {seen} were trained or validated on; refusing to test on them")
-        out[search.name] = (key, tests[key])
-    return out
-
-
-def held_out_metrics(trials: pd.DataFrame, tests: dict, progress: bool = True) -> pd.DataFrame:
-    """Per trial (index of `trials`): test weighted F1, balanced accuracy and ROC AUC of its best-epoch checkpoint on
-    its search's test patients, decoded once per (test set, image size); `left_out` says why a trial has none."""
-    from tqdm.auto import tqdm
-
-    from leukmodels.checkpoint import load_model
-    from leukmodels.data import decode
-    from leukmodels.metrics import classification_metrics, predict_proba
-
-    decoded: dict[tuple, Any] = {}
-    out = {}
-    for index, trial in tqdm(trials.iterrows(), total=len(trials), desc="test patients", disable=not progress):
-        if not isinstance(trial["checkpoint"], str) or trial["search"] not in tests:
-            out[index] = {"left_out": f"no checkpoint ({trial['status']})"}
-            continue
-        try:
-            model, config = load_model(trial["checkpoint"])
-        except (FileNotFoundError, ValueError):
-            out[index] = {"left_out": "checkpoint unreadable"}
-            continue
-        key, test = tests[trial["search"]]
-        if (key, config.image_size) not in decoded:
-            decoded[key, config.image_size] = decode(test, config.image_size, progress=False)
-        images = decoded[key, config.image_size]  # uint8 N x 3 x S x S in the test rows' order
-        scores = classification_metrics(images.labels, predict_proba(model, images.images, batch_size=512))
-        out[index] = {f"test_{name}": scores[name] for name in ("weighted_f1", "balanced_accuracy", "roc_auc")}
-    columns = ["test_weighted_f1", "test_balanced_accuracy", "test_roc_auc", "left_out"]
-    return pd.DataFrame.from_dict(out, orient="index", columns=columns).reindex(trials.index)
-
-
-def trial_rows(board: pd.DataFrame, search: Search, metric: str) -> pd.DataFrame:
-    """A search's leaderboard rows (best first) as the benchmark's trial columns."""
-    from search.leaderboard import rank_table
-
-    rows = rank_table(board, search=search.name)
-    return pd.DataFrame({"strategy": search.strategy, "seed": search.seed, "search": search.name,
-                         "trial_id": rows["trial_id"], "rank": rows["rank"], "status": rows["status"],
-                         "epochs_run": rows["epochs_run"], "val_metric": rows[metric],
-                         "val_weighted_f1": rows["weighted_f1"], "checkpoint": rows["checkpoint"],
-                         "data_generated": rows["data_generated"], "data_root": rows["data_root"]})
-
-
-def analyse(args: argparse.Namespace, searches: list[Search], runs: dict, command: str) -> report.Results:
-    """Curves from the searches' epoch reports, trials from their leaderboard rows plus test metrics, the tables."""
-    from search import leaderboard
-
-    board = leaderboard.read(leaderboard_path(args.runs))
-    curves = pd.concat([report.best_so_far(epoch_records(args.storage / s.name, args.metric), args.metric)
-                        .assign(strategy=s.strategy, seed=s.seed) for s in searches], ignore_index=True)
-    trials = pd.concat([trial_rows(board, s, args.metric) for s in searches], ignore_index=True)
-    print(f"testing {trials['checkpoint'].notna().sum()} trial checkpoints on the held-out test patients")
-    trials = trials.join(held_out_metrics(trials, held_out_sets(args, searches)))
-    ran = pd.DataFrame([{"strategy": s.strategy, "seed": s.seed, "search": s.name, **runs[s.name]} for s in searches])
-    table = report.strategy_table(curves, trials, ran, BASELINE)
-    generated = trials["data_generated"].dropna()
-    data = ("GENERATED C-NMC-like images (synthetic, not C-NMC)" if len(generated) and generated.all()
-            else f"C-NMC images at {trials['data_root'].dropna().iloc[0] if len(trials) else args.data}")
-    return report.Results(name=args.name, command=command, metric=args.metric, baseline=BASELINE, data=data,
-                          table=table, summary=report.headline(table, args.strategies), trials=trials, curves=curves)
-
-
-def write_outputs(args: argparse.Namespace, results: report.Results) -> list[Path]:
-    """Every output file, each written atomically; returns their paths."""
-    from leukmodels.atomic import atomic_path
-
-    figures = {"best_vs_epochs.png": "epochs", "best_vs_seconds.png": "seconds"}
-    frames = {"table.parquet": results.table, "trials.parquet": results.trials, "curves.parquet": results.curves}
-    texts = {"benchmark.md": report.markdown(results, list(figures)),
-             "headline.json": json.dumps(report.headline_record(results), indent=1)}
-    target = results.table.loc[results.table["strategy"] == BASELINE, "target"].median()
-    for name, x in figures.items():
-        figure = report.curve_figure(results.curves, x, args.metric, f"{results.name}: {results.data}", BASELINE,
-                                     target)
-        with atomic_path(args.folder / name) as tmp:
-            figure.savefig(tmp, format="png", dpi=120)
-    for name, frame in frames.items():
-        with atomic_path(args.folder / name) as tmp:
-            frame.to_parquet(tmp, index=False)
-    for name, text in texts.items():
-        with atomic_path(args.folder / name) as tmp:
-            tmp.write_text(text)
-    return [args.folder / name for name in [*texts, *frames, *figures]]
-
-
 def start_ray() -> bool:
     """One local Ray for every search of the benchmark (search/run.py's own start); True if it was started here."""
     import ray
@@ -397,10 +267,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             with output_to(args.folder / "logs" / "ray.log"):  # worker lines Ray forwards late land here too
                 ray.shutdown()
     from leukmodels.data import DataError
+    from search.benchmark_analysis import analyse, write_outputs
     from search.leaderboard import LeaderboardError
 
     try:
-        results = analyse(args, searches, runs, command)
+        results = analyse(args, searches, runs, command, BASELINE)
         written = write_outputs(args, results)
     except (DataError, LeaderboardError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search import benchmark
+from search import benchmark, benchmark_analysis
 from search import benchmark_report as report
+from search.benchmark_figures import on_grid
 
 
 def _records(*reports: tuple) -> pd.DataFrame:
@@ -138,7 +139,7 @@ def test_rank_correlation_is_spearman_and_nan_when_it_cannot_be():
 
 
 def test_on_grid_reads_a_step_curve_and_holds_its_end():
-    values = report.on_grid(np.array([2.0, 4.0]), np.array([0.5, 0.8]), np.array([1.0, 2.0, 3.0, 4.0, 6.0]))
+    values = on_grid(np.array([2.0, 4.0]), np.array([0.5, 0.8]), np.array([1.0, 2.0, 3.0, 4.0, 6.0]))
     assert np.isnan(values[0]) and values[1:].tolist() == [0.5, 0.5, 0.8, 0.8]
 
 
@@ -176,7 +177,7 @@ def test_epoch_records_read_every_trial_and_skip_a_cut_line(tmp_path):
                                 '{"trial_id": "t2", "done": true}']}.items():
         (tmp_path / f"run_trial_{trial}").mkdir()
         (tmp_path / f"run_trial_{trial}" / "result.json").write_text("\n".join(lines) + "\n")
-    records = benchmark.epoch_records(tmp_path, "m")
+    records = benchmark_analysis.epoch_records(tmp_path, "m")
     assert sorted(records["trial_id"]) == ["t1", "t2"] and list(records.columns) == [
         "trial_id", "epoch", "reported_at", "train_seconds", "m"]
 
