@@ -3,25 +3,13 @@
     context = SearchContext(search="resnet-20261127-2342", metric="balanced_accuracy", max_epochs=4, ...)
     row = build_row(context, trial_id, config, history, error=None)
 
-`history` is the trial's reports in order (one dict per epoch: fit's metrics plus `nodes`, `train_seconds`,
-`checkpoint_path`, and Tune's `timestamp`). The row holds every TrainConfig field, the metrics of the best epoch by
-the search's metric (ties: the later epoch, as Ray's checkpoint manager keeps it), the epochs run, how the trial ended
-and where it ran.
-
-Status: "error" (the trial raised), "stopped" (the scheduler stopped it early), "time_budget" (the search's time
-budget ended it before max_epochs), "finished" (it ran max_epochs).
-
-PBT (`--scheduler pbt`) may replace a trial's weights with a better trial's checkpoint and change its lr, weight
-decay and augmentation ("exploit"). One rule: a row describes the weights the trial ended with. Its config is the
-one it last trained with; its metrics, best epoch and checkpoint come from the epochs it trained since its last
-exploit (the earlier ones belong to weights it threw away, trained with another config); `epochs_run` is the epoch
-those weights reached, the donors' epochs included; `notes` says `exploited_from <donor>@<epoch> ...`, every exploit
-in order (the weights up to the last such epoch are that donor's); `train_seconds` counts all its training.
+A row holds every TrainConfig field, the metrics of the best epoch by the search's metric (ties: the later epoch, as
+Ray's checkpoint manager keeps it), the epochs run, how the trial ended (`ending`) and where it ran. After a PBT
+exploit a row describes the weights the trial ended with: its last config, the epochs since its last exploit, and
+`notes` naming every donor (README, "Population-based training").
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -29,11 +17,12 @@ from typing import Any, Optional
 import pandas as pd
 from ray.tune import Callback
 
-from leukmodels.metrics import LOWER_IS_BETTER, is_single_class
+from leukmodels.metrics import is_single_class
+from search.history import (best_report, epochs_run, exploits, finite, since_last_exploit, trained_seconds,
+                            trial_id_from_path, with_checkpoint_paths, with_prior_epochs)
 from search.schema import METRIC_COLUMNS
 from search.spaces import FAMILY_PREFIX_SEP, train_config
 from search.strategies import search_run
-from search.trial import EXPLOITED_FROM, PRIOR_EPOCHS
 
 
 @dataclass
@@ -50,24 +39,6 @@ class SearchContext:
     searcher: str = ""
     scheduler: str = ""
     objectives: str = ""  # a multi-objective search's objectives, comma-separated ("" for one objective)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def best_report(history: list[dict], metric: str) -> Optional[dict]:
-    """The report with the best finite `metric`; ties go to the later epoch, as Ray's checkpoint manager breaks them
-    (it keeps the later of two equal checkpoints), so the row's epoch is the one whose weights exist."""
-    scored = [r for r in history if _finite(r.get(metric))]
-    if not scored:
-        return None
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    return max(scored, key=lambda r: (sign * r[metric], r.get("epoch", 0)))
-
-
-def epochs_run(history: list[dict]) -> int:
-    return max((int(r["epoch"]) for r in with_prior_epochs(history) if _finite(r.get("epoch"))), default=0)
 
 
 def ending(context: SearchContext, trial_id: str, history: list[dict], error: Optional[str]) -> Optional[str]:
@@ -87,49 +58,6 @@ def ending(context: SearchContext, trial_id: str, history: list[dict], error: Op
 
 def is_over(context: SearchContext, trial_id: str, history: list[dict], error: Optional[str]) -> bool:
     return ending(context, trial_id, history, error) is not None
-
-
-def with_prior_epochs(history: list[dict]) -> list[dict]:
-    """The reports plus the epochs before a restart that a resumed trial's first report carries (`prior_epochs`)."""
-    seen = {r.get("epoch") for r in history}
-    earlier = []
-    for report in history:
-        text = report.get(PRIOR_EPOCHS)
-        if isinstance(text, str) and text:
-            for epoch in json.loads(text):
-                if epoch.get("epoch") not in seen:
-                    seen.add(epoch.get("epoch"))
-                    earlier.append({k: v for k, v in epoch.items() if not isinstance(v, (dict, list))})
-    return earlier + list(history)
-
-
-def exploits(history: list[dict]) -> list[str]:
-    """"<donor>@<epoch>" for each time PBT replaced the trial's weights, in report order."""
-    return [report[EXPLOITED_FROM] for report in history if _is_exploit(report)]
-
-
-def _is_exploit(report: dict) -> bool:
-    return isinstance(report.get(EXPLOITED_FROM), str) and bool(report[EXPLOITED_FROM])  # NaN in a data frame
-
-
-def since_last_exploit(history: list[dict]) -> list[dict]:
-    """The reports (in report order) of the weights the trial ended with: those from its last exploit on."""
-    marks = [i for i, report in enumerate(history) if _is_exploit(report)]
-    return history[marks[-1]:] if marks else history
-
-
-def trained_seconds(history: list[dict]) -> Optional[float]:
-    """Seconds in the training function over all of a trial's runs, from reports in report order: `train_seconds`
-    starts again from 0 with each run (a PBT round, a retry, a resume), so the last value of each run is added up."""
-    total, last = 0.0, None
-    for report in history:
-        value = report.get("train_seconds")
-        if not _finite(value):
-            continue
-        if last is not None and value < last:
-            total += last
-        last = float(value)
-    return None if last is None else total + last
 
 
 def checkpoint_exists(path: Optional[str]) -> bool:
@@ -178,15 +106,15 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
         notes.append(f"best checkpoint missing: {checkpoint}")
         checkpoint = None
     nodes = sorted({n for r in history for n in str(r.get("nodes") or "").split(",") if n})
-    speeds = [r["images_per_s"] for r in history if _finite(r.get("images_per_s"))]
-    finished = float(last["timestamp"]) if _finite(last.get("timestamp")) else time.time()
+    speeds = [r["images_per_s"] for r in history if finite(r.get("images_per_s"))]
+    finished = float(last["timestamp"]) if finite(last.get("timestamp")) else time.time()
     return {
         "search": context.search, "trial_id": trial_id, "metric": context.metric, "status": status,
         **train_fields,
         **{key: best.get(key) for key in METRIC_COLUMNS},
         "best_epoch": best.get("epoch"), "epochs_run": epochs_run(history), "early_stopped": status == "stopped",
         "predicted_all": best.get("predicted_all"),
-        "single_class": is_single_class(best["predicted_all"]) if _finite(best.get("predicted_all")) else None,
+        "single_class": is_single_class(best["predicted_all"]) if finite(best.get("predicted_all")) else None,
         "error": error, "notes": "; ".join(notes) or None, "num_parameters": last.get("num_parameters"),
         "train_seconds": train_seconds,
         "overhead_seconds": (max(0.0, wall_seconds - (train_seconds or 0.0)) if wall_seconds is not None else None),
@@ -203,7 +131,7 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
 
 def _started(last: dict) -> Optional[float]:
     """When a trial started, from Tune's record of its last report (a trial restored by --resume: no wall clock)."""
-    if _finite(last.get("timestamp")) and _finite(last.get("time_total_s")):
+    if finite(last.get("timestamp")) and finite(last.get("time_total_s")):
         return float(last["timestamp"]) - float(last["time_total_s"])
     return None
 
@@ -214,18 +142,6 @@ def short_error(error: Any) -> Optional[str]:
         return None
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return (lines[-1] if lines else type(error).__name__)[:500]
-
-
-def with_checkpoint_paths(history: list[dict], trial_path: Optional[str]) -> list[dict]:
-    """Reports of a one-worker trial name their checkpoint by folder (`checkpoint_dir_name`, under the trial's
-    storage path); DDP trials report the full `checkpoint_path`. Give every report a `checkpoint_path`."""
-    out = []
-    for report in history:
-        name = report.get("checkpoint_dir_name")
-        if not report.get("checkpoint_path") and isinstance(name, str) and name and trial_path:
-            report = {**report, "checkpoint_path": f"{str(trial_path).rstrip('/')}/{name}"}
-        out.append(report)
-    return out
 
 
 def rows_from_grid(context: SearchContext, grid: Any, walls: Optional[dict] = None) -> list[dict]:
@@ -245,17 +161,6 @@ def rows_from_grid(context: SearchContext, grid: Any, walls: Optional[dict] = No
         rows.append(build_row(context, trial_id, dict(result.config or {}), history, error,
                               wall_seconds=(walls or {}).get(trial_id)))
     return rows
-
-
-def trial_id_from_path(path: Optional[str]) -> str:
-    """Tune names a trial folder `<trainable>_<trial id>_<index>_<config...>`; with a search algorithm the id is
-    8 hex digits (`run_trial_374596e2_1_...`), with Tune's own generator (PBT's population) `<5 hex>_<5 digits>`."""
-    import os
-    import re
-
-    name = os.path.basename(str(path or "").rstrip("/"))
-    match = re.search(r"_([0-9a-f]{8}(?:_\d{5})?|[0-9a-f]{5}_\d{5})_", name)
-    return match.group(1) if match else name or "unknown"
 
 
 RELEASE_DELAY_S = 5.0  # a stopped DDP trial's driver and Train controller are gone well within this
@@ -332,6 +237,5 @@ def trial_error(trial: Any) -> str:
         return "trial failed (no error message recorded)"
 
 
-__all__ = ["SearchContext", "LeaderboardCallback", "build_row", "rows_from_grid", "best_report", "is_over",
-           "ending", "checkpoint_exists", "short_error", "trial_error", "exploits", "since_last_exploit",
-           "trained_seconds"]
+__all__ = ["SearchContext", "LeaderboardCallback", "build_row", "rows_from_grid", "is_over", "ending",
+           "checkpoint_exists", "short_error", "trial_error"]

@@ -214,7 +214,7 @@ def _train_with_ray_train(config: Any, refs: dict, settings: TrialSettings) -> N
 
 def checkpoint_config(metric: str, mode: str, for_tune: bool = False, keep_all: bool = False):
     """Keep the best epoch by the search metric (the leaderboard points at it) and, always, the latest (to resume
-    from). Ray breaks ties in favour of the later epoch; `search.rows.best_report` does the same.
+    from). Ray breaks ties in favour of the later epoch; `search.history.best_report` does the same.
 
     `keep_all` (PBT): every epoch's checkpoint stays. PBT may hand a trial's checkpoint to another trial one slice
     after taking it, and Tune's checkpoint manager, which knows nothing of that, would by then have deleted it

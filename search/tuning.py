@@ -21,7 +21,8 @@ from search.data import SearchData, prepare_data
 from search.pareto import direction, front_lines, marked_search, searcher_objectives
 from search.paths import RESULTS, REPORT, in_storage, leaderboard_path, optuna_url, split_path
 from search.plan import Plan, cluster_nodes, driver_resources
-from search.rows import LeaderboardCallback, SearchContext, rows_from_grid, trial_id_from_path
+from search.history import trial_id_from_path
+from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.settings import save_settings
 from search.spaces import SearchSpace
 from search.strategies import BudgetStopper, make_scheduler, make_searcher, search_run

@@ -12,7 +12,8 @@ import pytest
 from leukmodels.config import TrainConfig
 from leukmodels.models import list_families
 from search import leaderboard
-from search.rows import SearchContext, best_report, build_row, is_over, rows_from_grid
+from search.history import best_report
+from search.rows import SearchContext, build_row, is_over, rows_from_grid
 from search.flags import parse_args
 from search.run import main
 from search.settings import PROFILES, apply_profile, choose_profile
