@@ -4,29 +4,10 @@ Prellberg & Kramer's C-NMC 2019 entry.
     search_alg, param_space = population(space, size=12, seed=0)   # the initial population, from the Optuna space
     scheduler = make_pbt(metric="balanced_accuracy", max_epochs=8)
 
-Every `perturbation_interval(max_epochs)` epochs, in synchronous rounds, each trial in the bottom quarter of the
-population by the search metric takes the checkpoint (weights, optimizer state, schedule position) of a random trial
-of the top quarter and continues with that trial's config, its lr, weight decay and augmentation strength perturbed
-(x0.8 or x1.2, or with probability 0.25 resampled; then clipped to the search space). Tune pauses the trial and hands
-it the donor's checkpoint and the new config; the trainable sees that the checkpoint is another trial's
-(`search.trial.donor_of`), lets `fit` change those three fields (`exploit=True`), and names the donor in its first
-report (`exploited_from`), which the leaderboard row keeps (see `search.rows.build_row`).
-
-No Optuna here: Tune 2.60's PBT refuses any search algorithm wrapped in a SearchGenerator, OptunaSearch included
-(PBT rewrites configs behind the searcher's back). The population is drawn from the same define-by-run space with
-Optuna's seeded random sampler and handed to Tune as fixed points, so both kinds of search sample the same space.
-
-Sizes, for searches of a few epochs (the cpu profile trains 8 epochs, the gpu one 20):
-- interval = a quarter of the trial's epochs: three rounds (at 2/4/6 of 8, 5/10/15 of 20; none at the last epoch,
-  where a copied checkpoint would have nothing left to train), and every perturbed config trains `interval` epochs
-  before it is judged. One epoch between rounds would judge a new learning rate on one noisy epoch of a validation
-  set of a few patients; half the run would leave a single round.
-- quantile fraction 0.25: each round the bottom quarter copies the top quarter, so over three rounds exploitation
-  can spread the leaders' weights through most of the population while the middle half keeps its own configs; at
-  0.5 one lineage would take over after a round or two. Each quantile holds at least one trial.
-- synchronous rounds: the metric climbs steeply from epoch to epoch in a short run, so comparing a trial at epoch 4
-  with one last scored at epoch 2 (asynchronous PBT) would favour whichever ran further. With more trials than
-  slots PBT pauses every trial at every round anyway, so waiting for the round costs little here.
+Every quarter of the run, in synchronous rounds, each trial in the bottom quarter takes the checkpoint and config of
+a top-quarter trial with its lr, weight decay and augmentation perturbed; the trainable sees that the checkpoint is
+another trial's (`search.trial.donor_of`) and `fit` continues it (`exploit=True`). Tune's PBT takes no searcher, so
+the population is drawn from the same space with Optuna's seeded random sampler. Why these sizes: docs/ray-notes.md.
 """
 from __future__ import annotations
 
