@@ -81,7 +81,9 @@ def _check_world(rank: int, world_size: int) -> bool:
 
 
 def _device(device: Any) -> torch.device:
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda" and device.index is None:  # DDP's device_ids and the generators need the index
         device = torch.device("cuda", torch.cuda.current_device())
     return device

@@ -87,6 +87,11 @@ def with_checkpoint_paths(history: list[dict], trial_path: Optional[str]) -> lis
     return out
 
 
+def result_trial_id(result: Any) -> str:
+    """The trial id of a Tune Result: from its last report, else from its folder's name."""
+    return (result.metrics or {}).get("trial_id") or trial_id_from_path(result.path)
+
+
 def trial_id_from_path(path: Optional[str]) -> str:
     """Tune names a trial folder `<trainable>_<trial id>_<index>_<config...>`; with a search algorithm the id is
     8 hex digits (`run_trial_374596e2_1_...`), with Tune's own generator (PBT's population) `<5 hex>_<5 digits>`."""
@@ -95,5 +100,5 @@ def trial_id_from_path(path: Optional[str]) -> str:
     return match.group(1) if match else name or "unknown"
 
 
-__all__ = ["finite", "best_report", "epochs_run", "exploits", "since_last_exploit", "trained_seconds", "trial_id_from_path",
-           "with_checkpoint_paths", "with_prior_epochs"]
+__all__ = ["finite", "best_report", "epochs_run", "exploits", "since_last_exploit", "trained_seconds",
+           "result_trial_id", "trial_id_from_path", "with_checkpoint_paths", "with_prior_epochs"]

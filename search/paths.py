@@ -39,5 +39,6 @@ def in_storage(storage: str, *parts: str) -> str:
     return "/".join([storage.rstrip("/"), *parts])
 
 
-__all__ = ["LEADERBOARD", "OPTUNA_DB", "REPORT", "RESULTS", "SEARCHES", "SEARCH_LOG", "SPLIT", "STORAGE", "TEST_METRICS",
-           "TEST_PREDICTIONS", "in_storage", "leaderboard_path", "optuna_url", "settings_path", "split_path"]
+__all__ = ["LEADERBOARD", "OPTUNA_DB", "REPORT", "RESULTS", "SEARCHES", "SEARCH_LOG", "SPLIT", "STORAGE",
+           "TEST_METRICS", "TEST_PREDICTIONS", "in_storage", "leaderboard_path", "optuna_url", "settings_path",
+           "split_path"]

@@ -43,6 +43,11 @@ class TrialResources:
             raise ValueError(f"--gpus-per-worker {self.gpus_per_worker:g} is fractional: fractional GPUs are only "
                              f"allowed with --workers-per-trial 1")
 
+    @property
+    def in_process(self) -> bool:
+        """One worker trains inside its Tune trial; two or more are a Ray Train (DDP) run."""
+        return self.workers == 1
+
     def worker_resources(self) -> dict[str, float]:
         """`ScalingConfig(resources_per_worker=...)` for Ray Train."""
         resources = {"CPU": float(self.cpus_per_worker)}
@@ -177,5 +182,5 @@ def plan_concurrency(nodes: list[dict[str, Any]], trial: TrialResources,
     return Plan(max_concurrent_trials=trials, per_trial=trial, reason=reason, driver_cpus=float(driver_cpus))
 
 
-__all__ = ["DRIVER_NODE_RESOURCE", "TrialResources", "Plan", "plan_concurrency", "plan_for_cluster", "cluster_nodes", "driver_resources",
-           "DEFAULT_DRIVER_CPUS"]
+__all__ = ["DRIVER_NODE_RESOURCE", "TrialResources", "Plan", "plan_concurrency", "plan_for_cluster", "cluster_nodes",
+           "driver_resources", "DEFAULT_DRIVER_CPUS"]

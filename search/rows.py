@@ -19,7 +19,7 @@ from ray.tune import Callback
 
 from leukmodels.metrics import is_single_class
 from search.history import (best_report, epochs_run, exploits, finite, since_last_exploit, trained_seconds,
-                            trial_id_from_path, with_checkpoint_paths, with_prior_epochs)
+                            result_trial_id, with_checkpoint_paths, with_prior_epochs)
 from search.schema import METRIC_COLUMNS
 from search.spaces import FAMILY_PREFIX_SEP, train_config
 from search.strategies import search_run
@@ -154,7 +154,7 @@ def rows_from_grid(context: SearchContext, grid: Any, walls: Optional[dict] = No
         frame = result.metrics_dataframe
         history = frame.to_dict("records") if isinstance(frame, pd.DataFrame) and len(frame) else []
         history = with_checkpoint_paths(history, result.path)
-        trial_id = (result.metrics or {}).get("trial_id") or trial_id_from_path(result.path)
+        trial_id = result_trial_id(result)
         error = short_error(result.error) if result.error else None
         if trial_id in unfinished or not is_over(context, trial_id, history, error):
             continue

@@ -164,5 +164,5 @@ def _show(value: Any) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-__all__ = ["DEFAULT_METRIC", "METRICS", "PROFILES", "SAVED_FIELDS", "choose_profile", "apply_profile", "gpu_node_types", "save_settings",
-           "load_settings", "refuse_existing", "nodes_to_plan_on"]
+__all__ = ["DEFAULT_METRIC", "METRICS", "PROFILES", "SAVED_FIELDS", "choose_profile", "apply_profile", "gpu_node_types",
+           "save_settings", "load_settings", "refuse_existing", "nodes_to_plan_on"]

@@ -43,7 +43,7 @@ class TrialSettings:
 
     @property
     def in_process(self) -> bool:
-        return self.resources.workers == 1
+        return self.resources.in_process
 
 
 class _Reporter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ray import tune
 
@@ -21,7 +21,7 @@ from search.data import SearchData, prepare_data
 from search.pareto import direction, front_lines, marked_search, searcher_objectives
 from search.paths import RESULTS, REPORT, in_storage, leaderboard_path, optuna_url, split_path
 from search.plan import Plan, cluster_nodes, driver_resources
-from search.history import trial_id_from_path
+from search.history import result_trial_id
 from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.settings import save_settings
 from search.spaces import SearchSpace
@@ -42,15 +42,18 @@ def trial_settings(args: argparse.Namespace, plan: Plan) -> TrialSettings:
                          max_failures=args.max_failures, metric=args.metric, mode="max")
 
 
+def trial_request(settings: TrialSettings, nodes: list[dict]) -> dict[str, float]:
+    """What Tune reserves for one trial's actor: the worker's CPUs and GPUs when it trains in place; for a DDP trial
+    only its driver (the workers get their own placement group from Ray Train), pinned to the node of `nodes` that
+    declares the driver resource (the head of clusters/*.yaml)."""
+    return settings.resources.worker_resources() if settings.in_process else driver_resources(nodes=nodes)
+
+
 def trainable_for(settings: TrialSettings, refs: dict) -> Any:
-    """`run_trial` with the shared data and settings bound, asking Tune for what the trial's actor needs: the
-    worker's CPUs and GPUs when it trains in place; for a DDP trial only its driver (the workers get their own
-    placement group from Ray Train)."""
-    if settings.in_process:
-        resources = settings.resources.worker_resources()
-    else:
-        resources = driver_resources(nodes=cluster_nodes())
-    return tune.with_resources(tune.with_parameters(run_trial, data_refs=refs, settings=settings), resources)
+    """`run_trial` with the shared data and settings bound, asking Tune for `trial_request`."""
+    nodes = [] if settings.in_process else cluster_nodes()
+    return tune.with_resources(tune.with_parameters(run_trial, data_refs=refs, settings=settings),
+                               trial_request(settings, nodes))
 
 
 def search_space(args: argparse.Namespace) -> SearchSpace:
@@ -65,35 +68,43 @@ def build_tuner(args: argparse.Namespace, plan: Plan, trainable: Any, callbacks:
         if not tune.Tuner.can_restore(experiment):
             raise ValueError(f"--resume: no Tune experiment at {experiment}")
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    pbt, param_space = args.scheduler == "pbt", None
-    if pbt:  # Tune's PBT refuses a searcher: its population is drawn at random from the same space (search/pbt.py)
-        from search.pbt import population
-
-        searcher, param_space = population(search_space(args), args.num_samples, seed=args.seed)
-    else:
-        metric, mode = searcher_objectives(args)  # lists with --objectives; the scheduler uses the first
-        searcher = make_searcher(args.searcher, search=args.name, space=search_space(args), metric=metric, mode=mode,
-                                 storage=optuna_storage(args.results), seed=args.seed, num_samples=args.num_samples,
-                                 max_epochs=args.max_epochs,
-                                 points_to_evaluate=getattr(args, "warm_start_points", None))
+    searcher, param_space = _searcher(args)
     scheduler = make_scheduler(args.scheduler, search=args.name, metric=args.metric, max_epochs=args.max_epochs,
                                grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor, seed=args.seed)
-    in_process = plan.per_trial.workers == 1
-    return tune.Tuner(
-        trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
-                                    # PBT: the whole population must exist at once (paused trials free their
-                                    # slot); a one-worker trial's actor holds its resources, so they bound it
-                                    max_concurrent_trials=None if pbt else plan.max_concurrent_trials,
-                                    # a one-worker trial's actor is its training process: the next trial reuses it
-                                    # (torch imported, data fetched); a DDP trial's actor holds a Train controller
-                                    # that must die with it when the scheduler stops the trial
-                                    reuse_actors=in_process),
-        run_config=tune.RunConfig(
-            name=args.name, storage_path=args.storage, verbose=1, callbacks=callbacks, stop=BudgetStopper(args.name),
-            # one-worker trials are retried by Tune from their last checkpoint; DDP trials by Ray Train
-            failure_config=tune.FailureConfig(max_failures=args.max_failures if in_process else 0),
-            checkpoint_config=checkpoint_config(args.metric, "max", for_tune=True, keep_all=pbt)))
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config(args, plan, searcher, scheduler),
+                      run_config=run_config(args, plan, callbacks))
+
+
+def _searcher(args: argparse.Namespace) -> tuple[Any, Optional[dict]]:
+    """(search algorithm, param_space): OptunaSearch over the define-by-run space (no param_space), or for PBT, which
+    refuses a searcher, Tune's generator over a population drawn at random from the same space (search/pbt.py)."""
+    if args.scheduler == "pbt":
+        from search.pbt import population
+
+        return population(search_space(args), args.num_samples, seed=args.seed)
+    metric, mode = searcher_objectives(args)  # lists with --objectives; the scheduler uses the first
+    return make_searcher(args.searcher, search=args.name, space=search_space(args), metric=metric, mode=mode,
+                         storage=optuna_storage(args.results), seed=args.seed, num_samples=args.num_samples,
+                         max_epochs=args.max_epochs, points_to_evaluate=getattr(args, "warm_start_points", None)), None
+
+
+def tune_config(args: argparse.Namespace, plan: Plan, searcher: Any, scheduler: Any) -> tune.TuneConfig:
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
+                           # PBT: the whole population must exist at once (paused trials free their slot); a
+                           # one-worker trial's actor holds its resources, so they bound it
+                           max_concurrent_trials=None if args.scheduler == "pbt" else plan.max_concurrent_trials,
+                           # a one-worker trial's actor is its training process: the next trial reuses it (torch
+                           # imported, data fetched); a DDP trial's actor holds a Train controller that must die
+                           # with it when the scheduler stops the trial
+                           reuse_actors=plan.per_trial.in_process)
+
+
+def run_config(args: argparse.Namespace, plan: Plan, callbacks: list) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=args.name, storage_path=args.storage, verbose=1, callbacks=callbacks, stop=BudgetStopper(args.name),
+        # one-worker trials are retried by Tune from their last checkpoint; DDP trials by Ray Train
+        failure_config=tune.FailureConfig(max_failures=args.max_failures if plan.per_trial.in_process else 0),
+        checkpoint_config=checkpoint_config(args.metric, "max", for_tune=True, keep_all=args.scheduler == "pbt"))
 
 
 def search_context(args: argparse.Namespace, data: SearchData) -> SearchContext:
@@ -116,8 +127,7 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
                         progress=console.out)
     console.say(data.describe())
     data.write_split(split_path(args.results, args.name))  # read by search/evaluate.py
-    board = str(leaderboard_path(args.results))
-    recorder = LeaderboardCallback(search_context(args, data), board)
+    recorder = LeaderboardCallback(search_context(args, data), str(leaderboard_path(args.results)))
     progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
                                max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
     tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), data.put()), [recorder, progress])
@@ -133,9 +143,17 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     fit_started = time.time()
     grid = tuner.fit()
     slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
-    rows = rows_from_grid(recorder.context, grid, walls=search_run(args.name).trial_walls)
+    mine = write_rows(args, recorder.context, grid, console)
+    return finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
+
+
+def write_rows(args: argparse.Namespace, context: SearchContext, grid: Any, console: Console) -> Any:
+    """Every ended trial of the ResultGrid into the leaderboard again (the Pareto flags set over the whole search,
+    PBT's exploit-only checkpoints pruned once it finished); returns the search's ranked rows."""
+    board = leaderboard_path(args.results)
+    rows = rows_from_grid(context, grid, walls=search_run(args.name).trial_walls)
     if args.objectives:  # the front over every ended trial of the search, this run's and a resumed one's earlier
-        rows = marked_search(Path(board), args.name, rows, args.objectives)
+        rows = marked_search(board, args.name, rows, args.objectives)
     table = leaderboard.append_rows(board, rows) if rows else leaderboard.read(board)
     if args.scheduler == "pbt" and rows and len(rows) == len(grid):  # finished: no exploit needs the donors' now
         from search.pbt import prune_checkpoints
@@ -143,8 +161,7 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
         removed, freed = prune_checkpoints(grid, rows)
         console.say(f"pbt: removed {removed} checkpoint(s) kept for exploits ({freed / 2**20:.0f} MiB); each trial "
                     f"keeps its best and its latest")
-    mine = leaderboard.rank_table(table, search=args.name)
-    return finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
+    return leaderboard.rank_table(table, search=args.name)
 
 
 BOARD_COLUMNS = ["rank", "trial_id", "family", "status", "epochs_run", "balanced_accuracy", "weighted_f1", "roc_auc",
@@ -165,7 +182,7 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, sum
     say(summary)
     for warning in single_class_warnings(mine):
         say(warning)
-    pending = len({_trial_id(result) for result in grid} - set(mine["trial_id"]))
+    pending = len({result_trial_id(result) for result in grid} - set(mine["trial_id"]))
     if pending and not search_run(args.name).budget_spent():  # an interrupt left trials to --resume
         say(f"search interrupted with {pending} trial(s) unfinished; continue it with: python search/run.py "
             f"--resume --name {args.name} --results {args.results} --storage {args.storage}")
@@ -239,10 +256,6 @@ def close_open_optuna_trials(args: argparse.Namespace, say=print) -> int:
     return len(closed["PRUNED"]) + len(closed["FAIL"])
 
 
-def _trial_id(result: Any) -> str:
-    return (result.metrics or {}).get("trial_id") or trial_id_from_path(result.path)
-
-
 def summary_line(rows: Any, wall_s: float, slot_seconds: float) -> str:
     """Wall time; per trial the time in the training function against the rest of its time as the driver saw it
     (the trial's overhead); and the share of the trial slots' time (Tune's wall time x trials at once) not spent
@@ -260,4 +273,5 @@ def summary_line(rows: Any, wall_s: float, slot_seconds: float) -> str:
             f"{per_trial}; {idle:.0%} of the trial slots' time was not training")
 
 
-__all__ = ["run_search", "optuna_storage", "summary_line", "close_open_optuna_trials"]
+__all__ = ["run_search", "build_tuner", "tune_config", "run_config", "trainable_for", "trial_request", "optuna_storage",
+           "summary_line", "next_steps", "close_open_optuna_trials"]

@@ -1,0 +1,159 @@
+"""The Ray layer's decisions that need no running Ray: what a trial asks Tune for, the Tuner's settings per kind of
+trial, what a trial reports, how a trial ended, and what a search says and tidies at its end."""
+import argparse
+import json
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pandas as pd
+import pytest
+
+from search.paths import optuna_url
+from search.plan import DRIVER_MEMORY_BYTES, DRIVER_NODE_RESOURCE, DRIVER_NODE_SHARE, Plan, TrialResources
+from search.rows import SearchContext, ending
+from search.strategies import search_run
+from search.trial import ORIGIN_FILE, TrialSettings, _Reporter, run_trial
+from search.tuning import close_open_optuna_trials, next_steps, run_config, summary_line, trial_request, tune_config
+
+
+def settings(**changes) -> argparse.Namespace:
+    """The resolved settings of a search (what search/run.py hands search/tuning.py)."""
+    base = dict(name=f"unit-{uuid.uuid4().hex[:8]}", storage="/storage/ray", results=str(Path("results").resolve()),
+                metric="balanced_accuracy", max_failures=2, num_samples=6, scheduler="asha")
+    return argparse.Namespace(**{**base, **changes})
+
+
+def plan(workers: int, gpus: float = 0.0) -> Plan:
+    return Plan(max_concurrent_trials=3, per_trial=TrialResources(workers, 1.0, gpus), reason="")
+
+
+def test_a_one_worker_trial_asks_for_its_worker_and_a_ddp_trial_for_its_driver_only():
+    in_place = TrialSettings(TrialResources(1, 2.0, 0.5))
+    assert trial_request(in_place, nodes=[]) == {"CPU": 2.0, "GPU": 0.5}
+    ddp = TrialSettings(TrialResources(2, 1.0, 1.0))
+    assert trial_request(ddp, nodes=[{"CPU": 4.0, "GPU": 2.0}]) == {"CPU": 0.0, "memory": DRIVER_MEMORY_BYTES}
+    with_head = [{"CPU": 2.0, DRIVER_NODE_RESOURCE: 1000.0}, {"CPU": 8.0, "GPU": 4.0}]  # clusters/*.yaml's head
+    assert trial_request(ddp, nodes=with_head)[DRIVER_NODE_RESOURCE] == DRIVER_NODE_SHARE
+
+
+@pytest.mark.parametrize("workers, scheduler, reuse_actors, tune_retries, kept, at_once", [
+    (1, "asha", True, 2, 1, 3),  # trains in its Tune trial: Tune retries it and reuses its process
+    (2, "asha", False, 0, 1, 3),  # DDP: Ray Train retries its workers; the actor dies with its controller
+    (1, "pbt", True, 2, None, None),  # PBT: the whole population at once, every checkpoint kept for exploits
+])
+def test_the_tuner_per_kind_of_trial(workers, scheduler, reuse_actors, tune_retries, kept, at_once):
+    args = settings(scheduler=scheduler)
+    config = tune_config(args, plan(workers), searcher=None, scheduler=None)
+    assert config.reuse_actors is reuse_actors and config.max_concurrent_trials == at_once
+    assert config.num_samples == args.num_samples
+    run = run_config(args, plan(workers), callbacks=[])
+    assert run.failure_config.max_failures == tune_retries
+    assert run.checkpoint_config.num_to_keep == kept
+    assert (run.checkpoint_config.checkpoint_score_attribute, run.checkpoint_config.checkpoint_score_order) == (
+        "balanced_accuracy", "max")
+    assert (run.name, run.storage_path) == (args.name, args.storage)
+
+
+def test_a_report_carries_where_and_how_long_and_a_restart_says_once_what_came_before(monkeypatch):
+    monkeypatch.delenv("LEUKTUNE_FAULT_DIR", raising=False)
+    sent = []
+    reporter = _Reporter(lambda metrics, folder: sent.append((metrics, folder)), "t1", rank=0, world_size=2,
+                         nodes="n1,n2", placement_group="pg")
+    reporter.prior_epochs, reporter.exploited_from = json.dumps([{"epoch": 1}]), "d0nor_00001@1"
+    reporter.on_epoch({"epoch": 2, "balanced_accuracy": 0.6}, None)
+    reporter.on_epoch({"epoch": 3, "balanced_accuracy": 0.7}, None)
+    (first, _), (second, _) = sent
+    assert first["prior_epochs"] == json.dumps([{"epoch": 1}]) and first["exploited_from"] == "d0nor_00001@1"
+    assert "prior_epochs" not in second and "exploited_from" not in second
+    for report in (first, second):
+        assert (report["nodes"], report["world_size"], report["placement_group"]) == ("n1,n2", 2, "pg")
+    assert 0 <= first["train_seconds"] <= second["train_seconds"] and first["reported_at"] <= second["reported_at"]
+    reporter.finish(SimpleNamespace(history=[{"epoch": 3}]))  # it reported: nothing more to say
+    assert len(sent) == 2
+
+
+def test_each_checkpoint_names_its_trial_and_a_resumed_trial_with_nothing_left_still_reports(tmp_path, monkeypatch):
+    monkeypatch.delenv("LEUKTUNE_FAULT_DIR", raising=False)
+    origins, sent = [], []
+
+    def send(metrics: dict, folder) -> None:
+        sent.append((metrics, folder))
+        if folder:
+            origins.append(json.loads((Path(folder) / ORIGIN_FILE).read_text()))
+
+    folder = tmp_path / "epoch_0004"
+    folder.mkdir()
+    _Reporter(send, "t2", rank=0, world_size=1, nodes="n").on_epoch({"epoch": 4}, str(folder))
+    assert origins == [{"trial_id": "t2", "epoch": 4}]
+    assert not folder.exists()  # persisted to storage by the report: the local copy goes
+    _Reporter(send, "t3", rank=0, world_size=1, nodes="n").finish(SimpleNamespace(history=[{"epoch": 3},
+                                                                                          {"epoch": 4}]))
+    assert sent[-1][0]["epoch"] == 4 and sent[-1][1] is None
+
+
+def test_a_trial_refuses_an_image_size_the_search_did_not_decode_and_a_config_that_cannot_build():
+    with pytest.raises(ValueError, match="image_size=32 was not decoded"):
+        run_trial({"family": "baseline", "image_size": 32}, data_refs={64: {}})
+    with pytest.raises(ValueError, match="image_size=16"):
+        run_trial({"family": "baseline", "depth": 5, "image_size": 16}, data_refs={16: {}})
+    with pytest.raises(ValueError, match="unknown config key"):
+        run_trial({"family": "baseline", "colour": "violet"}, data_refs={})
+
+
+def test_how_a_trial_ended():
+    context = SearchContext(search=f"ending-{uuid.uuid4().hex[:8]}", metric="balanced_accuracy", max_epochs=4)
+    run = search_run(context.search)
+    assert ending(context, "t", [{"epoch": 4}], "RuntimeError: boom") == "error"
+    assert ending(context, "t", [{"epoch": 4}], None) == "finished"
+    assert ending(context, "t", [{"epoch": 2}], None) is None  # interrupted: --resume continues it, no row yet
+    assert ending(context, "t", [{"epoch": 2, "prior_epochs": json.dumps([{"epoch": 3}, {"epoch": 4}])}],
+                  None) == "finished"  # the epochs before a restart count
+    run.early_stops.add("t")
+    assert ending(context, "t", [{"epoch": 2}], None) == "stopped"
+    run.deadline = time.time() - 1
+    assert ending(context, "u", [{"epoch": 2}], None) == "time_budget"
+    assert ending(context, "t", [{"epoch": 2}], None) == "stopped"  # stopped before the budget ran out
+
+
+def test_the_summary_line():
+    rows = pd.DataFrame({"train_seconds": [10.0, 20.0, None], "overhead_seconds": [2.0, 4.0, None]})
+    assert summary_line(rows, wall_s=61.4, slot_seconds=60.0) == (
+        "wall time 61 s for 3 trials; per trial median 15.0 s training and 3.0 s overhead (17% of trial time); "
+        "50% of the trial slots' time was not training")
+    unmeasured = rows.assign(overhead_seconds=None)
+    assert "overhead not measured (no trial ended on its own)" in summary_line(unmeasured, 61.4, 60.0)
+    assert summary_line(rows.iloc[:0], wall_s=5.2, slot_seconds=0.0) == "wall time 5 s; no trial reported"
+
+
+def test_next_steps_name_the_search_and_its_folders(tmp_path):
+    here = settings(name="s1", storage="s3://bucket/ray/")
+    lines = next_steps(here).splitlines()
+    assert lines[0] == "next:" and "  python search/evaluate.py --search s1 --top 3   #" in lines[1]
+    report = Path(here.results) / "s1" / "report.html"
+    assert lines[2] == f"  python search/report.py --search s1   # HTML report: {report}"
+    assert lines[3].startswith(f"  optuna-dashboard sqlite:///{Path(here.results) / 'optuna.db'}   ")
+    assert lines[4].startswith("  tensorboard --logdir s3://bucket/ray/s1   ")
+    elsewhere = next_steps(settings(name="s2", results=str(tmp_path), scheduler="pbt"))
+    assert f"--search s2 --top 3 --leaderboard {tmp_path / 'leaderboard.parquet'}" in elsewhere
+    assert "optuna-dashboard" not in elsewhere  # a PBT search has no Optuna study
+
+
+@pytest.mark.parametrize("budget_spent, states", [(False, ["FAIL", "FAIL", "COMPLETE"]),
+                                                  (True, ["PRUNED", "FAIL", "COMPLETE"])])
+def test_open_optuna_trials_are_closed_by_what_ended_them(budget_spent, states, tmp_path):
+    args = settings(results=str(tmp_path))
+    study = optuna.create_study(study_name=args.name, storage=optuna_url(tmp_path))
+    trained, never_trained, done = study.ask(), study.ask(), study.ask()
+    trained.report(0.6, step=1)
+    study.tell(done, 0.7)
+    if budget_spent:
+        search_run(args.name).deadline = time.time() - 1
+    said = []
+    assert close_open_optuna_trials(args, said.append) == 2
+    study = optuna.load_study(study_name=args.name, storage=optuna_url(tmp_path))
+    assert [trial.state.name for trial in study.trials] == states
+    assert any(("cut by the time budget" if budget_spent else "orphans of an interrupted driver") in line
+               for line in said)
