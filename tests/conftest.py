@@ -4,6 +4,8 @@
   LEUKTUNE_DATA), so no test reads or writes ~/.cache or the repo's results/.
 - `tiny_cnmc`: a session-wide tiny generated C-NMC tree (Kaggle layout; 6 ALL + 4 HEM training patients of 8 cells,
   2 labelled prelim-test and 1 final-test patient); its path is the `C-NMC_Leukemia` folder. Built once in seconds.
+- `tiny_search` / `evaluated`: a tiny search trained without Ray and evaluate's output on it, built once per session
+  for the post-search commands' tests (tests/tiny_search.py).
 - `ray_2cpu`: a local Ray with 2 logical CPUs for one test module (started on first use, shut down when the module
   ends), so Ray tests of one module share a start (~10 s) and modules stay independent of each other (a module that
   builds its own `ray.cluster_utils.Cluster` is not disturbed). Mark tests that use it `@pytest.mark.slow`.
@@ -52,3 +54,19 @@ def ray_2cpu():
     ray.init(address="local", num_cpus=2, include_dashboard=True)  # "local": never attach to another Ray
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Paths, split and histories of the tiny search (tests/tiny_search.py)."""
+    from tiny_search import build_tiny_search
+
+    return build_tiny_search(tmp_path_factory.mktemp("tiny_search"))
+
+
+@pytest.fixture(scope="session")
+def evaluated(tiny_search: dict) -> dict:
+    """search/evaluate.py's test metrics and predictions on the tiny search."""
+    from tiny_search import evaluate_tiny_search
+
+    return evaluate_tiny_search(tiny_search)

@@ -15,7 +15,7 @@ from search.pareto import (check_objectives, front_lines, mark_front, marked_sea
 from search.flags import parse_args
 from search.run import main
 from search.settings import METRICS
-from test_leaderboard import make_row
+from board_rows import make_row
 
 
 # -- the front on fixed numbers ---------------------------------------------------------------------------------------

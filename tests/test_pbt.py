@@ -21,7 +21,7 @@ from search.rows import SearchContext, build_row
 from search.run import main
 from search.spaces import SearchSpace
 from search.trial import ORIGIN_FILE, donor_of
-from test_train import cell_set, tiny_config
+from cell_sets import cell_set, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""search/predict.py and search/export.py on a checkpoint of the tiny generated search (see test_evaluate.py)."""
+"""search/predict.py and search/export.py on a checkpoint of the tiny generated search (tests/tiny_search.py)."""
 from __future__ import annotations
 
 import csv
@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_evaluate import tiny_search  # noqa: F401  (session fixture shared with this module)
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_search):  # noqa: F811
+def trained(tiny_search):
     """A trial's checkpoint, its model, and the held-out test images decoded by the training decoder."""
     from leukmodels.checkpoint import load_model
     from leukmodels.data import decode, discover

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from test_evaluate import ENSEMBLE, SEARCH, evaluated, tiny_search  # noqa: F401  (session fixtures shared with this module)
+from tiny_search import ENSEMBLE, SEARCH
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -33,7 +33,7 @@ needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromi
 
 
 @pytest.fixture(scope="module")
-def report(tiny_search, evaluated, tmp_path_factory) -> Path:  # noqa: F811
+def report(tiny_search, evaluated, tmp_path_factory) -> Path:
     from search import report as report_cli
 
     out = tmp_path_factory.mktemp("report") / "report.html"
@@ -130,7 +130,7 @@ def test_report_renders_in_headless_chromium_without_network(report, tmp_path):
     assert "GENERATED DATA" in dom
 
 
-def test_learning_curves_come_from_the_whole_history(tiny_search):  # noqa: F811
+def test_learning_curves_come_from_the_whole_history(tiny_search):
     from search.leaderboard import read
     from search.report_sections import trial_history
 
@@ -141,7 +141,7 @@ def test_learning_curves_come_from_the_whole_history(tiny_search):  # noqa: F811
             row["trial_id"]]]
 
 
-def test_report_before_evaluation_says_so(tiny_search, tmp_path):  # noqa: F811
+def test_report_before_evaluation_says_so(tiny_search, tmp_path):
     from search import report as report_cli
 
     out = tmp_path / "report.html"
@@ -152,7 +152,7 @@ def test_report_before_evaluation_says_so(tiny_search, tmp_path):  # noqa: F811
     assert len(embedded_images(page)) == 4  # family bars, optimisation history, importances, learning curves
 
 
-def test_report_shows_the_ensemble_beside_the_winner(report, evaluated):  # noqa: F811
+def test_report_shows_the_ensemble_beside_the_winner(report, evaluated):
     page = report.read_text()
     versus = page[page.index("Ensembles beside the winner"):]
     table = evaluated["metrics"]
@@ -165,7 +165,7 @@ def test_report_shows_the_ensemble_beside_the_winner(report, evaluated):  # noqa
         assert member in versus
 
 
-def test_a_corrupt_test_metrics_file_is_one_line_and_exit_2(tiny_search, tmp_path, capsys):  # noqa: F811
+def test_a_corrupt_test_metrics_file_is_one_line_and_exit_2(tiny_search, tmp_path, capsys):
     from search import report as report_cli
 
     metrics = tmp_path / "test_metrics.parquet"

@@ -146,7 +146,7 @@ def test_next_steps_name_the_search_and_its_folders(tmp_path):
 def test_open_optuna_trials_are_closed_by_what_ended_them(budget_spent, states, tmp_path):
     args = settings(results=str(tmp_path))
     study = optuna.create_study(study_name=args.name, storage=optuna_url(tmp_path))
-    trained, never_trained, done = study.ask(), study.ask(), study.ask()
+    trained, _never_trained, done = study.ask(), study.ask(), study.ask()
     trained.report(0.6, step=1)
     study.tell(done, 0.7)
     if budget_spent:
