@@ -5,8 +5,7 @@
 
 Schedulers record which trials they stopped before max_epochs, so a leaderboard row can say "stopped early" (a STOP
 at max_epochs is only the end of training), and `BudgetStopper` ends the search at its deadline. What they share lives
-in a process-wide registry keyed by search name (`search_run`), not in attributes: Tune pickles the scheduler, the
-stopper, the searcher and the callbacks for `--resume` and restores copies, which must still see the same record.
+in a registry keyed by search name (`search_run`), not in attributes: `--resume` restores pickled copies of them.
 """
 from __future__ import annotations
 

@@ -214,11 +214,8 @@ def _train_with_ray_train(config: Any, refs: dict, settings: TrialSettings) -> N
 
 def checkpoint_config(metric: str, mode: str, for_tune: bool = False, keep_all: bool = False):
     """Keep the best epoch by the search metric (the leaderboard points at it) and, always, the latest (to resume
-    from). Ray breaks ties in favour of the later epoch; `search.history.best_report` does the same.
-
-    `keep_all` (PBT): every epoch's checkpoint stays. PBT may hand a trial's checkpoint to another trial one slice
-    after taking it, and Tune's checkpoint manager, which knows nothing of that, would by then have deleted it
-    whenever it was neither the trial's best nor its latest."""
+    from). Ray breaks ties in favour of the later epoch; `search.history.best_report` does the same. `keep_all`
+    (PBT): every checkpoint stays, since a donor's may be needed a round later (docs/ray-notes.md)."""
     from ray import train, tune
 
     kind = tune.CheckpointConfig if for_tune else train.CheckpointConfig
