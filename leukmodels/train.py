@@ -221,6 +221,14 @@ def _epoch_file(checkpoint_dir: Any, epoch: int) -> Path:
     return Path(checkpoint_dir) / f"epoch_{epoch:04d}" / CHECKPOINT_FILE
 
 
+def _save(setup: _Setup, config: TrainConfig, epoch_dir: Path, history: list[dict], per_patient: list[dict]) -> Path:
+    """The last epoch's checkpoint: weights, optimizer, schedule, RNG, config, its metrics and the whole history."""
+    return save_checkpoint(epoch_dir / CHECKPOINT_FILE, model=setup.model, optimizer=setup.optimizer,
+                           scheduler=setup.scheduler, epoch=history[-1]["epoch"], config=config,
+                           metrics={**history[-1], "per_patient_accuracy": per_patient[-1]},
+                           extra={"history": history, "per_patient": per_patient})
+
+
 def fit(config: TrainConfig, train: Any, val: Any, *, device: Any = None, rank: int = 0, world_size: int = 1,
         checkpoint_dir: Any = None, resume_from: Any = None, exploit: bool = False,
         on_epoch: Optional[Callable[[dict, Optional[str]], None]] = None,
@@ -253,10 +261,7 @@ def fit(config: TrainConfig, train: Any, val: Any, *, device: Any = None, rank: 
         history.append(metrics)
         epoch_dir = _epoch_file(checkpoint_dir, epoch).parent if checkpoint_dir is not None and rank == 0 else None
         if epoch_dir is not None:
-            last_checkpoint = save_checkpoint(
-                epoch_dir / CHECKPOINT_FILE, model=setup.model, optimizer=setup.optimizer, scheduler=setup.scheduler,
-                epoch=epoch, config=config, metrics={**metrics, "per_patient_accuracy": per_patient[-1]},
-                extra={"history": history, "per_patient": per_patient})
+            last_checkpoint = _save(setup, config, epoch_dir, history, per_patient)
         if distributed:
             dist.barrier()  # the checkpoint exists before any rank reports this epoch
         log(f"epoch {epoch}/{config.epochs} train_loss {train_loss:.4f} val_loss {val_loss:.4f} "

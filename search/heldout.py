@@ -70,11 +70,8 @@ def held_out_test(manifest: pd.DataFrame, seed: int, recorded: dict) -> tuple[pd
     test_patients = set(test["patient"].astype(str))
     train_val = set(splits["train"]["patient"].astype(str)) | set(splits["val"]["patient"].astype(str))
     searched = set(map(str, (recorded.get("train") or []) + (recorded.get("val") or [])))
-    for name, patients in (("train/val of the recomputed split", train_val), ("train/val the search recorded",
-                                                                              searched)):
-        overlap = sorted(test_patients & patients)
-        if overlap:
-            raise DataError(f"test patients {overlap} are also in the {name}: refusing to evaluate on them")
+    _refuse_overlap(test_patients, {"train/val of the recomputed split": train_val,
+                                    "train/val the search recorded": searched})
     checks = ["check_disjoint"]
     checks += ["fingerprint matches the search's"] if recorded.get("fingerprint") == fingerprint else []
     checks += ["disjoint from the train/val patients the search recorded"] if searched else []
@@ -87,6 +84,13 @@ def held_out_test(manifest: pd.DataFrame, seed: int, recorded: dict) -> tuple[pd
         "train_val_patients": json.dumps(sorted(train_val | searched)),
     }
     return test, info, splits
+
+
+def _refuse_overlap(test_patients: set[str], others: dict[str, set[str]]) -> None:
+    for name, patients in others.items():
+        overlap = sorted(test_patients & patients)
+        if overlap:
+            raise DataError(f"test patients {overlap} are also in the {name}: refusing to evaluate on them")
 
 
 @dataclass
