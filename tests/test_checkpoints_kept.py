@@ -33,6 +33,7 @@ def searched(ray_2cpu, tiny_cnmc, tmp_path_factory):
     from search.data import prepare_data
     from search.plan import TrialResources
     from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
+    from search.strategies import search_run
     from search.trial import TrialSettings, checkpoint_config
     from search.tuning import trainable_for
 
@@ -54,7 +55,7 @@ def searched(ray_2cpu, tiny_cnmc, tmp_path_factory):
         run_config=tune.RunConfig(name=NAME, storage_path=str(tmp / "ray"), callbacks=[recorder], verbose=0,
                                   checkpoint_config=checkpoint_config("roc_auc", "max", for_tune=True)))
     grid = tuner.fit()
-    rows = rows_from_grid(context, grid, walls=recorder.walls)
+    rows = rows_from_grid(context, grid, walls=search_run(NAME).trial_walls)  # where the callback keeps them
     leaderboard.append_rows(board, rows)
     table = leaderboard.read(board)
     return dict(tmp=tmp, board=board, rows=table[table["search"] == NAME], grid=grid, data=data)
