@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="C-NMC folder (default: the generated C-NMC-like set)")
     p.add_argument("--num-samples", type=int, help="trials per search (default 12)")
     p.add_argument("--max-epochs", type=int, help="epochs of a trial never stopped (default 8)")
-    p.add_argument("--grace-epochs", type=int, help="passed to every search (default: its profile's, 1 on CPUs)")
+    p.add_argument("--grace-epochs", type=int, help="passed to every search (default: its profile's, 2 on CPUs)")
     p.add_argument("--reduction-factor", type=int, help="passed to every search (default: search/run.py's, 2)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds per strategy: sampler, patient split, trials "
                    "(default 0 1 2)")

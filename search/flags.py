@@ -107,7 +107,7 @@ def _what_to_search(add: Callable[..., None]) -> None:
         "built once and reused ($LEUKTUNE_DATA)")
     add("--num-samples", type=int, help="trials to run (cpu profile 12, gpu 32)")
     add("--max-epochs", type=int, help="epochs of a trial that is never stopped (cpu 8, gpu 20)")
-    add("--grace-epochs", type=int, help="epochs before the scheduler may stop a trial (cpu 1, gpu 3)")
+    add("--grace-epochs", type=int, help="epochs before the scheduler may stop a trial (cpu 2, gpu 3)")
     add("--reduction-factor", type=int, default=2, help="ASHA keeps the top 1/factor at each rung (default 2)")
     add("--searcher", default="tpe", choices=SEARCHERS, help="Optuna sampler that proposes configs (default tpe)")
     add("--scheduler", default="asha", choices=SCHEDULERS, help="early stopping: asha, median (Tune's median "

@@ -26,9 +26,10 @@ from search.paths import settings_path
 DEFAULT_METRIC = "balanced_accuracy"
 METRICS = (DEFAULT_METRIC, *(name for name in SCALAR_METRICS if name != DEFAULT_METRIC))  # the default first
 # Defaults by profile. cpu: the default main job finishes in minutes on a 2-core laptop; gpu: one GPU per trial,
-# image sizes and epochs worth a GPU; smoke: a real but tiny search for checks.
+# image sizes and epochs worth a GPU; smoke: a real but tiny search for checks. ASHA's grace: 2 epochs on CPUs, where
+# grace 1 stopped configs at epoch 1 or 2 that trained to the best by epoch 6-8 (python -m search.benchmark, README).
 PROFILES = {
-    "cpu": dict(num_samples=12, max_epochs=8, grace_epochs=1, image_sizes=[32], batch_sizes=[32, 64],
+    "cpu": dict(num_samples=12, max_epochs=8, grace_epochs=2, image_sizes=[32], batch_sizes=[32, 64],
                 workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0),
     "gpu": dict(num_samples=32, max_epochs=20, grace_epochs=3, image_sizes=[64, 96, 128], batch_sizes=[64, 128, 256],
                 workers_per_trial=1, cpus_per_worker=4.0, gpus_per_worker=1.0),

@@ -162,6 +162,9 @@ def test_raising_trial_is_recorded_as_error_and_the_others_finish(faulted):
     assert "\n" not in rows.loc[failed, "error"]
     others = rows.drop(index=failed)
     assert len(others) == 2 and (others["status"] == "finished").all() and others["error"].isna().all()
+    # the cause is on the console (the search's stdout), not only in its log file: one line, the trial's id
+    console = [line for line in faulted["first_log"].splitlines() if failed in line and "FAILED" in line]
+    assert len(console) == 1 and "injected fault: trial 1 raises at epoch" in console[0], faulted["first_log"]
 
 
 def test_sigint_stops_cleanly_keeps_finished_rows_and_says_how_to_resume(faulted):
