@@ -10,6 +10,7 @@ exploit a row describes the weights the trial ended with: its last config, the e
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -230,9 +231,12 @@ class LeaderboardCallback(Callback):
 
 
 def trial_error(trial: Any) -> str:
-    """The one-line cause of a trial's failure."""
+    """The one-line cause of a trial's failure: from the trial's local error file (Tune writes it before it calls
+    back; the copy in the storage may not be synced yet), else from the storage."""
     try:
-        return short_error(trial.get_pickled_error() or trial.get_error()) or "trial failed (no error recorded)"
+        local = trial.error_file
+        text = open(local).read() if local and os.path.isfile(local) else None
+        return short_error(text or trial.get_pickled_error() or trial.get_error()) or "trial failed (no error recorded)"
     except Exception:  # noqa: BLE001 - the row matters more than the message
         return "trial failed (no error message recorded)"
 
