@@ -11,7 +11,6 @@ the driver) point at the log file meanwhile. `--verbose` leaves them on the term
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import time
@@ -121,7 +120,7 @@ class ConsoleCallback(Callback):
     max_epochs: int
     numbers: dict = field(default_factory=dict)  # trial id -> 1, 2, ... in the order trials started
     epochs: dict = field(default_factory=dict)  # trial id -> epochs reported
-    best: dict = field(default_factory=dict)  # trial id -> (best metric value, its epoch)
+    reports: dict = field(default_factory=dict)  # trial id -> its {epoch, metric} reports since its last exploit
     ended: set = field(default_factory=set)
     quiet_restarts: bool = False  # PBT restarts every trial at every round: say only its first start and exploits
 
@@ -143,23 +142,23 @@ class ConsoleCallback(Callback):
         epoch, value = int(result["epoch"]), result.get(self.metric)
         donor = result.get(EXPLOITED_FROM)  # PBT replaced its weights: its row ranks the epochs from here on
         if isinstance(donor, str) and donor:
-            self.best.pop(trial.trial_id, None)
+            self.reports.pop(trial.trial_id, None)
             current().say(f"{self._label(trial)} continues the weights of {donor} with "
                           f"{_params(dict(trial.config))} wd={trial.config.get('weight_decay', 0):.1e} "
                           f"aug={trial.config.get('aug_strength', 0):.2f}")
         self.epochs[trial.trial_id] = max(self.epochs.get(trial.trial_id, 0), epoch)
-        if isinstance(value, float) and math.isfinite(value) and value >= self.best.get(trial.trial_id, (-1.0,))[0]:
-            self.best[trial.trial_id] = (value, epoch)  # ties: the later epoch, as the leaderboard row
+        self.reports.setdefault(trial.trial_id, []).append({"epoch": epoch, self.metric: value})
 
     def _ended(self, trial: Any, error: Optional[str], progress: bool = True) -> None:
+        from search.history import best_report
         from search.rows import SearchContext, ending
 
         last = trial.last_result or {}
         epochs = self.epochs.get(trial.trial_id, int(last.get("epoch") or 0))
         context = SearchContext(search=self.search, metric=self.metric, max_epochs=self.max_epochs)
         how = ending_text(ending(context, trial.trial_id, [{"epoch": epochs}] if epochs else [], error), epochs)
-        best = self.best.get(trial.trial_id)
-        score = f", best {self.metric} {best[0]:.3f} (epoch {best[1]})" if best and not error else ""
+        best = best_report(self.reports.get(trial.trial_id, []), self.metric)  # the epoch the row will name
+        score = f", best {self.metric} {best[self.metric]:.3f} (epoch {best['epoch']})" if best and not error else ""
         current().say(f"{self._label(trial)} {how}{score}" + (f": {error}" if error else ""))
         self.ended.add(trial.trial_id)
         if progress:

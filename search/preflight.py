@@ -155,15 +155,26 @@ def check_before_launch(args: argparse.Namespace) -> None:
 
 
 def _check_data(args: argparse.Namespace) -> None:
-    if args.data is None:
-        return
+    if args.data is not None:
+        _search_splits(args, args.data)
+
+
+def _search_splits(args: argparse.Namespace, root: str) -> dict:
+    """The split prepare_data will draw from `root` (DataError naming the file, or `--data ROOT: why`), drawn once:
+    the data check and the size check both need it, and discovering a real C-NMC tree reads 15,000 names."""
+    key = (str(root), args.seed, args.val_fraction)
+    cached = getattr(args, "search_splits", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     from leukmodels.data import discover, split_by_patient
 
-    manifest = discover(args.data)  # DataError naming the folder or file
+    manifest = discover(root)
     try:
-        split_by_patient(manifest, val_fraction=args.val_fraction, seed=args.seed)
+        splits = split_by_patient(manifest, val_fraction=args.val_fraction, seed=args.seed)
     except ValueError as why:  # e.g. a class folder without images: name the tree it is about
-        raise ValueError(f"--data {args.data}: {why}") from None
+        raise ValueError(f"--data {root}: {why}") from None
+    args.search_splits = (key, splits)
+    return splits
 
 
 # -- sizes (the arithmetic is search/sizes.py) ---------------------------------------------------------------------
@@ -205,7 +216,6 @@ def _data_footprint(args: argparse.Namespace, cache: Path) -> Footprint:
     default generated set, not built yet, is sized from the generator's settings instead of being built here."""
     from leukmodels import synthetic
     from leukmodels.cells import FRAME
-    from leukmodels.data import discover, split_by_patient
     from leukmodels.data.layout import KAGGLE_TOP
     from leukmodels.data.decode import cache_entry, fingerprint
     from search.data import SEARCH_SPLITS
@@ -217,11 +227,7 @@ def _data_footprint(args: argparse.Namespace, cache: Path) -> Footprint:
             images = (defaults["n_all"] + defaults["n_hem"]) * defaults["images_per_patient"]
             return footprint(images, args.image_sizes, frame=FRAME)
         root = str(synthetic.default_root() / KAGGLE_TOP)
-    manifest = discover(root)
-    try:
-        splits = split_by_patient(manifest, val_fraction=args.val_fraction, seed=args.seed)  # as prepare_data
-    except ValueError as why:  # e.g. a class folder without images: name the tree it is about
-        raise ValueError(f"--data {root}: {why}") from None
+    splits = _search_splits(args, root)
     paths = {name: [str(p) for p in splits[name]["path"]] for name in SEARCH_SPLITS}
     cached = [size for size in args.image_sizes
               if all(cache_entry(fingerprint(paths[name], size), size, cache)[1].is_file() for name in SEARCH_SPLITS)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
@@ -68,8 +69,6 @@ def checkpoint_exists(path: Optional[str]) -> bool:
     if not path:
         return False
     if "://" not in path:
-        import os
-
         return os.path.isfile(os.path.join(path, CHECKPOINT_FILE))
     import pyarrow.fs
 
@@ -235,7 +234,7 @@ def trial_error(trial: Any) -> str:
     back; the copy in the storage may not be synced yet), else from the storage."""
     try:
         local = trial.error_file
-        text = open(local).read() if local and os.path.isfile(local) else None
+        text = Path(local).read_text() if local and os.path.isfile(local) else None
         return short_error(text or trial.get_pickled_error() or trial.get_error()) or "trial failed (no error recorded)"
     except Exception:  # noqa: BLE001 - the row matters more than the message
         return "trial failed (no error message recorded)"

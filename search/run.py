@@ -25,6 +25,7 @@ TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_METRICS_ENA
              "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180"}
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}  # no spot preemption on one machine
 
+
 def resolve_for_cluster(args: argparse.Namespace, nodes: list[dict], say=print):
     """Profile, settings and plan for the cluster Ray is connected to; ValueError naming the flag that cannot fit."""
     from search.plan import TrialResources, plan_concurrency

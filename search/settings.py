@@ -64,13 +64,17 @@ def gpu_node_types(config_path: Optional[str] = None) -> dict[str, dict[str, flo
     return {name: r for name, r in resources.items() if r.get("GPU", 0) > 0 and r["max_workers"] > 0}
 
 
+def _one_node(node_type: dict[str, float]) -> dict[str, float]:
+    """The resources of one node of an autoscaler node type (without its max_workers)."""
+    return {key: value for key, value in node_type.items() if key != "max_workers"}
+
+
 def nodes_to_plan_on(nodes: list[dict[str, Any]], node_types: dict[str, dict]) -> list[dict[str, Any]]:
     """The nodes that are up, plus, when none of them has a GPU, every GPU node the autoscaler may start (each type
     times its max_workers): Tune's waiting trials ask the autoscaler for them."""
     if any(float(node.get("GPU", 0)) > 0 for node in nodes):
         return nodes
-    extra = [{k: v for k, v in spec.items() if k != "max_workers"} for spec in node_types.values()
-             for _ in range(spec["max_workers"])]
+    extra = [_one_node(spec) for spec in node_types.values() for _ in range(spec["max_workers"])]
     return nodes + extra
 
 
@@ -110,7 +114,7 @@ def apply_profile(args: argparse.Namespace, profile: str, nodes: list[dict[str, 
     defaults = dict(PROFILES[profile])
     if profile == "gpu":
         gpu_nodes = [n for n in nodes if float(n.get("GPU", 0)) >= 1] or [
-            {k: v for k, v in spec.items() if k != "max_workers"} for spec in (node_types or {}).values()]
+            _one_node(spec) for spec in (node_types or {}).values()]
         defaults["cpus_per_worker"] = gpu_worker_cpus(gpu_nodes) if gpu_nodes else 1.0
     for key, value in defaults.items():
         if getattr(args, key, None) is None:

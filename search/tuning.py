@@ -171,12 +171,12 @@ BOARD_COLUMNS = ["rank", "trial_id", "family", "status", "epochs_run", "balanced
 def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, summary: str) -> int:
     """Show the search's rows, timing and what to run next; tidy the Optuna study; the exit code says whether
     anything trained."""
-    say, board = console.say, leaderboard_path(args.results)
+    say = console.say
     say(f"\nleaderboard of {args.name} ({len(mine)} trials, ranked by {args.metric} on the validation patients):")
     if len(mine):
         say(leaderboard.render(mine, [c for c in BOARD_COLUMNS if c in mine.columns]))
-        path = "" if Path(args.results) == Path(RESULTS).resolve() else f" --path {board}"
-        say(f"(every column: python search/leaderboard.py --search {args.name} --columns all{path})")
+        say(f"(every column: python search/leaderboard.py --search {args.name} --columns all"
+            f"{_board_flag(args, '--path')})")
     for line in front_lines(mine):  # multi-objective searches only
         say(line)
     say(summary)
@@ -221,10 +221,15 @@ def single_class_warnings(mine: Any) -> list[str]:
     return lines
 
 
+def _board_flag(args: argparse.Namespace, flag: str) -> str:
+    """` <flag> <leaderboard>` for a command that reads the leaderboard, unless it is the default one."""
+    results = Path(args.results)
+    return "" if results == Path(RESULTS).resolve() else f" {flag} {leaderboard_path(results)}"
+
+
 def next_steps(args: argparse.Namespace) -> str:
     """The commands that come next, with this search's own name and folders filled in."""
-    results = Path(args.results)
-    board = "" if results == Path(RESULTS).resolve() else f" --leaderboard {leaderboard_path(results)}"
+    results, board = Path(args.results), _board_flag(args, "--leaderboard")
     return "\n".join([
         "next:",
         f"  python search/evaluate.py --search {args.name} --top 3{board}   # the top trials on unseen test patients",
