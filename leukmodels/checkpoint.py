@@ -21,6 +21,9 @@ from leukmodels.atomic import atomic_path
 from leukmodels.config import TrainConfig
 
 FORMAT = "leukemia-tune-checkpoint/1"
+# K fold models of one cross-validated run in one file (leukmodels/crossval.py): {"format": CV_FORMAT, "folds": [{
+# "model", "optimizer", "scheduler"} per fold], and "epoch", "config", "metrics", "rng", "extra" as above}
+CV_FORMAT = "leukemia-tune-cv-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"
 PathLike = Union[str, os.PathLike]
 
@@ -113,22 +116,31 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
     except Exception as exc:  # noqa: BLE001 - whatever the unpickler objects to, the file is not ours
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path}: not a leukemia-tune checkpoint ({reason[:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, CV_FORMAT):
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: not a leukemia-tune checkpoint (format {found!r}, expected {FORMAT!r})")
     return payload
 
 
 def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, TrainConfig]:
-    """Rebuild the model of a checkpoint, load its weights, put it in eval mode on `device` (default CPU)."""
+    """Rebuild the model of a checkpoint, load its weights, put it in eval mode on `device` (default CPU). A
+    cross-validated checkpoint gives its K fold models as one `FoldEnsemble` (their mean P(ALL))."""
     from leukmodels.models import build_model  # imported here: the registry pulls in torchvision, not needed to read
 
     payload = load_checkpoint(path)
     config = TrainConfig.from_dict(payload["config"])
-    model = build_model(config.replace(pretrained=None))  # the weights come from the checkpoint, not that file
-    model.load_state_dict(payload["model"])
-    return model.to(device or "cpu").eval(), config
+    states = [fold["model"] for fold in payload["folds"]] if payload["format"] == CV_FORMAT else [payload["model"]]
+    models = []
+    for state in states:
+        models.append(build_model(config.replace(pretrained=None)))  # the weights come from the checkpoint
+        models[-1].load_state_dict(state)
+    if payload["format"] == CV_FORMAT:
+        from leukmodels.crossval import FoldEnsemble  # imported here: crossval imports this module
+
+        return FoldEnsemble(models).to(device or "cpu").eval(), config
+    return models[0].to(device or "cpu").eval(), config
 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "resolve_checkpoint",
-           "clean_state_dict", "unwrapped", "capture_rng_state", "restore_rng_state", "FORMAT", "CHECKPOINT_FILE"]
+           "clean_state_dict", "unwrapped", "capture_rng_state", "restore_rng_state", "FORMAT", "CV_FORMAT",
+           "CHECKPOINT_FILE"]

@@ -136,23 +136,35 @@ def _resume(setup: _Setup, config: TrainConfig, resume_from: Any, exploit: bool,
     """Load a checkpoint's weights, optimizer, schedule and RNG into `setup`; (history, per-patient history, the
     first epoch left to train). Only RESUMABLE_CHANGES (and EXPLOIT_CHANGES on an exploit) may differ."""
     payload = load_checkpoint(resume_from)  # on the CPU; load_state_dict copies to the device
-    changed = sorted(k for k, v in config.to_dict().items() if payload["config"].get(k) != v)
-    allowed = RESUMABLE_CHANGES | (EXPLOIT_CHANGES if exploit else set())
-    if set(changed) - allowed:
-        raise ValueError(f"{resume_from}: checkpoint config differs in {changed}; only "
-                         f"{sorted(allowed)} may change on {'an exploit' if exploit else 'resume'}")
-    setup.model.load_state_dict(payload["model"])
-    setup.optimizer.load_state_dict(payload["optimizer"])
-    setup.scheduler.load_state_dict(payload["scheduler"])
-    if "epochs" in changed:  # a longer or shorter run: keep the step count, stretch the cosine to the new end
-        setup.scheduler.lr_lambdas = [schedule(config, setup.steps)] * len(setup.optimizer.param_groups)
-    if {"lr", "weight_decay"} & set(changed):
-        set_rates(setup.optimizer, setup.scheduler, config)
+    changed = changed_fields(payload, config, resume_from, exploit)
+    restore_states(setup, config, payload, changed)
     restore_rng_state(payload["rng"])
     log(f"{'continuing the weights of' if exploit else 'resumed from'} {resume_from} after epoch "
         f"{payload['epoch']}" + (f" with {changed}" if changed else ""))
     return (list(payload["extra"].get("history", [])), list(payload["extra"].get("per_patient", [])),
             int(payload["epoch"]) + 1)
+
+
+def changed_fields(payload: dict, config: TrainConfig, resume_from: Any, exploit: bool) -> list[str]:
+    """The config fields a checkpoint's run had otherwise; ValueError unless a resume (an exploit) may change them."""
+    changed = sorted(k for k, v in config.to_dict().items() if payload["config"].get(k) != v)
+    allowed = RESUMABLE_CHANGES | (EXPLOIT_CHANGES if exploit else set())
+    if set(changed) - allowed:
+        raise ValueError(f"{resume_from}: checkpoint config differs in {changed}; only "
+                         f"{sorted(allowed)} may change on {'an exploit' if exploit else 'resume'}")
+    return changed
+
+
+def restore_states(setup: _Setup, config: TrainConfig, states: dict, changed: list[str]) -> None:
+    """Weights, optimizer and schedule ({"model", "optimizer", "scheduler"} state dicts) into `setup`, the schedule
+    stretched to a changed epoch count and the rates set to a changed lr or weight decay."""
+    setup.model.load_state_dict(states["model"])
+    setup.optimizer.load_state_dict(states["optimizer"])
+    setup.scheduler.load_state_dict(states["scheduler"])
+    if "epochs" in changed:  # a longer or shorter run: keep the step count, stretch the cosine to the new end
+        setup.scheduler.lr_lambdas = [schedule(config, setup.steps)] * len(setup.optimizer.param_groups)
+    if {"lr", "weight_decay"} & set(changed):
+        set_rates(setup.optimizer, setup.scheduler, config)
 
 
 def _train_epoch(setup: _Setup, config: TrainConfig, batches: DeviceBatches, num_items: int,

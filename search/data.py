@@ -36,6 +36,7 @@ class SearchData:
     patients: dict[str, int] = field(default_factory=dict)  # patients per split
     patient_ids: dict[str, list[str]] = field(default_factory=dict)  # split -> sorted patient ids
     classes: dict[str, dict] = field(default_factory=dict)  # split -> class make-up (see class_makeup)
+    frames: dict[str, Any] = field(default_factory=dict)  # split -> its manifest rows (cross-validation folds)
 
     def write_split(self, path: str | Path) -> Path:
         """Record how the search split its patients (atomically), as `results/<search>/split.json`: evaluation
@@ -116,7 +117,8 @@ def prepare_data(root: Optional[str] = None, image_sizes: Sequence[int] = (32,),
         counts={name: len(splits[name]) for name in SEARCH_SPLITS},
         patients={name: int(splits[name]["patient"].nunique()) for name in SEARCH_SPLITS},
         patient_ids={name: sorted(splits[name]["patient"].astype(str).unique()) for name in SEARCH_SPLITS},
-        classes={name: class_makeup(splits[name]) for name in SEARCH_SPLITS})
+        classes={name: class_makeup(splits[name]) for name in SEARCH_SPLITS},
+        frames={name: splits[name] for name in SEARCH_SPLITS})
 
 
 __all__ = ["SearchData", "prepare_data", "data_fingerprint", "SEARCH_SPLITS"]

@@ -152,6 +152,16 @@ def _what_wins(add: Callable[..., None]) -> None:
         "generation (50) would be random search at these budgets. Rows get a pareto flag (the front of the finished "
         "and stopped trials); the console and the report show the front and the smallest model within 0.01 of the "
         "best first objective. No latency objective: timings on a shared CPU machine are not stable enough to rank")
+    add("--cv", metavar="K", help="cross-validated selection: pool the train and val patients (the test patients "
+        "stay out), split them into K patient-disjoint folds, and let every trial train K fold models and be scored "
+        "on their pooled out-of-fold predictions (every training patient validated once); 'official' uses C-NMC's "
+        "fold_0/1/2 when they are patient-disjoint; 0 = one validation split. The trial's checkpoint holds the K "
+        "models, whose mean P(ALL) evaluate/predict/export use. About K times the training per trial (default 0)")
+    add("--rerank-top", type=int, metavar="N", help="after the search, re-train its top N trials' configs with "
+        "cross-validation over --rerank-folds folds (a second search NAME-rerank, rows linked by reranked_from) and choose "
+        "the winner on that figure: cheaper than --cv for a large search")
+    add("--rerank-folds", default="3", metavar="K", help="folds of --rerank-top's cross-validation, or 'official' "
+        "(default 3)")
     add("--warm-start", metavar="SEARCH", help="run the best configs of an earlier search of the same leaderboard "
         "first (e.g. a 32 px search before a 48 px one): its top 3 by its own metric, at most half of --num-samples "
         "(at least 1). Each is mapped onto this search's space, one line per change: values clipped to the new "
@@ -217,6 +227,7 @@ def validate(args: argparse.Namespace) -> None:
     small = [s for s in args.image_sizes or [] if s < 16]
     if small:
         raise ValueError(f"--image-sizes {small[0]} is too small: use 16 px or more")
+    _check_cv(args)
     if args.objectives:
         from search.pareto import check_objectives
 
@@ -230,6 +241,24 @@ def validate(args: argparse.Namespace) -> None:
 
         TrialResources(args.workers_per_trial, args.cpus_per_worker if args.cpus_per_worker is not None else 1.0,
                        args.gpus_per_worker or 0.0).validate()
+
+
+def _check_cv(args: argparse.Namespace) -> None:
+    """--cv and --rerank-top: fold counts parsed; fold models train in sequence in one process (no DDP)."""
+    from search.crossval import parse_cv
+
+    args.cv = parse_cv(args.cv) if getattr(args, "cv", None) is not None else None
+    args.rerank_folds = parse_cv(getattr(args, "rerank_folds", None) or "3")
+    if args.cv and (args.workers_per_trial or 1) > 1:
+        raise ValueError(f"--cv {args.cv} needs --workers-per-trial 1 (got {args.workers_per_trial}): a trial trains "
+                         f"its fold models one after another in its own process")
+    rerank = getattr(args, "rerank_top", None)
+    if rerank is not None and rerank < 2:
+        raise ValueError(f"--rerank-top {rerank} must be >= 2: re-ranking one trial changes nothing")
+    if rerank and args.cv:
+        raise ValueError(f"--rerank-top with --cv {args.cv}: every trial is cross-validated already; drop one")
+    if rerank and not args.rerank_folds:
+        raise ValueError("--rerank-folds 0: re-ranking needs cross-validation folds (>= 2 or 'official')")
 
 
 def _check_pbt(args: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ import pandas as pd
 from ray.tune import Callback
 
 from leukmodels.metrics import is_single_class
+from search.crossval import config_key, row_fields
 from search.history import (best_report, epochs_run, exploits, finite, since_last_exploit, trained_seconds,
                             result_trial_id, with_checkpoint_paths, with_prior_epochs)
 from search.schema import METRIC_COLUMNS
@@ -41,6 +42,8 @@ class SearchContext:
     searcher: str = ""
     scheduler: str = ""
     objectives: str = ""  # a multi-objective search's objectives, comma-separated ("" for one objective)
+    stage: str = "search"  # "rerank": the K-fold re-training of an earlier search's top trials (search/rerank.py)
+    origins: dict = field(default_factory=dict)  # rerank: config_key(config) -> the trial whose config it re-trains
 
 
 def ending(context: SearchContext, trial_id: str, history: list[dict], error: Optional[str]) -> Optional[str]:
@@ -123,6 +126,7 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
         "nodes": ",".join(nodes) or None, "checkpoint": checkpoint,
         "searcher": context.searcher or None, "scheduler": context.scheduler or None,
         "objectives": context.objectives or None,  # its `pareto` flag is set once the search ends (search.pareto)
+        **row_fields(best), "stage": context.stage, "reranked_from": context.origins.get(config_key(train_fields)),
         "data_fingerprint": context.data_fingerprint, "data_generated": context.data_generated,
         "data_root": context.data_root, "code_version": context.code_version,
         "started_at": finished - wall_seconds if wall_seconds is not None else _started(last), "finished_at": finished,

@@ -17,7 +17,7 @@ import pyarrow as pa
 from leukmodels.config import TrainConfig
 from leukmodels.metrics import LOWER_IS_BETTER, SCALAR_METRICS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: the cross-validation columns (cv_folds, fold_metrics, stage, reranked_from)
 METRIC_COLUMNS = (*SCALAR_METRICS, "val_loss")  # every metric a search can rank by (the loss: lower is better)
 STATUSES = ("finished", "stopped", "time_budget", "error")  # every status but error ranks by its metric
 VERSION_KEY = b"leukemia_tune.leaderboard.schema_version"
@@ -46,6 +46,11 @@ SCHEMA = pa.schema(
        # multi-objective searches: the objectives (comma-separated, the first ranks) and whether the trial is on the
        # search's Pareto front over its finished/stopped trials; null in single-objective searches
        pa.field("objectives", pa.string()), pa.field("pareto", pa.bool_()),
+       # --cv: the folds whose pooled out-of-fold predictions give the metrics, and each fold's own figures (JSON
+       # {metric: [fold 0, 1, ...]}); --rerank-top: stage "rerank" rows re-train stage "search" rows' configs with
+       # cross-validation, reranked_from naming the trial of the search whose config they re-train
+       pa.field("cv_folds", pa.int64()), pa.field("fold_metrics", pa.string()), pa.field("stage", pa.string()),
+       pa.field("reranked_from", pa.string()),
        pa.field("data_fingerprint", pa.string()), pa.field("data_generated", pa.bool_()),
        pa.field("data_root", pa.string()), pa.field("code_version", pa.string()),
        pa.field("started_at", _UTC), pa.field("finished_at", _UTC), pa.field("schema_version", pa.int64())],

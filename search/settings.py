@@ -30,11 +30,11 @@ METRICS = (DEFAULT_METRIC, *(name for name in SCALAR_METRICS if name != DEFAULT_
 # grace 1 stopped configs at epoch 1 or 2 that trained to the best by epoch 6-8 (python -m search.benchmark, README).
 PROFILES = {
     "cpu": dict(num_samples=12, max_epochs=8, grace_epochs=2, image_sizes=[32], batch_sizes=[32, 64],
-                workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0),
+                workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0, cv=0),
     "gpu": dict(num_samples=32, max_epochs=20, grace_epochs=3, image_sizes=[64, 96, 128], batch_sizes=[64, 128, 256],
-                workers_per_trial=1, cpus_per_worker=4.0, gpus_per_worker=1.0),
+                workers_per_trial=1, cpus_per_worker=4.0, gpus_per_worker=1.0, cv=0),
     "smoke": dict(num_samples=2, max_epochs=2, grace_epochs=1, image_sizes=[24], batch_sizes=[32],
-                  workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0),
+                  workers_per_trial=1, cpus_per_worker=1.0, gpus_per_worker=0.0, cv=0),
 }
 GPU_CPUS_PER_WORKER_MAX = 4  # a GPU worker's CPUs only move batches: more would cut the trials a GPU node runs
 # Where `ray up` leaves the cluster file on the head node (the autoscaler reads it); $LEUKTUNE_AUTOSCALER_CONFIG moves it.
@@ -43,7 +43,7 @@ AUTOSCALER_CONFIG = "~/ray_bootstrap_config.yaml"
 SAVED_FIELDS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "reduction_factor",
                 "workers_per_trial", "cpus_per_worker", "gpus_per_worker", "image_sizes", "batch_sizes", "seed",
                 "metric", "time_budget", "max_failures", "profile", "storage", "searcher", "scheduler",
-                "val_fraction", "warm_start", "objectives")
+                "val_fraction", "warm_start", "objectives", "cv", "rerank_top", "rerank_folds")
 CHANGEABLE_ON_RESUME = ("time_budget",)  # a resumed run gets a budget of its own
 # Written for the record and read back, never compared with a flag: the configs a --warm-start search ran first.
 RECORDED_FIELDS = ("warm_start_points",)

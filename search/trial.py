@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 from search import faults
+from search.crossval import train_cv_in_trial
 from search.plan import TrialResources
 from search.settings import DEFAULT_METRIC
 from search.spaces import check_buildable, train_config
@@ -40,6 +41,7 @@ class TrialSettings:
     max_failures: int = 2  # retries of a trial from its last checkpoint (a dead worker, a lost node)
     metric: str = DEFAULT_METRIC  # Train keeps the best epoch's checkpoint by it, besides the latest
     mode: str = "max"
+    cv: bool = False  # --cv: each trial trains its K fold models in sequence in place (search/crossval.py)
 
     @property
     def in_process(self) -> bool:
@@ -234,6 +236,8 @@ def run_trial(config: dict[str, Any], data_refs: Optional[dict] = None,
         raise ValueError(f"image_size={train_cfg.image_size} was not decoded for this search "
                          f"(decoded: {sorted(data_refs)})")
     train = _train_in_trial if settings.in_process else _train_with_ray_train
+    if settings.cv:
+        train = train_cv_in_trial
     train(train_cfg, data_refs[train_cfg.image_size], settings)
 
 

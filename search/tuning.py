@@ -17,6 +17,7 @@ from ray import tune
 from leukmodels.metrics import SINGLE_CLASS_SHARE
 from search import leaderboard
 from search.console import Console, ConsoleCallback
+from search.crossval import search_refs
 from search.data import SearchData, prepare_data
 from search.pareto import direction, front_lines, marked_search, searcher_objectives
 from search.paths import RESULTS, REPORT, in_storage, leaderboard_path, optuna_url, split_path
@@ -39,7 +40,8 @@ def optuna_storage(results: str):
 
 def trial_settings(args: argparse.Namespace, plan: Plan) -> TrialSettings:
     return TrialSettings(resources=plan.per_trial, train_storage=in_storage(args.storage, args.name, TRAIN_RUNS_DIR),
-                         max_failures=args.max_failures, metric=args.metric, mode="max")
+                         max_failures=args.max_failures, metric=args.metric, mode="max",
+                         cv=bool(getattr(args, "cv", None)))
 
 
 def trial_request(settings: TrialSettings, nodes: list[dict]) -> dict[str, float]:
@@ -130,12 +132,14 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     recorder = LeaderboardCallback(search_context(args, data), str(leaderboard_path(args.results)))
     progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
                                max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
-    tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), data.put()), [recorder, progress])
+    refs = search_refs(args, data, console.say)  # with --cv: the pooled train+val set and its folds
+    tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), refs), [recorder, progress])
     run = search_run(args.name)
     run.launched, run.deadline = time.time(), (time.time() + args.time_budget if args.time_budget else None)
     console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "
                 f"each, {plan.max_concurrent_trials} at once ({args.searcher} + {args.scheduler}, {goal(args)} "
-                f"on the validation patients)")
+                f"on {'the pooled out-of-fold predictions' if getattr(args, 'cv', None) else 'the validation patients'}"
+                f")")
     if args.scheduler == "pbt":
         from search.pbt import describe
 
@@ -144,7 +148,12 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     grid = tuner.fit()
     slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
     mine = write_rows(args, recorder.context, grid, console)
-    return finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
+    code = finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
+    if code == 0 and getattr(args, "rerank_top", None):  # the second stage: the top trials re-trained with K folds
+        from search.rerank import rerank
+
+        code = rerank(args, plan, console, mine, data)
+    return code
 
 
 def write_rows(args: argparse.Namespace, context: SearchContext, grid: Any, console: Console) -> Any:
