@@ -33,7 +33,7 @@ DEFAULTS = dict(family=["resnet"], strategies=[BASELINE, "random-asha", "tpe-fif
                 num_samples=12, max_epochs=8, image_sizes=[32])
 SMOKE = dict(strategies=[BASELINE, "tpe-asha"], seeds=[0], num_samples=3, max_epochs=2, image_sizes=[24])
 SETTINGS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "reduction_factor", "strategies", "seeds",
-            "image_sizes", "metric")  # benchmark.json: a rerun of the same --name must match them
+            "image_sizes", "metric", "cv", "rerank_top")  # benchmark.json: a rerun of the same --name must match them
 HEARTBEAT_S = 20.0  # a progress line this often while a search runs
 
 
@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="benchmark name (default <family>-<YYYYmmdd-HHMMSS>); a rerun reuses finished "
                    "searches")
     p.add_argument("--results", default=RESULTS, help="outputs go to RESULTS/benchmarks/NAME (default results)")
+    p.add_argument("--cv", type=int, metavar="K", help="also run every strategy with --cv K (cross-validated "
+                   "selection), compared with the baseline on the same selection rule")
+    p.add_argument("--rerank-top", type=int, metavar="N", help="every one-split search also re-ranks its top N "
+                   "trials with K-fold cross-validation (K: --cv, else 3): the two-stage selection rule")
     p.add_argument("--smoke-test", action="store_true", help="2 strategies x 1 seed x 3 trials x 2 epochs at 24 px")
     return p
 
@@ -85,6 +89,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             raise ValueError(f"--{flag} {' '.join(map(str, values))}: give each once")
     if min(args.seeds) < 0:
         raise ValueError(f"--seeds {min(args.seeds)} must be >= 0")
+    if args.cv is not None and args.cv < 2:
+        raise ValueError(f"--cv {args.cv} must be >= 2 folds")
+    if args.rerank_top is not None and args.rerank_top < 2:
+        raise ValueError(f"--rerank-top {args.rerank_top} must be >= 2")
     args.name = args.name or f"{'+'.join(args.family)}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in args.name or args.name.startswith("."):
         raise ValueError(f"--name {args.name!r}: use a plain folder name")
@@ -99,6 +107,14 @@ class Search:
     strategy: str
     seed: int
     name: str
+    cv: int = 0  # --cv K of this search (0: one validation split)
+    rerank: int = 0  # --rerank-top N of this one-split search (its second stage is the search <name>-rerank)
+    rerank_folds: int = 3
+
+    @property
+    def label(self) -> str:
+        """The strategy as tables show it: 'tpe-asha', or 'tpe-asha+cv3' for a cross-validated search."""
+        return f"{self.strategy}+cv{self.cv}" if self.cv else self.strategy
 
     def argv(self, args: argparse.Namespace) -> list[str]:
         """search/run.py's flags for this search: the benchmark's shared settings plus its strategy and seed."""
@@ -108,7 +124,9 @@ class Search:
                 str(args.max_epochs), "--image-sizes", *map(str, args.image_sizes), "--metric", args.metric,
                 "--searcher", searcher, "--scheduler", scheduler, "--seed", str(self.seed), "--name", self.name,
                 "--results", str(args.runs), "--storage", str(args.storage),
-                *[item for flag, value in given.items() if value is not None for item in (flag, str(value))]]
+                *[item for flag, value in given.items() if value is not None for item in (flag, str(value))],
+                *(["--cv", str(self.cv)] if self.cv else []),
+                *(["--rerank-top", str(self.rerank), "--rerank-folds", str(self.rerank_folds)] if self.rerank else [])]
 
 
 def plan_searches(args: argparse.Namespace) -> list[Search]:
@@ -118,11 +136,18 @@ def plan_searches(args: argparse.Namespace) -> list[Search]:
     from search.flags import parse_args
     from search.preflight import check_before_launch
 
-    searches = [Search(s, seed, f"{args.name}-{s}-s{seed}") for seed in args.seeds for s in args.strategies]
-    for index, search in enumerate(searches):
+    searches = []
+    for seed in args.seeds:
+        for cv in ([0, args.cv] if args.cv else [0]):
+            searches += [Search(s, seed, f"{args.name}-{s}{f'-cv{cv}' if cv else ''}-s{seed}", cv=cv,
+                                rerank=0 if cv else (args.rerank_top or 0), rerank_folds=args.cv or 3)
+                         for s in args.strategies]
+    checked = set()
+    for search in searches:
         parsed = parse_args(search.argv(args))
-        if index % len(args.strategies) == 0:
+        if search.seed not in checked:
             check_before_launch(parsed)
+            checked.add(search.seed)
     return searches
 
 
@@ -195,7 +220,7 @@ def run_searches(args: argparse.Namespace, searches: list[Search], runs: dict, s
     from search import leaderboard, run
 
     for index, search in enumerate(searches, start=1):
-        label, before = f"[{index}/{len(searches)}] {search.strategy} seed {search.seed}", runs.get(search.name, {})
+        label, before = f"[{index}/{len(searches)}] {search.label} seed {search.seed}", runs.get(search.name, {})
         if before.get("exit_code") == 0:
             say(f"{label}: finished earlier ({before['wall_seconds']:.0f} s), reused")
             continue
@@ -247,8 +272,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"benchmark {args.name}: {len(args.strategies)} strategies x {len(args.seeds)} seed(s) = {len(searches)} "
-          f"searches of {args.num_samples} trials x up to {args.max_epochs} epochs ({' '.join(args.family)}, "
+    rules = " x (one split" + (f", --cv {args.cv}" if args.cv else "") + (
+        f"; one split re-ranked with --rerank-top {args.rerank_top}" if args.rerank_top else "") + ")"
+    print(f"benchmark {args.name}: {len(args.strategies)} strategies x {len(args.seeds)} seed(s)"
+          f"{rules if args.cv or args.rerank_top else ''} = {len(searches)} searches of {args.num_samples} trials x "
+          f"up to {args.max_epochs} epochs ({' '.join(args.family)}, "
           f"{' '.join(map(str, args.image_sizes))} px, val {args.metric}) on {args.data or 'the generated set'}")
     import ray
 

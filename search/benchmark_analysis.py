@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from search import benchmark_report as report
+from search import benchmark_selection as selection
 from search.benchmark_figures import curve_figure
 from search.paths import leaderboard_path, split_path
 
@@ -89,12 +90,16 @@ def held_out_metrics(trials: pd.DataFrame, tests: dict, progress: bool = True) -
     return pd.DataFrame.from_dict(out, orient="index", columns=columns).reindex(trials.index)
 
 
-def trial_rows(board: pd.DataFrame, search: Search, metric: str) -> pd.DataFrame:
-    """A search's leaderboard rows (best first) as the benchmark's trial columns."""
+def trial_rows(board: pd.DataFrame, search: Search, metric: str, label: str | None = None,
+               rule: str | None = None) -> pd.DataFrame:
+    """A search's leaderboard rows (best first) as the benchmark's trial columns; `label` names its strategy in the
+    tables (default search.label), `rule` its selection rule (default: one split or cvK)."""
     from search.leaderboard import rank_table
 
     rows = rank_table(board, search=search.name)
-    return pd.DataFrame({"strategy": search.strategy, "seed": search.seed, "search": search.name,
+    return pd.DataFrame({"strategy": label or search.label, "seed": search.seed, "search": search.name,
+                         "rule": rule or selection.rule_of(search),
+                         "train_seconds": rows["train_seconds"], "reranked_from": rows["reranked_from"],
                          "trial_id": rows["trial_id"], "rank": rows["rank"], "status": rows["status"],
                          "epochs_run": rows["epochs_run"], "val_metric": rows[metric],
                          "val_weighted_f1": rows["weighted_f1"], "checkpoint": rows["checkpoint"],
@@ -108,17 +113,25 @@ def analyse(args: argparse.Namespace, searches: list[Search], runs: dict, comman
 
     board = leaderboard.read(leaderboard_path(args.runs))
     curves = pd.concat([report.best_so_far(epoch_records(args.storage / s.name, args.metric), args.metric)
-                        .assign(strategy=s.strategy, seed=s.seed) for s in searches], ignore_index=True)
-    trials = pd.concat([trial_rows(board, s, args.metric) for s in searches], ignore_index=True)
+                        .assign(strategy=s.label, seed=s.seed) for s in searches], ignore_index=True)
+    second = selection.rerank_searches(searches)  # --rerank-top's second stages: tested, not curves of their own
+    trials = pd.concat([trial_rows(board, s, args.metric) for s in searches]
+                       + [trial_rows(board, s, args.metric, label, rule) for s, label, rule in second],
+                       ignore_index=True)
     print(f"testing {trials['checkpoint'].notna().sum()} trial checkpoints on the held-out test patients")
-    trials = trials.join(held_out_metrics(trials, held_out_sets(args, searches)))
-    ran = pd.DataFrame([{"strategy": s.strategy, "seed": s.seed, "search": s.name, **runs[s.name]} for s in searches])
-    table = report.strategy_table(curves, trials, ran, baseline)
+    trials = trials.join(held_out_metrics(trials, held_out_sets(args, [*searches, *(s for s, _, _ in second)])))
+    ran = pd.DataFrame([{"strategy": s.label, "seed": s.seed, "search": s.name, **runs[s.name]} for s in searches])
+    table = pd.concat([report.strategy_table(curves[curves["strategy"].isin(labels)], trials, ran[ran["strategy"].isin(
+        labels)], group_baseline) for group_baseline, labels in selection.strategy_groups(searches, baseline)],
+        ignore_index=True)
     generated = trials["data_generated"].dropna()
     data = ("GENERATED C-NMC-like images (synthetic, not C-NMC)" if len(generated) and generated.all()
             else f"C-NMC images at {trials['data_root'].dropna().iloc[0] if len(trials) else args.data}")
+    order = list(dict.fromkeys(s.label for s in searches))
+    chosen = selection.selection_table(trials, searches)
     return report.Results(name=args.name, command=command, metric=args.metric, baseline=baseline, data=data,
-                          table=table, summary=report.headline(table, args.strategies), trials=trials, curves=curves)
+                          table=table, summary=report.headline(table, order), trials=trials, curves=curves,
+                          selection=chosen, selection_summary=selection.rule_summary(chosen, trials))
 
 
 def write_outputs(args: argparse.Namespace, results: report.Results) -> list[Path]:
@@ -126,7 +139,8 @@ def write_outputs(args: argparse.Namespace, results: report.Results) -> list[Pat
     from leukmodels.atomic import atomic_path
 
     figures = {"best_vs_epochs.png": "epochs", "best_vs_seconds.png": "seconds"}
-    frames = {"table.parquet": results.table, "trials.parquet": results.trials, "curves.parquet": results.curves}
+    frames = {"table.parquet": results.table, "trials.parquet": results.trials, "curves.parquet": results.curves,
+              "selection.parquet": results.selection}
     texts = {"benchmark.md": report.markdown(results, list(figures)),
              "headline.json": json.dumps(report.headline_record(results), indent=1)}
     target = results.table.loc[results.table["strategy"] == results.baseline, "target"].median()

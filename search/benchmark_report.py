@@ -16,6 +16,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from search import benchmark_selection as selection
+
 TOLERANCE = 1e-12  # a best "reaches" a target equal to it up to float noise
 CURVE_COLUMNS = ("epochs", "seconds", "best")
 SHARE_COLUMNS = ("strategy", "seed", "best_val", "epochs", "seconds", "target", "epochs_to_target", "epochs_share",
@@ -160,7 +162,10 @@ def rank_correlation(trials: pd.DataFrame, x: str, y: str) -> tuple[float, int]:
 
 def correlations(trials: pd.DataFrame, metric: str) -> dict[str, tuple[float, int]]:
     """How well each validation metric ranks trials as the test patients do: Spearman's rho against test weighted F1
-    (and the trials counted) for the search metric and for weighted F1, both at the epoch the search kept."""
+    (and the trials counted) for the search metric and for weighted F1, both at the epoch the search kept; over the
+    one-split searches' trials (the other selection rules have their own rho: benchmark_selection)."""
+    if "rule" in trials:
+        trials = trials[trials["rule"] == selection.ONE_SPLIT]
     return {f"val {metric}": rank_correlation(trials, "val_metric", "test_weighted_f1"),
             "val weighted_f1": rank_correlation(trials, "val_weighted_f1", "test_weighted_f1")}
 
@@ -210,6 +215,8 @@ class Results:
     summary: pd.DataFrame  # one row per strategy: headline
     trials: pd.DataFrame  # one row per trial: val_metric, val_weighted_f1, test_*, left_out (why no test result)
     curves: pd.DataFrame  # every search's best_so_far curve, with strategy and seed
+    selection: pd.DataFrame = None  # one row per (search, selection rule): benchmark_selection.selection_table
+    selection_summary: pd.DataFrame = None  # one row per rule: benchmark_selection.rule_summary
 
 
 def finding_lines(results: Results) -> list[str]:
@@ -222,7 +229,10 @@ def finding_lines(results: Results) -> list[str]:
         lines.append(f"{len(left)} trial(s) left out of the test metrics: "
                      + "; ".join(f"{count} {why}" for why, count in left.value_counts().items()))
     verdict = target_verdict(results.summary, results.baseline)
-    return lines + ([verdict] if verdict else [])
+    cv_verdicts = [target_verdict(results.summary, group, f"tpe-asha{group[len(results.baseline):]}")
+                   for group in dict.fromkeys(results.summary["strategy"]) if group.startswith(f"{results.baseline}+")]
+    return lines + ([verdict] if verdict else []) + [v for v in cv_verdicts if v] + selection.finding_lines(
+        results.selection_summary, results.selection)
 
 
 def markdown(results: Results, figures: Sequence[str]) -> str:
@@ -238,8 +248,22 @@ def markdown(results: Results, figures: Sequence[str]) -> str:
              f"search.", "", "## Headline", "",
              to_markdown(headline_text(results.summary, results.metric, results.baseline)).rstrip(), "",
              *[f"- {line}" for line in finding_lines(results)], "", "## Per strategy and seed", "",
-             to_markdown(table_text(results.table, results.metric)).rstrip(), ""]
+             to_markdown(table_text(results.table, results.metric)).rstrip(), "",
+             *selection_markdown(results)]
     return "\n".join(parts + [f"![{name}]({name})\n" for name in figures])
+
+
+def selection_markdown(results: Results) -> list[str]:
+    """benchmark.md's section on the selection rules (none when the benchmark compared one rule only)."""
+    from search.leaderboard import to_markdown
+
+    if results.selection_summary is None or len(results.selection_summary) < 2:
+        return []
+    return ["## Selection rules", "", "Per rule over every strategy and seed: where the winner ranks among its search's"
+            " trials on the test patients, its regret (the best trial's test weighted F1 minus the winner's), and the "
+            "trial training it cost. A rerank winner is ranked and scored as its one-split trial (the same trials "
+            "as the one split); its K-fold model's own test F1 is the next column.", "",
+            to_markdown(selection.summary_text(results.selection_summary)).rstrip(), ""]
 
 
 def headline_record(results: Results) -> dict:
@@ -255,13 +279,19 @@ def headline_record(results: Results) -> dict:
             "rank_correlation_with_test_weighted_f1": {name: {"spearman": number(rho), "trials": n} for name, (rho, n)
                                                        in correlations(results.trials, results.metric).items()},
             "trials_left_out": int(results.trials["left_out"].notna().sum()),
-            "target": target_verdict(results.summary, results.baseline)}
+            "target": target_verdict(results.summary, results.baseline),
+            "selection": [] if results.selection_summary is None else [
+                {key: number(value) if isinstance(value, float) else value for key, value in row.items()}
+                for row in results.selection_summary.to_dict("records")]}
 
 
 def console_lines(results: Results, written: Sequence[Path]) -> list[str]:
     """The console's closing summary: the headline, its findings, the files and what to look at first."""
     shown = headline_text(results.summary, results.metric, results.baseline)
-    return ["", f"headline ({results.data}; medians over seeds):", shown.to_string(index=False),
+    rules = results.selection_summary
+    chosen = ([f"selection rules ({results.data}):", selection.summary_text(rules).to_string(index=False)]
+              if rules is not None and len(rules) > 1 else [])
+    return ["", f"headline ({results.data}; medians over seeds):", shown.to_string(index=False), *chosen,
             *finding_lines(results), "", f"wrote {written[0].parent}/: {', '.join(p.name for p in written)}",
             f"look at {written[0]} first (headline and per-seed table), then {written[-2].name} (best-so-far against "
             f"epochs trained); per-search logs in {written[0].parent / 'logs'}"]

@@ -73,6 +73,7 @@ def rerank(args: argparse.Namespace, plan: Plan, console: Console, mine: pd.Data
     console.say(f"\nrerank: the top {len(configs)} trials of {args.name} re-trained with cross-validation as search "
                 f"{name}, {args.max_epochs} epochs each, none stopped early")
     console.say(describe_folds(data, fold_of, args.rerank_folds))
+    split_path(args.results, name).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(split_path(args.results, args.name), split_path(args.results, name))  # evaluate.py reads it
     context = search_context(args, data)
     context.search, context.searcher, context.scheduler, context.stage = name, "rerank", "fifo", STAGE
@@ -82,7 +83,9 @@ def rerank(args: argparse.Namespace, plan: Plan, console: Console, mine: pd.Data
     settings = trial_settings(args, plan)
     settings = dataclasses.replace(settings, cv=True, train_storage=in_storage(args.storage, name, TRAIN_RUNS_DIR))
     tuner = tune.Tuner(
-        trainable_for(settings, refs), param_space={},
+        # every key must be in the space for points_to_evaluate to set it: each a choice of the values the configs hold
+        trainable_for(settings, refs), param_space={key: tune.choice(list(dict.fromkeys(c[key] for c in configs)))
+                                                    for key in configs[0]},
         tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=configs),
                                     num_samples=len(configs), max_concurrent_trials=plan.max_concurrent_trials,
                                     reuse_actors=True),
