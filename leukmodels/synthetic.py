@@ -1,12 +1,30 @@
 """A generated stand-in for C-NMC 2019, written in the exact Kaggle layout (the real data cannot be downloaded here).
 
-    python -m leukmodels.synthetic --out DIR [--all-patients 16 --hem-patients 8 --images-per-patient 32 ...]
+    python -m leukmodels.synthetic --out DIR [--all-patients 24 --hem-patients 12 --images-per-patient 21 ...]
 
 writes DIR/C-NMC_Leukemia/{training_data/fold_0|1|2/{all,hem}, validation_data/..., testing_data/...} plus a
 GENERATED.json marker: every result on this tree is a result on generated cells, NOT a C-NMC result. Each cell is
-drawn by `leukmodels.cells` (calibrated to real cells, with its sources); each patient has its own class position,
-stain and illumination, so some patients are easy, some hard, and a model can memorise them. Deterministic by seed,
-whatever --workers.
+drawn by `leukmodels.cells` (calibrated to real cells, with its sources). Deterministic by seed, whatever --workers.
+
+Patients differ as on the real cells, so that choosing a model on a few validation patients is as unreliable here
+as there. Calibration targets and where they come from:
+- Counts (Gupta & Gupta 2019, ALL Challenge dataset of ISBI 2019, TCIA, https://doi.org/10.7937/tcia.2019.dc64i46r):
+  10,661 training cells from 73 subjects (47 ALL, 26 HEM), about two thirds ALL; 1,867 preliminary-test cells from
+  28 subjects. Cells per subject are very uneven: a mean of 146, and a 3,713-cell sample of 60 subjects held
+  subjects with a handful to hundreds of cells (this project's issue 19). Here: cells per patient are log-normal
+  with sigma `cell_skew` (default 1.0, so the largest tenth of patients hold over a third of the cells), at least
+  2 each, summing to `images_per_patient` times the patients of each class and split exactly.
+- Per-patient shifts (82 real training cells measured for leukmodels/cells.py): mean cell colour varies about 8 per
+  channel and cell area about 7,000-9,000 px; each patient draws its own stain gain and offset, brightness,
+  illumination gradient, focus, contrast and cell-size offset (`patient_style`) within that spread.
+- Per-patient difficulty: per-patient accuracy of classifiers on C-NMC ranges from 0.26 to 1.0 (figure quoted in
+  issue 19 as published; its original paper was not located when this was written); a patient-level random split
+  inflates F1 from 0.89 to 0.98 and AUROC by 0.04 (Albzour 2026, arXiv:2606.24944), i.e. patients are what a model
+  must generalise over. Here each patient's class position (`blastness`) spreads around its class, and a share of
+  its cells (`flip_share`, Beta(0.5, b) with mean `difficulty`, default 0.12) is drawn at the other class's
+  position: most patients near 0, a few with half or more of their cells flipped, so a patient's best reachable
+  accuracy spans about the published range.
+The drawn counts, shifts and flips of every patient are listed in GENERATED.json ("patient_effects").
 """
 from __future__ import annotations
 
@@ -24,21 +42,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from leukmodels.cells import patient_style, render_cell
+from leukmodels.cells import flip_share, patient_style, render_cell
 from leukmodels.data.layout import (CSV_COLUMNS, FINAL_DIR, GENERATED_MARKER, KAGGLE_DIRS, KAGGLE_TOP, LABELS_CSV,
                                     PRELIM_DIR)
 
 TRAINING, VALIDATION, TESTING = KAGGLE_DIRS
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: skewed cells per patient, per-patient difficulty, larger patient shifts
 NOTE = ("Synthetic C-NMC-like cells written by leukmodels.synthetic. Any result on this tree is a result on "
         "generated data, NOT a C-NMC 2019 result.")
-DEFAULTS = dict(n_all=16, n_hem=8, images_per_patient=32, n_prelim=8, n_final=4)
+# About as many cells as version 1 (16 + 8 patients x 32), spread over more, uneven patients (see the docstring)
+DEFAULTS = dict(n_all=24, n_hem=12, images_per_patient=21, n_prelim=12, n_final=6, cell_skew=1.0, difficulty=0.12)
+MIN_CELLS = 2  # the fewest cells a patient gets when counts are skewed
 SPLITS = ("train", "prelim", "final")  # in this order: the file-name generator is drawn from split after split
 TEST_FOLDERS = {"prelim": f"{VALIDATION}/{PRELIM_DIR}", "final": f"{TESTING}/{FINAL_DIR}"}
 
 
 def _write_cell(task: tuple) -> None:
-    """Worker: render one cell from its own seed (so output is independent of worker count) and write the BMP."""
+    """Worker: render one cell from its own seed (so output is independent of worker count) and write the BMP.
+    `blastness` is the cell's class position: its patient's, or the mirror of it for a flipped cell."""
     path, seed, key, blastness, patient = task
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
     Image.fromarray(render_cell(rng, blastness, patient), "RGB").save(path, format="BMP")   # 24-bit BMP
@@ -50,8 +71,11 @@ def _split_classes(n: int) -> tuple[int, int]:
     return (n_all, n - n_all) if n != 1 else (1, 0)
 
 
-def _plan(seed: int, n_all: int, n_hem: int, n_prelim: int, n_final: int) -> dict:
-    """Patient ids and styles per split: {split: [(patient_id, is_all, style)]}, all patients disjoint."""
+def _plan(seed: int, n_all: int, n_hem: int, n_prelim: int, n_final: int, images_per_patient: int,
+          cell_skew: float, difficulty: float) -> dict:
+    """Patient ids and styles per split: {split: [(patient_id, is_all, style)]}, all patients disjoint. A style also
+    holds the patient's cell count ("cells") and difficulty ("flip_share"), drawn from their own streams so the
+    stains stay the same whatever the skew and difficulty."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     (p_all, p_hem), (f_all, f_hem) = _split_classes(n_prelim), _split_classes(n_final)
     total_all, total_hem = n_all + p_all + f_all, n_hem + p_hem + f_hem
@@ -60,12 +84,33 @@ def _plan(seed: int, n_all: int, n_hem: int, n_prelim: int, n_final: int) -> dic
     hem_ids = ["H3"] + [f"H{i}" for i in rng.choice(hem_pool, total_hem - 1, replace=False)]  # H3: the h3 quirk
     patients = [(p, True, patient_style(rng, True)) for p in all_ids]
     patients += [(p, False, patient_style(rng, False)) for p in hem_ids]
+    effects = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,)))
+    for _, _, style in patients:
+        style["flip_share"] = flip_share(effects, difficulty)
     take = lambda ids, a, b: [x for x in patients if x[0] in ids[a:b]]  # noqa: E731
-    return {
-        "train": take(all_ids, 0, n_all) + take(hem_ids, 0, n_hem),
-        "prelim": take(all_ids, n_all, n_all + p_all) + take(hem_ids, n_hem, n_hem + p_hem),
-        "final": take(all_ids, n_all + p_all, None) + take(hem_ids, n_hem + p_hem, None),
+    plan = {
+        "train": (take(all_ids, 0, n_all), take(hem_ids, 0, n_hem)),
+        "prelim": (take(all_ids, n_all, n_all + p_all), take(hem_ids, n_hem, n_hem + p_hem)),
+        "final": (take(all_ids, n_all + p_all, None), take(hem_ids, n_hem + p_hem, None)),
     }
+    for split in SPLITS:                # each class of each split holds exactly patients x images_per_patient cells
+        for group in plan[split]:
+            for (_, _, style), count in zip(group, _cell_counts(effects, len(group), images_per_patient, cell_skew)):
+                style["cells"] = count
+    return {split: all_group + hem_group for split, (all_group, hem_group) in plan.items()}
+
+
+def _cell_counts(rng: np.random.Generator, n: int, mean: int, skew: float) -> list[int]:
+    """n cell counts summing to n * mean: at least MIN_CELLS (or mean, if smaller) each, the rest shared out in
+    proportion to log-normal(0, skew) weights by largest remainder. skew 0: every patient gets `mean`."""
+    weights = rng.lognormal(0.0, skew, n) if n else np.zeros(0)
+    if skew <= 0 or n == 0:
+        return [mean] * n
+    floor = min(MIN_CELLS, mean)
+    raw = weights / weights.sum() * (n * mean - n * floor)          # n shares of the cells above the floor
+    counts = np.floor(raw).astype(int)
+    counts[np.argsort(counts - raw)[:n * mean - n * floor - counts.sum()]] += 1   # largest remainders first
+    return (counts + floor).tolist()
 
 
 def _cell_names(rng: np.random.Generator, patient: str, label: str, count: int) -> list[str]:
@@ -77,14 +122,19 @@ def _cell_names(rng: np.random.Generator, patient: str, label: str, count: int) 
     return names[:count]
 
 
-def _cells(names_rng: np.random.Generator, split: str, patients: list, per_patient: int) -> list[tuple]:
-    """(file name stem, is_all, render seed key, style, patient) of every cell of one split, patient by patient."""
+def _cells(names_rng: np.random.Generator, seed: int, split: str, patients: list) -> list[tuple]:
+    """(file name stem, is_all, render seed key, style, patient, cell blastness) of every cell of one split, patient
+    by patient. A patient's flipped cells (each with probability flip_share) sit at 1 - its blastness."""
     cells = []
     for serial, (pid, is_all, style) in enumerate(patients):
-        for i, name in enumerate(_cell_names(names_rng, pid, "all" if is_all else "hem", per_patient)):
+        flips = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4, SPLITS.index(split), serial)))
+        flipped = flips.random(style["cells"]) < style["flip_share"]
+        style["flipped_cells"] = int(flipped.sum())
+        for i, name in enumerate(_cell_names(names_rng, pid, "all" if is_all else "hem", style["cells"])):
             if pid == "H3" and i == 0:
                 name = name.replace("UID_H3_", "UID_h3_")   # the real release's lower-case quirk
-            cells.append((name, is_all, (2, SPLITS.index(split), serial, i), style, pid))
+            blastness = 1.0 - style["blastness"] if flipped[i] else style["blastness"]
+            cells.append((name, is_all, (2, SPLITS.index(split), serial, i), style, pid, blastness))
     return cells
 
 
@@ -101,7 +151,7 @@ def _training_tasks(top: Path, seed: int, patients: list, cells: list) -> tuple[
         for label in ("all", "hem"):
             (top / TRAINING / fold / label).mkdir(parents=True)
     tasks = [(str(top / TRAINING / fold_of[pid] / ("all" if is_all else "hem") / f"{name}.bmp"), seed, key,
-              style["blastness"], style) for name, is_all, key, style, pid in cells]
+              blastness, style) for name, is_all, key, style, pid, blastness in cells]
     return tasks, folds
 
 
@@ -111,10 +161,20 @@ def _numbered_tasks(folder: Path, seed: int, cells: list, order: np.ndarray) -> 
     folder.mkdir(parents=True)
     tasks, rows = [], []
     for number, j in enumerate(order, start=1):
-        name, is_all, key, style, _ = cells[j]
-        tasks.append((str(folder / f"{number}.bmp"), seed, key, style["blastness"], style))
+        name, is_all, key, style, _, blastness = cells[j]
+        tasks.append((str(folder / f"{number}.bmp"), seed, key, blastness, style))
         rows.append((f"{name}.bmp", f"{number}.bmp", int(is_all)))
     return tasks, rows
+
+
+def _effects(plan: dict) -> dict:
+    """What was drawn for every patient (GENERATED.json's "patient_effects"): split, class, cells, difficulty, shifts."""
+    return {pid: {"split": split, "class": "all" if is_all else "hem", "cells": style["cells"],
+                  "flip_share": round(style["flip_share"], 4), "flipped_cells": style["flipped_cells"],
+                  "blastness": round(style["blastness"], 4), "area_offset": round(style["area_offset"], 1),
+                  "brightness": round(style["brightness"], 4), "gain": [round(float(g), 4) for g in style["gain"]],
+                  "offset": [round(float(o), 2) for o in style["offset"]]}
+            for split in SPLITS for pid, is_all, style in plan[split]}
 
 
 def _render(tasks: list, workers: int | None) -> None:
@@ -127,15 +187,15 @@ def _render(tasks: list, workers: int | None) -> None:
             list(pool.map(_write_cell, tasks, chunksize=16))
 
 
-def _write_tree(top: Path, seed, n_all, n_hem, images_per_patient, n_prelim, n_final, workers) -> dict:
+def _write_tree(top: Path, seed, n_all, n_hem, images_per_patient, n_prelim, n_final, cell_skew, difficulty,
+                workers) -> dict:
     """Every folder, file and the labels CSV of the tree under `top`; returns the marker's contents."""
-    plan = _plan(seed, n_all, n_hem, n_prelim, n_final)
+    plan = _plan(seed, n_all, n_hem, n_prelim, n_final, images_per_patient, cell_skew, difficulty)
     names_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
-    tasks, folds = _training_tasks(top, seed, plan["train"], _cells(names_rng, "train", plan["train"],
-                                                                      images_per_patient))
+    tasks, folds = _training_tasks(top, seed, plan["train"], _cells(names_rng, seed, "train", plan["train"]))
     rows = {}
     for split, folder in TEST_FOLDERS.items():
-        cells = _cells(names_rng, split, plan[split], images_per_patient)
+        cells = _cells(names_rng, seed, split, plan[split])
         split_tasks, rows[split] = _numbered_tasks(top / folder, seed, cells, names_rng.permutation(len(cells)))
         tasks += split_tasks
     with open(top / VALIDATION / LABELS_CSV, "w", newline="") as fh:
@@ -147,28 +207,35 @@ def _write_tree(top: Path, seed, n_all, n_hem, images_per_patient, n_prelim, n_f
         "generated": True, "generator": "leukmodels.synthetic", "version": GENERATOR_VERSION, "note": NOTE,
         "seed": seed,
         "parameters": dict(n_all=n_all, n_hem=n_hem, images_per_patient=images_per_patient,
-                           n_prelim=n_prelim, n_final=n_final),
+                           n_prelim=n_prelim, n_final=n_final, cell_skew=cell_skew, difficulty=difficulty),
         "counts": {"train": (n_all + n_hem) * images_per_patient, "train_all": n_all * images_per_patient,
                    "train_hem": n_hem * images_per_patient, "prelim": len(rows["prelim"]),
                    "prelim_all": sum(r[2] for r in rows["prelim"]), "final": len(rows["final"])},
         "patients": {"train": folds, **{split: [pid for pid, _, _ in plan[split]] for split in TEST_FOLDERS}},
         "final_test_labels": {numbered: label for _, numbered, label in rows["final"]},  # hidden in the real release
+        "patient_effects": _effects(plan),
     }
 
 
 def generate(out, n_all: int = DEFAULTS["n_all"], n_hem: int = DEFAULTS["n_hem"],
              images_per_patient: int = DEFAULTS["images_per_patient"], n_prelim: int = DEFAULTS["n_prelim"],
-             n_final: int = DEFAULTS["n_final"], seed: int = 0, workers: int | None = None) -> Path:
+             n_final: int = DEFAULTS["n_final"], seed: int = 0, workers: int | None = None,
+             cell_skew: float = DEFAULTS["cell_skew"], difficulty: float = DEFAULTS["difficulty"]) -> Path:
     """Write a generated C-NMC tree to `out/C-NMC_Leukemia` (atomically: built in a sibling, then renamed).
 
     n_all / n_hem: training patients per class, spread over fold_0..2; n_prelim / n_final: patients of the labelled
-    preliminary and unlabelled final test (about 2/3 ALL). Every patient gets `images_per_patient` cells.
+    preliminary and unlabelled final test (about 2/3 ALL). A patient gets `images_per_patient` cells on average
+    (exactly, with cell_skew 0); each class of each split holds exactly its patients x images_per_patient cells.
+    difficulty: the mean share of a patient's cells drawn at the other class's position (0: none).
     Returns the `C-NMC_Leukemia` folder. Refuses to write over an existing one.
     """
     for flag, value, low in (("n_all", n_all, 1), ("n_hem", n_hem, 1), ("images_per_patient", images_per_patient, 1),
                              ("n_prelim", n_prelim, 0), ("n_final", n_final, 0), ("seed", seed, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"synthetic.generate: {flag} must be an integer >= {low}, got {value!r}")
+    for flag, value, high in (("cell_skew", cell_skew, 3.0), ("difficulty", difficulty, 0.5)):
+        if not isinstance(value, (int, float)) or not 0 <= value <= high:
+            raise ValueError(f"synthetic.generate: {flag} must be a number from 0 to {high:g}, got {value!r}")
     out = Path(out)
     top = out / KAGGLE_TOP
     if top.exists():
@@ -177,7 +244,8 @@ def generate(out, n_all: int = DEFAULTS["n_all"], n_hem: int = DEFAULTS["n_hem"]
     tmp = out / f".{KAGGLE_TOP}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        marker = _write_tree(tmp, seed, n_all, n_hem, images_per_patient, n_prelim, n_final, workers)
+        marker = _write_tree(tmp, seed, n_all, n_hem, images_per_patient, n_prelim, n_final, cell_skew, difficulty,
+                             workers)
         (tmp / GENERATED_MARKER).write_text(json.dumps(marker, indent=1) + "\n")  # written last: a complete tree
         os.rename(tmp, top)
     except BaseException:
@@ -259,10 +327,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder to write C-NMC_Leukemia/ into")
     for flag, key, what in (("--all-patients", "n_all", "training ALL patients, spread over fold_0..2"),
                             ("--hem-patients", "n_hem", "training HEM patients, spread over fold_0..2"),
-                            ("--images-per-patient", "images_per_patient", "cells per patient"),
+                            ("--images-per-patient", "images_per_patient", "mean cells per patient"),
                             ("--prelim-patients", "n_prelim", "labelled preliminary-test patients, about 2/3 ALL"),
                             ("--final-patients", "n_final", "unlabelled final-test patients, about 2/3 ALL")):
         parser.add_argument(flag, type=int, default=DEFAULTS[key], help=f"{what} (default %(default)s)")
+    parser.add_argument("--cell-skew", type=float, default=DEFAULTS["cell_skew"], help="log-normal sigma of cells "
+                        "per patient; 0: every patient gets the mean (default %(default)s)")
+    parser.add_argument("--difficulty", type=float, default=DEFAULTS["difficulty"], help="mean share of a patient's "
+                        "cells drawn at the other class's position, 0 to 0.5 (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default %(default)s)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
     args = parser.parse_args(argv)
@@ -270,7 +342,8 @@ def main(argv=None) -> int:
     try:
         top = generate(args.out, n_all=args.all_patients, n_hem=args.hem_patients,
                        images_per_patient=args.images_per_patient, n_prelim=args.prelim_patients,
-                       n_final=args.final_patients, seed=args.seed, workers=args.workers)
+                       n_final=args.final_patients, seed=args.seed, workers=args.workers,
+                       cell_skew=args.cell_skew, difficulty=args.difficulty)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -283,6 +356,10 @@ def main(argv=None) -> int:
     print(f"  validation_data: {c['prelim']} numbered cells ({c['prelim_all']} ALL) from {p['n_prelim']} patients, "
           f"labels in {LABELS_CSV}")
     print(f"  testing_data: {c['final']} numbered unlabelled cells from {p['n_final']} patients")
+    effects = marker["patient_effects"].values()
+    cells, flips = sorted(e["cells"] for e in effects), sorted(e["flip_share"] for e in effects)
+    print(f"  patients: {cells[0]}-{cells[-1]} cells (median {cells[len(cells) // 2]}), flipped share "
+          f"{flips[0]:.2f}-{flips[-1]:.2f} (median {flips[len(flips) // 2]:.2f}); see patient_effects in the marker")
     print(f"  marker: {top / GENERATED_MARKER}")
     return 0
 

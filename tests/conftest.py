@@ -3,7 +3,7 @@
 - Every test session gets its own decode cache and default-data location under a tmp folder (LEUKTUNE_CACHE,
   LEUKTUNE_DATA), so no test reads or writes ~/.cache or the repo's results/.
 - `tiny_cnmc`: a session-wide tiny generated C-NMC tree (Kaggle layout; 6 ALL + 4 HEM training patients of 8 cells,
-  2 labelled prelim-test and 1 final-test patient); its path is the `C-NMC_Leukemia` folder. Built once in seconds.
+  2 labelled prelim-test and 1 final-test patient, no patient skew or flipped cells); its path is the `C-NMC_Leukemia` folder. Built once in seconds.
 - `tiny_search` / `evaluated`: a tiny search trained without Ray and evaluate's output on it, built once per session
   for the post-search commands' tests (tests/tiny_search.py).
 - `ray_2cpu`: a local Ray with 2 logical CPUs for one test module (started on first use, shut down when the module
@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-TINY = dict(n_all=6, n_hem=4, images_per_patient=8, n_prelim=2, n_final=1, seed=0)
+# equal patients without flipped cells: the tiny trees test the plumbing; tests/test_synthetic.py tests the patient
+# effects of the default set
+TINY = dict(n_all=6, n_hem=4, images_per_patient=8, n_prelim=2, n_final=1, seed=0, cell_skew=0.0, difficulty=0.0)
 
 
 @pytest.fixture(scope="session", autouse=True)

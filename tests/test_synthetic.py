@@ -1,6 +1,6 @@
 """The generated C-NMC stand-in: exact Kaggle layout and names, labels CSV, determinism, image format, cell statistics
-against the measurements of real cells (leukmodels/cells.py), patient disjointness, and the atomic, locked
-default_dataset."""
+against the measurements of real cells (leukmodels/cells.py), patient disjointness, the patient effects (skewed cells
+per patient, per-patient shifts and difficulty), and the atomic, locked default_dataset."""
 import csv
 import json
 import re
@@ -13,7 +13,8 @@ from PIL import Image
 
 from leukmodels import synthetic
 
-SMALL = dict(n_all=3, n_hem=3, images_per_patient=3, n_prelim=3, n_final=2)
+SMALL = dict(n_all=3, n_hem=3, images_per_patient=3, n_prelim=3, n_final=2, cell_skew=0.0, difficulty=0.0)
+PLAIN = dict(cell_skew=0.0, difficulty=0.0)  # every patient the same number of cells, no flipped cells
 TRAIN_NAME = re.compile(r"^UID_(?P<patient>H\d+|h3|\d+)_(?P<image>\d+)_(?P<cell>\d+)_(?P<cls>all|hem)\.bmp$")
 NUMBERED = re.compile(r"^[1-9]\d*\.bmp$")
 PRELIM = "validation_data/C-NMC_test_prelim_phase_data"
@@ -30,7 +31,7 @@ def small_tree(tmp_path_factory) -> Path:
 def sample_stats(tmp_path_factory) -> dict:
     """Area and mean colour of every training cell of a modest tree (6 ALL + 6 HEM patients x 8 cells)."""
     top = synthetic.generate(tmp_path_factory.mktemp("stats"), n_all=6, n_hem=6, images_per_patient=8,
-                             n_prelim=0, n_final=0, seed=3, workers=2)
+                             n_prelim=0, n_final=0, seed=3, workers=2, **PLAIN)
     stats = {cls: {"area": [], "rgb": [], "within": []} for cls in ("all", "hem")}
     for path in top.glob("training_data/fold_*/*/*.bmp"):
         pixels = np.asarray(Image.open(path))                 # H x W x 3
@@ -122,12 +123,12 @@ def test_24_bit_bmp_450_with_black_corners(small_tree):
 
 
 def test_same_seed_same_bytes_any_worker_count(tmp_path):
-    sizes = dict(n_all=1, n_hem=1, images_per_patient=2, n_prelim=1, n_final=1)
+    sizes = dict(n_all=2, n_hem=1, images_per_patient=3, n_prelim=1, n_final=1, cell_skew=1.0, difficulty=0.3)
     one = all_files(synthetic.generate(tmp_path / "a", seed=5, workers=1, **sizes))
     two = all_files(synthetic.generate(tmp_path / "b", seed=5, workers=2, **sizes))
     other = all_files(synthetic.generate(tmp_path / "c", seed=6, workers=1, **sizes))
-    assert one == two
-    assert len(one) == 4 * 2 + 2
+    assert one == two                                                   # skew and flips drawn by seed too
+    assert len(one) == 5 * 3 + 2
     images = {v for k, v in one.items() if k.endswith(".bmp")}
     assert not images & {v for k, v in other.items() if k.endswith(".bmp")}   # no image shared across seeds
 
@@ -156,6 +157,10 @@ def test_generate_refuses_bad_sizes_and_existing_tree(small_tree, tmp_path):
         synthetic.generate(tmp_path, n_hem=0)
     with pytest.raises(ValueError, match="images_per_patient"):
         synthetic.generate(tmp_path, images_per_patient=-1)
+    with pytest.raises(ValueError, match="difficulty must be a number from 0 to 0.5"):
+        synthetic.generate(tmp_path, difficulty=0.7)
+    with pytest.raises(ValueError, match="cell_skew"):
+        synthetic.generate(tmp_path, cell_skew=-1.0)
     with pytest.raises(ValueError, match="already exists"):
         synthetic.generate(small_tree.parent, **SMALL)
 
@@ -163,7 +168,7 @@ def test_generate_refuses_bad_sizes_and_existing_tree(small_tree, tmp_path):
 def test_cli_writes_and_labels_generated_data(tmp_path, capsys):
     assert synthetic.main(["--out", str(tmp_path), "--all-patients", "1", "--hem-patients", "1",
                            "--images-per-patient", "1", "--prelim-patients", "0", "--final-patients", "0",
-                           "--workers", "1"]) == 0
+                           "--workers", "1", "--cell-skew", "0", "--difficulty", "0"]) == 0
     out = capsys.readouterr().out
     assert "GENERATED" in out and "not C-NMC" in out and str(tmp_path / "C-NMC_Leukemia") in out
     assert len(list((tmp_path / "C-NMC_Leukemia").rglob("*.bmp"))) == 2
@@ -176,7 +181,7 @@ def test_cli_writes_and_labels_generated_data(tmp_path, capsys):
 
 @pytest.fixture
 def tiny_defaults(monkeypatch):
-    for key, value in dict(n_all=1, n_hem=1, images_per_patient=2, n_prelim=1, n_final=0).items():
+    for key, value in dict(n_all=1, n_hem=1, images_per_patient=2, n_prelim=1, n_final=0, **PLAIN).items():
         monkeypatch.setitem(synthetic.DEFAULTS, key, value)
 
 
@@ -236,3 +241,59 @@ def test_discover_reads_the_generated_tree(small_tree):
     prelim = manifest[manifest["source"] == "prelim_test"]
     assert prelim["patient"].nunique() == SMALL["n_prelim"] and prelim["label"].notna().all()
     assert manifest.loc[manifest["source"] == "final_test", "label"].isna().all()
+
+
+# ---- patient effects: the default set must make selection on a few validation patients as unreliable as real cells
+
+@pytest.fixture(scope="module")
+def skewed_plan() -> dict:
+    """The plan (patients, counts, shifts, difficulty) of the default set, drawn without rendering a cell."""
+    d = synthetic.DEFAULTS
+    return synthetic._plan(0, d["n_all"], d["n_hem"], d["n_prelim"], d["n_final"], d["images_per_patient"],
+                           d["cell_skew"], d["difficulty"])
+
+
+def test_cells_per_patient_are_skewed_and_class_totals_exact(skewed_plan):
+    per_patient = synthetic.DEFAULTS["images_per_patient"]
+    train = skewed_plan["train"]
+    counts = np.array(sorted((style["cells"] for _, _, style in train), reverse=True))
+    assert counts.min() >= synthetic.MIN_CELLS
+    assert counts[0] >= 4 * np.median(counts)                          # a few large patients, many small ones
+    assert counts[:len(counts) // 10].sum() > 0.25 * counts.sum()      # the largest tenth hold over a quarter
+    for is_all, n in ((True, synthetic.DEFAULTS["n_all"]), (False, synthetic.DEFAULTS["n_hem"])):
+        assert sum(style["cells"] for _, a, style in train if a == is_all) == n * per_patient
+    assert synthetic._cell_counts(np.random.default_rng(0), 5, 7, 0.0) == [7] * 5   # skew 0: equal patients
+
+
+def test_patients_carry_their_own_stain_brightness_and_size(skewed_plan):
+    styles = [style for split in skewed_plan.values() for _, _, style in split]
+    gains = np.array([s["gain"] for s in styles])                      # patients x 3
+    assert np.all(gains.std(axis=0) > 0.03)                            # stain gain per channel differs
+    assert np.std([s["brightness"] for s in styles]) > 0.03
+    assert np.std([s["area_offset"] for s in styles]) > 1_500           # px: some patients' cells larger
+    assert np.abs(np.array([s["offset"] for s in styles])).max() > 3    # stain offset
+
+
+def test_difficulty_varies_between_patients(skewed_plan):
+    shares = np.array([style["flip_share"] for split in skewed_plan.values() for _, _, style in split])
+    assert np.median(shares) < 0.1                                     # most patients easy ...
+    assert shares.max() > 0.4                                          # ... a few mostly flipped: accuracy 0.26-1.0
+    assert abs(shares.mean() - synthetic.DEFAULTS["difficulty"]) < 0.06
+    plain = synthetic._plan(0, 3, 3, 0, 0, 4, 0.0, 0.0)
+    assert all(style["flip_share"] == 0 for split in plain.values() for _, _, style in split)
+
+
+def test_flipped_cells_are_rendered_at_the_other_class(tmp_path):
+    top = synthetic.generate(tmp_path, n_all=2, n_hem=2, images_per_patient=12, n_prelim=0, n_final=0, seed=4,
+                             workers=1, cell_skew=1.0, difficulty=0.4)
+    marker = json.loads((top / "GENERATED.json").read_text())
+    effects = marker["patient_effects"]
+    assert sorted(e["cells"] for e in effects.values()) != [12] * 4 and sum(e["cells"] for e in effects.values()) == 48
+    files = list(top.glob("training_data/fold_*/*/*.bmp"))
+    for pid, effect in effects.items():
+        mine = [p for p in files if TRAIN_NAME.match(p.name)["patient"].upper() == pid.upper()]
+        assert len(mine) == effect["cells"] and 0 <= effect["flipped_cells"] <= effect["cells"]
+    assert sum(e["flipped_cells"] for e in effects.values()) > 0
+    assert marker["parameters"]["difficulty"] == 0.4 and marker["generated"] is True
+    again = synthetic._plan(4, 2, 2, 0, 0, 12, 1.0, 0.4)               # same seed, same draws
+    assert {pid: style["cells"] for pid, _, style in again["train"]} == {p: e["cells"] for p, e in effects.items()}

@@ -34,7 +34,7 @@ def build_tiny_search(base: Path) -> dict:
     from search.leaderboard import append_rows
 
     root = generate(base / "data", n_all=6, n_hem=4, images_per_patient=8, n_prelim=4, n_final=1, seed=0,
-                    workers=1)
+                    workers=1, cell_skew=0.0, difficulty=0.0)
     results = base / "results"
     cache = base / "cache"
     sizes = sorted({overrides.get("image_size", IMAGE_SIZE) for overrides in CONFIGS.values()})
