@@ -33,7 +33,7 @@ from search.trial import TRAIN_RUNS_DIR, checkpoint_config
 
 STAGE = "rerank"
 SUFFIX = "-rerank"  # the second stage's search name: <search><SUFFIX>
-SHOWN = ["rank", "trial_id", "reranked_from", "family", "balanced_accuracy", "weighted_f1", "fold_metrics"]
+SHOWN = ["rank", "trial_id", "reranked_from", "family", "balanced_accuracy", "weighted_f1", "filters", "depth", "lr"]
 
 
 def rerank_name(search: str) -> str:
@@ -103,22 +103,24 @@ def rerank(args: argparse.Namespace, plan: Plan, console: Console, mine: pd.Data
 
 
 def winner_lines(mine: pd.DataFrame, ranked: pd.DataFrame, args: argparse.Namespace, name: str) -> list[str]:
-    """The rerank leaderboard, and which trial wins on the cross-validated figure against the one-split winner."""
+    """The rerank leaderboard, and which trial wins on the cross-validated figure against the one-split winner.
+    `mine` and `ranked` are the two searches' rows, best first (ranks shown within each search)."""
     if not len(ranked):
         return [f"rerank: no trial of {name} ended"]
-    lines = [f"leaderboard of {name} (ranked by pooled out-of-fold {args.metric}):",
-             leaderboard.render(ranked, [c for c in SHOWN if c in ranked.columns])]
+    folds = [json.loads(text)[args.metric] if isinstance(text, str) else [] for text in ranked["fold_metrics"]]
+    shown = ranked.assign(rank=range(1, len(ranked) + 1),
+                          fold_metrics=[" ".join(f"{value:.3f}" for value in values) for values in folds])
+    lines = [f"leaderboard of {name} (ranked by pooled out-of-fold {args.metric}; fold_metrics: its value per fold):",
+             leaderboard.render(shown, [c for c in [*SHOWN, "fold_metrics"] if c in shown.columns])]
     winner, first = ranked.iloc[0], mine.iloc[0]
     origin = str(winner.get("reranked_from"))
-    single_rank = mine.loc[mine["trial_id"] == origin, "rank"]
-    where = f"rank {int(single_rank.iloc[0])} on the one split" if len(single_rank) else "its rank unknown"
-    folds = json.loads(winner["fold_metrics"])[args.metric] if isinstance(winner.get("fold_metrics"), str) else []
+    position = [i for i, trial in enumerate(mine["trial_id"].astype(str), start=1) if trial == origin]
+    where = f"rank {position[0]} of {len(mine)} on the one split" if position else "its rank unknown"
     lines.append(f"winner chosen on the {int(winner['cv_folds'] or 0)}-fold cross-validated {args.metric}: "
-                 f"{winner['trial_id']} ({winner[args.metric]:.4f}, per fold {folds}), the config of {origin} "
-                 f"({where}; the one split's winner was {first['trial_id']})")
-    lines.append(f"next: python search/evaluate.py --search {name} --top 3"
-                 f"{'' if args.results is None else ' --leaderboard ' + str(leaderboard_path(args.results))}"
-                 f"   # the K fold models' mean P(ALL) on unseen test patients")
+                 f"{winner['trial_id']} ({winner[args.metric]:.4f}), the config of {origin} ({where}; the one "
+                 f"split's winner was {first['trial_id']})")
+    lines.append(f"next: python search/evaluate.py --search {name} --top 3 --leaderboard "
+                 f"{leaderboard_path(args.results)}   # the K fold models' mean P(ALL) on unseen test patients")
     return lines
 
 
