@@ -33,7 +33,7 @@ DEFAULTS = dict(family=["resnet"], strategies=[BASELINE, "random-asha", "tpe-fif
                 num_samples=12, max_epochs=8, image_sizes=[32])
 SMOKE = dict(strategies=[BASELINE, "tpe-asha"], seeds=[0], num_samples=3, max_epochs=2, image_sizes=[24])
 SETTINGS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "reduction_factor", "strategies", "seeds",
-            "image_sizes", "metric", "cv", "rerank_top")  # benchmark.json: a rerun of the same --name must match them
+            "image_sizes", "metric", "cv", "rerank_top", "rerank_strategies")  # benchmark.json: a rerun must match
 HEARTBEAT_S = 20.0  # a progress line this often while a search runs
 
 
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "selection), compared with the baseline on the same selection rule")
     p.add_argument("--rerank-top", type=int, metavar="N", help="every one-split search also re-ranks its top N "
                    "trials with K-fold cross-validation (K: --cv, else 3): the two-stage selection rule")
+    p.add_argument("--rerank-strategies", nargs="+", metavar="SEARCHER-SCHEDULER", help="the strategies whose "
+                   "one-split searches --rerank-top re-ranks (default: every strategy)")
     p.add_argument("--smoke-test", action="store_true", help="2 strategies x 1 seed x 3 trials x 2 epochs at 24 px")
     return p
 
@@ -140,7 +142,8 @@ def plan_searches(args: argparse.Namespace) -> list[Search]:
     for seed in args.seeds:
         for cv in ([0, args.cv] if args.cv else [0]):
             searches += [Search(s, seed, f"{args.name}-{s}{f'-cv{cv}' if cv else ''}-s{seed}", cv=cv,
-                                rerank=0 if cv else (args.rerank_top or 0), rerank_folds=args.cv or 3)
+                                rerank=0 if cv or s not in (args.rerank_strategies or [s]) else (args.rerank_top or 0),
+                                rerank_folds=args.cv or 3)
                          for s in args.strategies]
     checked = set()
     for search in searches:
