@@ -79,6 +79,22 @@ def cv_refs(data: SearchData, k: Any, seed: int) -> tuple[dict[str, int], dict[i
     return fold_of, refs
 
 
+def check_folds_before_launch(args: Any, splits: dict) -> None:
+    """--cv and --rerank-folds: the folds can be drawn from the split's train+val patients (ValueError naming the
+    flag: too few patients of a class, official folds that share a patient)."""
+    from leukmodels.data import DataError
+    from leukmodels.data.folds import patient_folds
+
+    asked = [("--cv", getattr(args, "cv", None)),
+             ("--rerank-folds", getattr(args, "rerank_folds", None) if getattr(args, "rerank_top", None) else None)]
+    for flag, k in asked:
+        if k:
+            try:
+                patient_folds(pd.concat([splits[name] for name in SEARCH_SPLITS]), k, seed=args.seed)
+            except DataError as why:
+                raise ValueError(f"{flag} {k}: {why}") from None
+
+
 def search_refs(args: Any, data: SearchData, say: Any) -> dict[int, dict]:
     """The object refs every trial of a search gets: the split's train and val sets, or with --cv the pooled set and
     each image's fold (the folds described in one line)."""
@@ -144,5 +160,5 @@ def train_cv_in_trial(config: Any, refs: dict, settings: Any) -> None:
             torch.cuda.empty_cache()
 
 
-__all__ = ["CV_ROW_FIELDS", "config_key", "cv_refs", "describe_folds", "parse_cv", "pooled_rows", "pooled_sets",
-           "row_fields", "search_refs", "train_cv_in_trial"]
+__all__ = ["CV_ROW_FIELDS", "check_folds_before_launch", "config_key", "cv_refs", "describe_folds", "parse_cv",
+           "pooled_rows", "pooled_sets", "row_fields", "search_refs", "train_cv_in_trial"]

@@ -156,7 +156,9 @@ def check_before_launch(args: argparse.Namespace) -> None:
 
 def _check_data(args: argparse.Namespace) -> None:
     if args.data is not None:
-        _search_splits(args, args.data)
+        from search.crossval import check_folds_before_launch
+
+        check_folds_before_launch(args, _search_splits(args, args.data))
 
 
 def _search_splits(args: argparse.Namespace, root: str) -> dict:

@@ -3,6 +3,7 @@ the --cv / --rerank-top flags and the benchmark's selection figures (no Ray here
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -117,8 +118,8 @@ def test_fit_cv_reports_the_out_of_fold_predictions_of_the_checkpointed_fold_mod
     config = TrainConfig(family="baseline", filters=4, depth=2, image_size=16, epochs=2, batch_size=8,
                          warmup_epochs=0.0, aug_strength=0.0)
     seen = []
-    result = fit_cv(config, data, folds, device="cpu", checkpoint_dir=tmp_path / "run", log=None,
-                    on_epoch=lambda metrics, folder: seen.append((metrics, folder)))
+    fit_cv(config, data, folds, device="cpu", checkpoint_dir=tmp_path / "run", log=None,
+           on_epoch=lambda metrics, folder: seen.append((metrics, folder)))
     assert [m["epoch"] for m, _ in seen] == [1, 2] and all(m["cv_folds"] == 2 for m, _ in seen)
     last = tmp_path / "run" / "epoch_0002" / "checkpoint.pt"
     payload = load_checkpoint(last)
@@ -184,3 +185,20 @@ def test_rerank_winner_is_scored_as_the_one_split_trial_it_re_trains():
     assert table.loc["rerank2", "cpu_hours"] == pytest.approx(5 * 36 / 3600)
     summary = selection.rule_summary(table.reset_index(), frame).set_index("rule")
     assert summary.loc["rerank2", "regret_saved_per_extra_cpu_hour"] == pytest.approx(0.2 / (2 * 36 / 3600))
+
+
+def test_official_folds_sharing_a_patient_are_refused_before_ray_starts(tiny_cnmc, tmp_path, capsys):
+    import shutil
+
+    from search import run
+
+    tree = Path(shutil.copytree(tiny_cnmc, tmp_path / "C-NMC_Leukemia"))
+    moved = sorted((tree / "training_data" / "fold_0" / "all").glob("*.bmp"))[0]  # one cell of a fold_0 patient
+    (tree / "training_data" / "fold_1" / "all" / moved.name).write_bytes(moved.read_bytes())
+    moved.unlink()
+    patient = moved.name.split("_")[1]
+    argv = ["--family", "resnet", "--data", str(tree), "--cv", "official", "--image-sizes", "24",
+            "--results", str(tmp_path / "results"), "--storage", str(tmp_path / "ray")]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cv official" in err[0] and f"patient {patient} is in fold_0, fold_1" in err[0]
