@@ -202,3 +202,24 @@ def test_official_folds_sharing_a_patient_are_refused_before_ray_starts(tiny_cnm
     assert run.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--cv official" in err[0] and f"patient {patient} is in fold_0, fold_1" in err[0]
+
+
+def test_a_version_2_leaderboard_reads_with_empty_cv_columns_and_is_upgraded(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from board_rows import make_row
+    from search import leaderboard as lb
+    from search import schema
+
+    added = {"cv_folds", "fold_metrics", "stage", "reranked_from"}
+    path = tmp_path / "leaderboard.parquet"
+    row = {k: v for k, v in schema.normalise_row(make_row("old")).items() if k not in added}
+    row["rank"], row["schema_version"] = 1, 2
+    old = pa.schema([f for f in schema.SCHEMA if f.name not in added], metadata={schema.VERSION_KEY: b"2"})
+    pq.write_table(pa.Table.from_pylist([row], schema=old), path)
+    got = lb.read(path).iloc[0]
+    assert got["trial_id"] == "old" and all(pd.isna(got[name]) for name in added)
+    board = lb.append_rows(path, [make_row("new", cv_folds=3)])
+    assert set(board["trial_id"]) == {"old", "new"} and (board["schema_version"] == 3).all()
+    assert board.set_index("trial_id").loc["new", "cv_folds"] == 3
