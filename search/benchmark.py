@@ -33,7 +33,7 @@ DEFAULTS = dict(family=["resnet"], strategies=[BASELINE, "random-asha", "tpe-fif
                 num_samples=12, max_epochs=8, image_sizes=[32])
 SMOKE = dict(strategies=[BASELINE, "tpe-asha"], seeds=[0], num_samples=3, max_epochs=2, image_sizes=[24])
 SETTINGS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "reduction_factor", "strategies", "seeds",
-            "image_sizes", "metric", "cv", "rerank_top", "rerank_strategies")  # benchmark.json: a rerun must match
+            "image_sizes", "metric", "cv", "rerank_top", "rerank_strategies", "batch_sizes")  # a rerun must match
 HEARTBEAT_S = 20.0  # a progress line this often while a search runs
 
 
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", nargs="+", metavar="SEARCHER-SCHEDULER", help=f"from {', '.join(STRATEGIES)}; "
                    f"must include {BASELINE} (default {' '.join(DEFAULTS['strategies'])})")
     p.add_argument("--image-sizes", type=int, nargs="+", metavar="S", help="candidate image sizes (default 32)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", metavar="B", help="candidate batch sizes (default: the "
+                   "profile's; smaller ones train more steps per epoch on a small set)")
     p.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS, help="validation metric every search "
                    "maximises (default balanced_accuracy)")
     p.add_argument("--name", help="benchmark name (default <family>-<YYYYmmdd-HHMMSS>); a rerun reuses finished "
@@ -128,6 +130,7 @@ class Search:
                 "--results", str(args.runs), "--storage", str(args.storage),
                 *[item for flag, value in given.items() if value is not None for item in (flag, str(value))],
                 *(["--cv", str(self.cv)] if self.cv else []),
+                *(["--batch-sizes", *map(str, args.batch_sizes)] if args.batch_sizes else []),
                 *(["--rerank-top", str(self.rerank), "--rerank-folds", str(self.rerank_folds)] if self.rerank else [])]
 
 

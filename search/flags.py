@@ -123,6 +123,8 @@ def _what_a_trial_gets(add: Callable[..., None]) -> None:
     add("--cpus-per-worker", type=float, help="CPUs per worker (cpu 1, gpu up to 4)")
     add("--gpus-per-worker", type=float, help="GPUs per worker; fractions (0.25) only with one worker per trial")
     add("--image-sizes", type=int, nargs="+", metavar="S", help="candidate image sizes in px (cpu 32, gpu 64 96 128)")
+    add("--batch-sizes", type=int, nargs="+", metavar="B", help="candidate batch sizes per worker (cpu 32 64, gpu 64 "
+        "128 256)")
     add("--val-fraction", type=float, default=0.2, help="share of the training patients held out for validation, "
         "drawn by patient (default 0.2)")
 
@@ -158,8 +160,8 @@ def _what_wins(add: Callable[..., None]) -> None:
         "fold_0/1/2 when they are patient-disjoint; 0 = one validation split. The trial's checkpoint holds the K "
         "models, whose mean P(ALL) evaluate/predict/export use. About K times the training per trial (default 0)")
     add("--rerank-top", type=int, metavar="N", help="after the search, re-train its top N trials' configs with "
-        "cross-validation over --rerank-folds folds (a second search NAME-rerank, rows linked by reranked_from) and choose "
-        "the winner on that figure: cheaper than --cv for a large search")
+        "cross-validation over --rerank-folds folds (a second search NAME-rerank, rows linked by reranked_from) and "
+        "choose the winner on that figure: cheaper than --cv for a large search")
     add("--rerank-folds", default="3", metavar="K", help="folds of --rerank-top's cross-validation, or 'official' "
         "(default 3)")
     add("--warm-start", metavar="SEARCH", help="run the best configs of an earlier search of the same leaderboard "
@@ -257,6 +259,8 @@ def _check_cv(args: argparse.Namespace) -> None:
         raise ValueError(f"--rerank-top {rerank} must be >= 2: re-ranking one trial changes nothing")
     if rerank and args.cv:
         raise ValueError(f"--rerank-top with --cv {args.cv}: every trial is cross-validated already; drop one")
+    if rerank and args.cv is None:
+        args.cv = 0  # the first stage is one split, whatever a profile's --cv default
     if rerank and not args.rerank_folds:
         raise ValueError("--rerank-folds 0: re-ranking needs cross-validation folds (>= 2 or 'official')")
 
