@@ -181,7 +181,8 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, sum
     """Show the search's rows, timing and what to run next; tidy the Optuna study; the exit code says whether
     anything trained."""
     say = console.say
-    say(f"\nleaderboard of {args.name} ({len(mine)} trials, ranked by {args.metric} on the validation patients):")
+    where = "pooled out-of-fold predictions" if getattr(args, "cv", None) else "validation patients"
+    say(f"\nleaderboard of {args.name} ({len(mine)} trials, ranked by {args.metric} on the {where}):")
     if len(mine):
         say(leaderboard.render(mine, [c for c in BOARD_COLUMNS if c in mine.columns]))
         say(f"(every column: python search/leaderboard.py --search {args.name} --columns all"
