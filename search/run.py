@@ -69,14 +69,17 @@ def start_ray(args: argparse.Namespace) -> None:
 def prepare(args: argparse.Namespace) -> list[str]:
     """What can be checked before Ray starts; returns notes on settings a --resume changed."""
     from search import leaderboard
+    from search.namelock import claim_name
     from search.preflight import check_before_launch, check_name
     from search.settings import load_settings, refuse_existing
 
     check_name(args)  # before anything is written under it
+    leaderboard.append_rows(leaderboard_path(args.results), [])  # fail now on unwritable results
+    if not args.dry_run:  # one driver per name: two started together both passed the check below
+        args.name_lock = claim_name(args.results, args.name)
     notes = load_settings(args, args.given) if args.resume else []
     if not args.resume and not args.dry_run:
         refuse_existing(args)
-    leaderboard.append_rows(leaderboard_path(args.results), [])  # fail now on unwritable results
     if args.warm_start and not args.resume:
         from search.warmstart import check_warm_start
 
@@ -94,22 +97,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     from search import leaderboard
     from search.console import logged_console
 
-    started = time.time()
+    started, args = time.time(), None
     try:
-        args = parse_args(argv)
-        args.started = started  # the summary's wall time counts everything the user waits for
-        notes = prepare(args)
-    except (ValueError, OSError, leaderboard.LeaderboardError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.dry_run and log_path(args).exists():
-        log_path(args).unlink()
-    with logged_console(log_path(args), verbose=args.verbose) as console:
-        console.say(f"search {args.name}; full log: {_shown_path(log_path(args))}"
-                    + ("" if args.verbose else " (--verbose shows it here)"))
-        for note in notes:
-            console.say(f"resume: {note}")
-        return launch(args, console)
+        try:
+            args = parse_args(argv)
+            args.started = started  # the summary's wall time counts everything the user waits for
+            notes = prepare(args)
+        except (ValueError, OSError, leaderboard.LeaderboardError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if args.dry_run and log_path(args).exists():
+            log_path(args).unlink()
+        with logged_console(log_path(args), verbose=args.verbose) as console:
+            console.say(f"search {args.name}; full log: {_shown_path(log_path(args))}"
+                        + ("" if args.verbose else " (--verbose shows it here)"))
+            for note in notes:
+                console.say(f"resume: {note}")
+            return launch(args, console)
+    finally:
+        if getattr(args, "name_lock", None) is not None:  # the process may go on (a test, a notebook)
+            args.name_lock.release()
 
 
 def launch(args: argparse.Namespace, console: Any) -> int:
