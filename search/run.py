@@ -58,8 +58,12 @@ def start_ray(args: argparse.Namespace) -> None:
         if args.address:  # a job's runtime_env reaches every process of the job on a cluster
             ray.init(address=args.address, runtime_env={"env_vars": env})
         else:  # a new local Ray ("local": never attach to another one running here); workers import this checkout
-            ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}})
+            from search.loopback import LOOPBACK, loopback_only
+
+            with loopback_only():  # its servers listen on 127.0.0.1 only, not on every interface
+                ray.init(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK,
+                         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                             p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}})
     except Exception as error:  # noqa: BLE001 - Ray raises bare Exception or RuntimeError when it cannot come up
         from search.preflight import ray_start_error
 

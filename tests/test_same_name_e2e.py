@@ -79,3 +79,10 @@ def test_two_same_name_searches_started_together_run_once(pair):
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * SAMPLES  # no FAIL orphans
     assert len(list(Path(tmp / "ray" / NAME).glob("experiment_state*.json"))) == 1  # one Tune experiment
 
+
+def test_a_local_search_listens_on_loopback_only(pair):
+    _, _, listening = pair
+    names = {name for name, _, _ in listening}
+    assert {"gcs_server", "raylet"} <= names, listening  # the search's own Ray was seen while it ran
+    exposed = sorted(entry for entry in listening if entry[1] not in LOOPBACK)
+    assert not exposed, f"listening beyond this machine: {exposed}"
