@@ -13,7 +13,7 @@ user who wants more starts Ray with `ray start` and passes `--address`.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 LOOPBACK = "127.0.0.1"
 

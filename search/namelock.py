@@ -55,4 +55,4 @@ def claim_name(results: str, name: str) -> NameLock:
     return NameLock(path, fd)
 
 
-__all__ = ["NameLock", "claim_name", "lock_path", "LOCK_SUFFIX"]
+__all__ = ["LOCK_SUFFIX", "NameLock", "claim_name", "lock_path"]
