@@ -49,8 +49,8 @@ def pair(tiny_cnmc, tmp_path_factory):
             str(tmp / "results"), "--storage", str(tmp / "ray"), "--name", NAME]
     logs = [tmp / f"driver-{i}.log" for i in range(2)]
     streams = [open(log, "w") for log in logs]
-    drivers = [subprocess.Popen(argv, cwd=tmp, env=checkout_env(), stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
-               for stream in streams]
+    drivers = [subprocess.Popen(argv, cwd=tmp, env=checkout_env(), stdout=stream, stderr=subprocess.STDOUT,
+                                start_new_session=True) for stream in streams]
     listening = set()
     try:
         deadline = time.time() + 500
