@@ -22,6 +22,7 @@ from search.pareto import direction, front_lines, marked_search, searcher_object
 from search.paths import RESULTS, REPORT, in_storage, leaderboard_path, optuna_url, split_path
 from search.plan import Plan, cluster_nodes, driver_resources
 from search.history import result_trial_id
+from search.resume_guard import MissingCheckpointGuard
 from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.settings import save_settings
 from search.spaces import SearchSpace
@@ -130,7 +131,9 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     recorder = LeaderboardCallback(search_context(args, data), str(leaderboard_path(args.results)))
     progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
                                max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
-    tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), data.put()), [recorder, progress])
+    tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), data.put()),
+                        [recorder, progress, MissingCheckpointGuard()])  # the guard: a resumed trial never errors
+    # for a checkpoint Tune's saved state names but the storage lost (search/resume_guard.py)
     run = search_run(args.name)
     run.launched, run.deadline = time.time(), (time.time() + args.time_budget if args.time_budget else None)
     console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "
