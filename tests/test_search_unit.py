@@ -3,6 +3,7 @@ preparation, and leaderboard rows built from fake trial histories."""
 from __future__ import annotations
 
 import pickle
+import time
 import shutil
 
 import optuna
@@ -312,3 +313,33 @@ def test_resume_applies_a_new_time_budget_and_keeps_every_other_saved_setting(tm
     assert notes == ["--time-budget 600 replaces the saved 60"]
     assert args.time_budget == 600 and args.family == ["resnet"] and args.num_samples == 5
     assert args.image_sizes == saved.image_sizes and args.profile == saved.profile
+
+
+def test_a_trial_the_budget_ends_before_its_first_report_keeps_its_sampled_settings(tmp_path):
+    """Fast, on Tune's own ResultGrid: a trial that never reported (the budget ended it in its first epoch) has no
+    config in its Result (Tune reads it from the last report); its time_budget row must still hold what was
+    sampled, never TrainConfig's defaults (issue 20.2)."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+    from ray.tune.result_grid import ResultGrid
+
+    from leukmodels.config import TrainConfig
+    from search.rows import SearchContext, rows_from_grid
+    from search.strategies import search_run
+
+    sampled = {"family": "resnet", "filters": 27, "lr": 0.02, "batch_size": 32, "image_size": 24, "epochs": 4}
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="cut",
+                             trial_dir_name="run_trial_abcd0001_1")
+    trial = Trial("run_trial", config=sampled, trial_id="abcd0001", storage=storage, stub=True)
+    trial.set_status(Trial.TERMINATED)  # how Tune leaves a trial its stopper ended
+
+    class Analysis:  # what ResultGrid reads of Tune's ExperimentAnalysis
+        trials, trial_dataframes, _fs = [trial], {}, storage.storage_filesystem
+
+    grid = ResultGrid(Analysis())
+    assert next(iter(grid)).config is None  # Tune's side of the defect
+    search_run("cut").deadline = time.time() - 1  # the budget is spent
+    rows = rows_from_grid(SearchContext(search="cut", metric="balanced_accuracy", max_epochs=4), grid)
+    assert len(rows) == 1 and rows[0]["status"] == "time_budget" and rows[0]["epochs_run"] == 0
+    assert {key: rows[0][key] for key in sampled} == sampled
+    assert rows[0]["filters"] != TrainConfig().filters
