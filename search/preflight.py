@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -49,6 +50,19 @@ def _unwritable(folder: Path) -> Optional[str]:
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
     return None
+
+
+def check_not_read_only(path: Path) -> None:
+    """A file its owner made read-only (no write bit: `chmod a-w`) is refused, never replaced. Our writes go to a
+    temporary file and `os.replace`, which asks only the folder's permission, so the file's mode bits are read
+    themselves (`os.access` answers yes to root whatever they say)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing (a new file), or a folder that cannot hold it: the write check names that
+    if not mode & 0o222:
+        raise ValueError(f"{path} is read-only ({stat.filemode(mode)}): it would be replaced with the new rows added; "
+                         f"make it writable (chmod u+w) to add to it, or pass another --results")
 
 
 def check_name(args: argparse.Namespace) -> None:
@@ -283,5 +297,5 @@ def forget_unlaunched(settings: Path, storage: str, name: str) -> bool:
     return True
 
 
-__all__ = ["check_before_launch", "check_name", "check_sizes", "check_families", "forget_unlaunched",
+__all__ = ["check_before_launch", "check_name", "check_not_read_only", "check_sizes", "check_families", "forget_unlaunched",
            "ray_start_error", "sigterm_as_sigint"]

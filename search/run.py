@@ -74,10 +74,11 @@ def prepare(args: argparse.Namespace) -> list[str]:
     """What can be checked before Ray starts; returns notes on settings a --resume changed."""
     from search import leaderboard
     from search.namelock import claim_name
-    from search.preflight import check_before_launch, check_name
+    from search.preflight import check_before_launch, check_name, check_not_read_only
     from search.settings import load_settings, refuse_existing
 
     check_name(args)  # before anything is written under it
+    check_not_read_only(leaderboard_path(args.results))  # the user's chmod a-w holds: refused, not replaced
     leaderboard.append_rows(leaderboard_path(args.results), [])  # fail now on unwritable results
     if not args.dry_run:  # one driver per name: two started together both passed the check below
         args.name_lock = claim_name(args.results, args.name)

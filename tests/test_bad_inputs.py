@@ -149,6 +149,24 @@ def test_storage_that_cannot_be_written(tmp_path, capsys):
     assert f"--storage {tmp_path / 'a-file' / 'ray'}" in err and "not a folder" in err
 
 
+def test_read_only_leaderboard_is_refused_not_replaced(tmp_path, capsys):
+    """chmod 444 on the leaderboard is the user's protection: refused before training, naming the file, and the file
+    keeps its bytes and its mode (it was replaced by a writable one). Holds under root too: the mode bits are read."""
+    from search.leaderboard import append_rows
+    from search.preflight import check_not_read_only
+
+    board = tmp_path / "results" / "leaderboard.parquet"
+    append_rows(board, [])
+    board.chmod(0o444)
+    before = board.read_bytes()
+    err = _refused([], tmp_path, capsys)
+    assert err == (f"error: {board} is read-only (-r--r--r--): it would be replaced with the new rows added; make "
+                   f"it writable (chmod u+w) to add to it, or pass another --results")
+    assert board.read_bytes() == before and board.stat().st_mode & 0o777 == 0o444
+    board.chmod(0o644)
+    check_not_read_only(board)  # writable again: no objection
+
+
 def test_name_too_long_for_the_file_system(tmp_path, capsys):
     err = _refused(["--name", "x" * 300], tmp_path, capsys)
     assert err.startswith("error: --name is 300 characters long; at most 250 fit")
