@@ -159,9 +159,10 @@ def check_before_launch(args: argparse.Namespace) -> None:
     """Everything that can be checked before Ray starts, cheapest first: --storage and the decode cache writable,
     results/optuna.db a database, --address answering (ray.init would retry for minutes), each family buildable at
     --image-sizes when they are given, the data tree's layout, labels and patient split sound."""
+    from search.cli_checks import check_cli_inputs
+
     _check_storage(args.storage)
-    _check_cache_folder()
-    _check_optuna_db(args.results)
+    check_cli_inputs(args.results, decode_cache=True)  # what every command checks (search/cli_checks.py)
     _check_address(args.address)
     _check_data(args)
     if args.image_sizes is not None and args.family is not None:  # given: check them now, not after Ray's start
