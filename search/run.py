@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -152,7 +153,7 @@ def launch(args: argparse.Namespace, console: Any) -> int:
     except KeyboardInterrupt:  # before Tune set its own handler (e.g. while decoding), or a second signal to it
         forgot = not args.resume and forget_unlaunched(settings_path(args.results, args.name), args.storage, args.name)
         console.error("interrupted before any trial started; run the same command again" if forgot else
-                      f"interrupted; continue it with --resume --name {args.name}")
+                      f"interrupted; continue it with --resume --name {shlex.quote(args.name)}")
         return 1
     finally:
         if code != 0 and not args.resume and not args.dry_run:  # a search that never launched must not hold its name

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from shlex import quote
 from pathlib import Path
 from typing import Any, Optional
 
@@ -178,7 +179,7 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, sum
     say(f"\nleaderboard of {args.name} ({len(mine)} trials, ranked by {args.metric} on the validation patients):")
     if len(mine):
         say(leaderboard.render(mine, [c for c in BOARD_COLUMNS if c in mine.columns]))
-        say(f"(every column: python search/leaderboard.py --search {args.name} --columns all"
+        say(f"(every column: python search/leaderboard.py --search {quote(args.name)} --columns all"
             f"{_board_flag(args, '--path')})")
     for line in front_lines(mine):  # multi-objective searches only
         say(line)
@@ -188,7 +189,7 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, sum
     pending = len({result_trial_id(result) for result in grid} - set(mine["trial_id"]))
     if pending and not search_run(args.name).budget_spent():  # an interrupt left trials to --resume
         say(f"search interrupted with {pending} trial(s) unfinished; continue it with: python search/run.py "
-            f"--resume --name {args.name} --results {args.results} --storage {args.storage}")
+            f"--resume --name {quote(args.name)} --results {quote(args.results)} --storage {quote(args.storage)}")
         return 1
     try:
         if args.scheduler != "pbt":  # a PBT search has no Optuna study
@@ -227,19 +228,20 @@ def single_class_warnings(mine: Any) -> list[str]:
 def _board_flag(args: argparse.Namespace, flag: str) -> str:
     """` <flag> <leaderboard>` for a command that reads the leaderboard, unless it is the default one."""
     results = Path(args.results)
-    return "" if results == Path(RESULTS).resolve() else f" {flag} {leaderboard_path(results)}"
+    return "" if results == Path(RESULTS).resolve() else f" {flag} {quote(str(leaderboard_path(results)))}"
 
 
 def next_steps(args: argparse.Namespace) -> str:
-    """The commands that come next, with this search's own name and folders filled in."""
-    results, board = Path(args.results), _board_flag(args, "--leaderboard")
+    """The commands that come next, with this search's own name and folders filled in, shell-quoted: each line pastes
+    into a shell as it is, whatever the folders are called."""
+    results, board, name = Path(args.results), _board_flag(args, "--leaderboard"), quote(args.name)
     return "\n".join([
         "next:",
-        f"  python search/evaluate.py --search {args.name} --top 3{board}   # the top trials on unseen test patients",
-        f"  python search/report.py --search {args.name}{board}   # HTML report: {results / args.name / REPORT}",
+        f"  python search/evaluate.py --search {name} --top 3{board}   # the top trials on unseen test patients",
+        f"  python search/report.py --search {name}{board}   # HTML report: {results / args.name / REPORT}",
         *([] if args.scheduler == "pbt" else [
-            f"  optuna-dashboard {optuna_url(results)}   # the study '{args.name}'"]),
-        f"  tensorboard --logdir {in_storage(args.storage, args.name)}   # learning curves of every trial"])
+            f"  optuna-dashboard {quote(optuna_url(results))}   # the study '{args.name}'"]),
+        f"  tensorboard --logdir {quote(in_storage(args.storage, args.name))}   # learning curves of every trial"])
 
 
 def close_open_optuna_trials(args: argparse.Namespace, say=print) -> int:

@@ -157,3 +157,23 @@ def test_open_optuna_trials_are_closed_by_what_ended_them(budget_spent, states, 
     assert [trial.state.name for trial in study.trials] == states
     assert any(("cut by the time budget" if budget_spent else "orphans of an interrupted driver") in line
                for line in said)
+
+
+def test_next_steps_paste_into_a_shell_whatever_the_folders_are_called(tmp_path):
+    """Each printed command, pasted into a shell, gives its program the search's own name and paths (issue 20.8: a
+    results folder `A2 ü x` gave `unrecognized arguments: x ü x/leaderboard.parquet`)."""
+    import shlex
+
+    from search import evaluate, report
+
+    results = tmp_path / "A2 ü x"
+    here = settings(name="my search", results=str(results), storage=str(results / "ray"))
+    commands = {line.split()[1] if line.split()[0] == "python" else line.split()[0]: shlex.split(line.split("   #")[0])
+                for line in next_steps(here).splitlines()[1:]}
+    board = str(results / "leaderboard.parquet")
+    evaluated = evaluate.parse_args(commands["search/evaluate.py"][2:])
+    assert (evaluated.search, evaluated.leaderboard, evaluated.top) == ("my search", board, 3)
+    reported = report.parse_args(commands["search/report.py"][2:])
+    assert (reported.search, reported.leaderboard) == ("my search", board)
+    assert commands["optuna-dashboard"][1:] == [f"sqlite:///{results / 'optuna.db'}"]
+    assert commands["tensorboard"][1:] == ["--logdir", f"{results / 'ray'}/my search"]
