@@ -61,6 +61,13 @@ def test_frame_size_reads_headers_and_skips_broken_files(tmp_path):
     assert frame_size([str(tmp_path / "broken.bmp")]) is None
 
 
+def test_frame_size_skips_a_decompression_bomb_for_the_decoder_to_name(tmp_path):
+    from cnmc_trees import write_bomb_png
+
+    paths = [str(write_image(tmp_path / "cell.bmp", 450)), str(write_bomb_png(tmp_path / "bomb.bmp", 20000))]
+    assert frame_size(paths) == 450  # it raised PIL's DecompressionBombError out of the pre-flight
+
+
 GCS_FAILURE = (  # what ray.init raised here when the GCS port was taken (Ray 2.60), shortened
     "Failed to start GCS.  Last 1 lines of error files:\n[2026-11-30 01:34:11,251 C 12281 12281] (gcs_server) "
     "grpc_server.cc:134:  Check failed: server_ Failed to start the grpc server. The specified port is 45815. If the "
