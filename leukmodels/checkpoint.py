@@ -124,9 +124,18 @@ def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, Tra
     from leukmodels.models import build_model  # imported here: the registry pulls in torchvision, not needed to read
 
     payload = load_checkpoint(path)
-    config = TrainConfig.from_dict(payload["config"])
-    model = build_model(config.replace(pretrained=None))  # the weights come from the checkpoint, not that file
-    model.load_state_dict(payload["model"])
+    file = resolve_checkpoint(path)
+    try:
+        config = TrainConfig.from_dict(payload["config"])
+        model = build_model(config.replace(pretrained=None))  # the weights come from the checkpoint, not that file
+    except (TypeError, ValueError) as error:  # an edited config, or one this version cannot build
+        raise ValueError(f"{file}: its config does not build a model ({error})") from None
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:  # "Error(s) in loading state_dict ...:\n\tsize mismatch for stem.0.weight: ..."
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ValueError(f"{file}: its weights do not match its config ({'; '.join(lines[1:2]) or lines[0]})"
+                         ) from None
     return model.to(device or "cpu").eval(), config
 
 
