@@ -32,6 +32,10 @@ from search.sizes import Footprint, available_memory, footprint, frame_size, fra
 ADDRESS_TIMEOUT_S = 5.0  # a cluster address must accept a TCP connection this fast (ray.init would wait minutes)
 SETTINGS_SUFFIX = ".json"  # results/searches/<name>.json: the longest file name a search makes from --name
 SQLITE_HEADER = b"SQLite format 3\x00"
+# what to do about an earlier Ray holding the ports, without `ray stop`: it stops every Ray its user may stop (other
+# searches' and, run as root on a shared machine, other people's)
+STALE_RAY_HINT = ("an earlier Ray of yours may still hold its ports: `pgrep -u \"$USER\" -af gcs_server` lists "
+                  "yours (the port is on its command line) and `kill <pid>` stops that one only")
 
 
 # -- names and folders ----------------------------------------------------------------------------------------------
@@ -262,8 +266,8 @@ def ray_start_error(args: argparse.Namespace, error: BaseException) -> str:
     if args.address:
         return (f"--address {args.address}: cannot join that Ray cluster: {reason}; check `ray status` on its head "
                 f"node")
-    return (f"the local Ray did not start: {reason}; try `ray stop` (an earlier Ray may still hold its ports), free "
-            f"space in /tmp, or a running Ray with --address auto")
+    return (f"the local Ray did not start: {reason}; {STALE_RAY_HINT}, free space in /tmp, or a running Ray with "
+            f"--address auto")
 
 
 @contextlib.contextmanager

@@ -270,5 +270,5 @@ def test_local_ray_that_cannot_start_is_one_line_and_exit_2(tmp_path):
     assert search.returncode == 2, err[-3000:]
     assert [line for line in lines if line.startswith("error:")] == lines[-1:], err[-3000:]
     assert lines[-1].startswith("error: the local Ray did not start: Failed to start GCS (port ")
-    assert "try `ray stop`" in lines[-1]
+    assert "`pgrep -u \"$USER\" -af gcs_server` lists yours" in lines[-1] and "ray stop" not in lines[-1]
     assert not (tmp_path / "results" / "searches" / "no-ray.json").exists() and not (tmp_path / "ray").exists()
