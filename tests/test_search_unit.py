@@ -343,3 +343,14 @@ def test_a_trial_the_budget_ends_before_its_first_report_keeps_its_sampled_setti
     assert len(rows) == 1 and rows[0]["status"] == "time_budget" and rows[0]["epochs_run"] == 0
     assert {key: rows[0][key] for key in sampled} == sampled
     assert rows[0]["filters"] != TrainConfig().filters
+
+
+@pytest.mark.parametrize("argv, max_epochs, grace", [(["--max-epochs", "1"], 1, 1), (["--grace-epochs", "12"], 12, 12),
+                                                     (["--max-epochs", "5"], 5, PROFILES["cpu"]["grace_epochs"])])
+def test_a_default_grace_follows_the_users_max_epochs(argv, max_epochs, grace):
+    """`--max-epochs 1` alone was refused (once Ray was up) for a --grace-epochs 2 the user never gave (issue 20.10)."""
+    from search.flags import validate
+
+    args = _resolved(["--family", "resnet", *argv])
+    validate(args)  # what resolve_for_cluster checks once the profile filled the rest
+    assert (args.max_epochs, args.grace_epochs) == (max_epochs, grace)
