@@ -165,7 +165,14 @@ def write_rows(args: argparse.Namespace, context: SearchContext, grid: Any, cons
         removed, freed = prune_checkpoints(grid, rows)
         console.say(f"pbt: removed {removed} checkpoint(s) kept for exploits ({freed / 2**20:.0f} MiB); each trial "
                     f"keeps its best and its latest")
-    return leaderboard.rank_table(table, search=args.name)
+    return ranked_within(table, args.name)
+
+
+def ranked_within(table: Any, search: str) -> Any:
+    """The search's rows, best first, ranked 1, 2, ... among themselves: the file's rank spans every search of the
+    leaderboard (its console table showed ranks 3 and 4 for a search of 2 trials)."""
+    mine = leaderboard.rank_table(table, search=search)
+    return mine.assign(rank=range(1, len(mine) + 1))
 
 
 BOARD_COLUMNS = ["rank", "trial_id", "family", "status", "epochs_run", "balanced_accuracy", "weighted_f1", "roc_auc",

@@ -177,3 +177,17 @@ def test_next_steps_paste_into_a_shell_whatever_the_folders_are_called(tmp_path)
     assert (reported.search, reported.leaderboard) == ("my search", board)
     assert commands["optuna-dashboard"][1:] == [f"sqlite:///{results / 'optuna.db'}"]
     assert commands["tensorboard"][1:] == ["--logdir", f"{results / 'ray'}/my search"]
+
+
+def test_the_console_table_of_one_search_ranks_within_that_search(tmp_path):
+    from board_rows import make_row
+
+    from search import leaderboard
+    from search.tuning import ranked_within
+
+    rows = [make_row("a1", search="old", f1=0.9), make_row("a2", search="old", f1=0.8),
+            make_row("b1", search="new", f1=0.7), make_row("b2", search="new", f1=0.85)]
+    table = leaderboard.append_rows(tmp_path / "lb.parquet", rows)
+    mine = ranked_within(table, "new")
+    assert list(mine["trial_id"]) == ["b2", "b1"] and list(mine["rank"]) == [1, 2]  # the file ranks them 2 and 4
+    assert list(leaderboard.rank_table(table, search="new")["rank"]) == [2, 4]
