@@ -79,8 +79,9 @@ def check_name(args: argparse.Namespace) -> None:
     limit = name_max - len(SETTINGS_SUFFIX)
     length = len(os.fsencode(args.name))  # the limit counts bytes: a non-ASCII character takes several
     if length > limit:
-        raise ValueError(f"--name is {length} characters long; at most {limit} fit (file names here hold {name_max}, "
-                         f"and results/searches/<name>{SETTINGS_SUFFIX} adds {len(SETTINGS_SUFFIX)})")
+        raise ValueError(f"--name takes {length} bytes as a file name ({len(args.name)} characters); at most {limit} "
+                         f"bytes fit (file names here hold {name_max} bytes, and results/searches/<name>"
+                         f"{SETTINGS_SUFFIX} adds {len(SETTINGS_SUFFIX)})")
 
 
 def _check_storage(storage: str) -> None:

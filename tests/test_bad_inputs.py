@@ -167,9 +167,12 @@ def test_read_only_leaderboard_is_refused_not_replaced(tmp_path, capsys):
     check_not_read_only(board)  # writable again: no objection
 
 
-def test_name_too_long_for_the_file_system(tmp_path, capsys):
-    err = _refused(["--name", "x" * 300], tmp_path, capsys)
-    assert err.startswith("error: --name is 300 characters long; at most 250 fit")
+@pytest.mark.parametrize("name, said", [("x" * 300, "300 bytes as a file name (300 characters)"),
+                                         ("ü" * 130, "260 bytes as a file name (130 characters)")])
+def test_name_too_long_for_the_file_system(name, said, tmp_path, capsys):
+    """The limit counts bytes (a non-ASCII character takes several), and the line says so (it said characters)."""
+    err = _refused(["--name", name], tmp_path, capsys)
+    assert err.startswith(f"error: --name takes {said}; at most 250 bytes fit"), err
     assert not (tmp_path / "results").exists()  # refused before anything was written
 
 
