@@ -354,3 +354,14 @@ def test_a_default_grace_follows_the_users_max_epochs(argv, max_epochs, grace):
     args = _resolved(["--family", "resnet", *argv])
     validate(args)  # what resolve_for_cluster checks once the profile filled the rest
     assert (args.max_epochs, args.grace_epochs) == (max_epochs, grace)
+
+
+@pytest.mark.parametrize("family, size", [("baseline", 24), ("resnet", 16), ("inception", 16)])
+def test_the_space_never_proposes_a_depth_its_one_image_size_cannot_hold(family, size):
+    """Baseline depth 5 at 24 px (5 halvings of 24) failed on the meta device and Tune retried it like a crashed node;
+    with one candidate size the space caps depth and stages at what builds (issue 20.10). About 1 in 4 such configs
+    failed before."""
+    configs = sample_configs(SearchSpace([family], image_sizes=[size], epochs=2), 30, seed=1)
+    for config in configs:
+        assert check_buildable(config) > 0, config
+    assert len({c.depth for c in configs}) > 1  # still a range, not one value
