@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -114,12 +115,22 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - whatever the unpickler objects to, the file is not ours
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a leukemia-tune checkpoint ({reason[:200]})") from None
+        raise ValueError(f"{path}: not a leukemia-tune checkpoint ({_load_failure(exc)[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, CV_FORMAT):
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: not a leukemia-tune checkpoint (format {found!r}, expected {FORMAT!r})")
     return payload
+
+
+def _load_failure(error: Exception) -> str:
+    """What torch.load objected to, without its advice to load the file again with weights_only=False: that runs
+    whatever code a malicious file holds (cut at 200 characters, the warning after the advice was lost)."""
+    text = " ".join(str(error).split())
+    unpickler = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    if unpickler:
+        return f"the safe unpickler refused it: {unpickler[1].strip()}"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return first if "weights_only" not in first else "torch.load with weights_only=True refused it"
 
 
 def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, TrainConfig]:
@@ -128,12 +139,20 @@ def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, Tra
     from leukmodels.models import build_model  # imported here: the registry pulls in torchvision, not needed to read
 
     payload = load_checkpoint(path)
-    config = TrainConfig.from_dict(payload["config"])
-    states = [fold["model"] for fold in payload["folds"]] if payload["format"] == CV_FORMAT else [payload["model"]]
-    models = []
-    for state in states:
-        models.append(build_model(config.replace(pretrained=None)))  # the weights come from the checkpoint
-        models[-1].load_state_dict(state)
+    file = resolve_checkpoint(path)
+    try:
+        config = TrainConfig.from_dict(payload["config"])
+        states = [fold["model"] for fold in payload["folds"]] if payload["format"] == CV_FORMAT else [payload["model"]]
+        models = [build_model(config.replace(pretrained=None)) for _ in states]  # weights come from the checkpoint
+    except (TypeError, ValueError) as error:  # an edited config, or one this version cannot build
+        raise ValueError(f"{file}: its config does not build a model ({error})") from None
+    for model, state in zip(models, states):
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:  # "Error(s) in loading state_dict ...:\n\tsize mismatch for stem.0.weight: ..."
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            raise ValueError(f"{file}: its weights do not match its config ({'; '.join(lines[1:2]) or lines[0]})"
+                             ) from None
     if payload["format"] == CV_FORMAT:
         from leukmodels.crossval import FoldEnsemble  # imported here: crossval imports this module
 

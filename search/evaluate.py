@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as `python search/evaluate.py`: this checko
 
 from leukmodels.atomic import atomic_path  # noqa: E402
 from leukmodels.metrics import SCALAR_METRICS  # noqa: E402
+from search.cli_checks import check_cli_inputs  # noqa: E402
 from search.heldout import TestSet, held_out_set  # noqa: E402
 from search.leaderboard import DEFAULT_PATH  # noqa: E402
 from search.paths import TEST_METRICS, TEST_PREDICTIONS  # noqa: E402
@@ -211,6 +212,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        check_cli_inputs(decode_cache=True, cache_dir=args.cache_dir)  # the pre-flight every command shares
+    except ValueError as err:
+        print(f"evaluate: error: {err}", file=sys.stderr)
+        return 2
     try:
         return run(args)
     except NothingEvaluated as err:

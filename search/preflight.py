@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -31,6 +32,10 @@ from search.sizes import Footprint, available_memory, footprint, frame_size, fra
 ADDRESS_TIMEOUT_S = 5.0  # a cluster address must accept a TCP connection this fast (ray.init would wait minutes)
 SETTINGS_SUFFIX = ".json"  # results/searches/<name>.json: the longest file name a search makes from --name
 SQLITE_HEADER = b"SQLite format 3\x00"
+# what to do about an earlier Ray holding the ports, without `ray stop`: it stops every Ray its user may stop (other
+# searches' and, run as root on a shared machine, other people's)
+STALE_RAY_HINT = ("an earlier Ray of yours may still hold its ports: `pgrep -u \"$USER\" -af gcs_server` lists "
+                  "yours (the port is on its command line) and `kill <pid>` stops that one only")
 
 
 # -- names and folders ----------------------------------------------------------------------------------------------
@@ -51,6 +56,19 @@ def _unwritable(folder: Path) -> Optional[str]:
     return None
 
 
+def check_not_read_only(path: Path) -> None:
+    """A file its owner made read-only (no write bit: `chmod a-w`) is refused, never replaced. Our writes go to a
+    temporary file and `os.replace`, which asks only the folder's permission, so the file's mode bits are read
+    themselves (`os.access` answers yes to root whatever they say)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing (a new file), or a folder that cannot hold it: the write check names that
+    if not mode & 0o222:
+        raise ValueError(f"{path} is read-only ({stat.filemode(mode)}): it would be replaced with the new rows added; "
+                         f"make it writable (chmod u+w) to add to it, or pass another --results")
+
+
 def check_name(args: argparse.Namespace) -> None:
     """--name becomes file and folder names (results/searches/<name>.json the longest): refuse one the file system
     would answer with "File name too long" only once the search had started writing."""
@@ -61,8 +79,9 @@ def check_name(args: argparse.Namespace) -> None:
     limit = name_max - len(SETTINGS_SUFFIX)
     length = len(os.fsencode(args.name))  # the limit counts bytes: a non-ASCII character takes several
     if length > limit:
-        raise ValueError(f"--name is {length} characters long; at most {limit} fit (file names here hold {name_max}, "
-                         f"and results/searches/<name>{SETTINGS_SUFFIX} adds {len(SETTINGS_SUFFIX)})")
+        raise ValueError(f"--name takes {length} bytes as a file name ({len(args.name)} characters); at most {limit} "
+                         f"bytes fit (file names here hold {name_max} bytes, and results/searches/<name>"
+                         f"{SETTINGS_SUFFIX} adds {len(SETTINGS_SUFFIX)})")
 
 
 def _check_storage(storage: str) -> None:
@@ -145,9 +164,10 @@ def check_before_launch(args: argparse.Namespace) -> None:
     """Everything that can be checked before Ray starts, cheapest first: --storage and the decode cache writable,
     results/optuna.db a database, --address answering (ray.init would retry for minutes), each family buildable at
     --image-sizes when they are given, the data tree's layout, labels and patient split sound."""
+    from search.cli_checks import check_cli_inputs
+
     _check_storage(args.storage)
-    _check_cache_folder()
-    _check_optuna_db(args.results)
+    check_cli_inputs(args.results, decode_cache=True)  # what every command checks (search/cli_checks.py)
     _check_address(args.address)
     _check_data(args)
     if args.image_sizes is not None and args.family is not None:  # given: check them now, not after Ray's start
@@ -249,8 +269,8 @@ def ray_start_error(args: argparse.Namespace, error: BaseException) -> str:
     if args.address:
         return (f"--address {args.address}: cannot join that Ray cluster: {reason}; check `ray status` on its head "
                 f"node")
-    return (f"the local Ray did not start: {reason}; try `ray stop` (an earlier Ray may still hold its ports), free "
-            f"space in /tmp, or a running Ray with --address auto")
+    return (f"the local Ray did not start: {reason}; {STALE_RAY_HINT}, free space in /tmp, or a running Ray with "
+            f"--address auto")
 
 
 @contextlib.contextmanager
@@ -285,5 +305,5 @@ def forget_unlaunched(settings: Path, storage: str, name: str) -> bool:
     return True
 
 
-__all__ = ["check_before_launch", "check_name", "check_sizes", "check_families", "forget_unlaunched",
-           "ray_start_error", "sigterm_as_sigint"]
+__all__ = ["check_before_launch", "check_name", "check_not_read_only", "check_sizes", "check_families",
+           "forget_unlaunched", "ray_start_error", "sigterm_as_sigint"]

@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as `python search/report.py`: this checkout
     import _script  # noqa: F401
 
 from leukmodels.atomic import atomic_path  # noqa: E402
+from search.cli_checks import check_cli_inputs  # noqa: E402
 from search.evaluate import EvaluateError, board_dir, read_board, read_parquet_or_none  # noqa: E402
 from search.leaderboard import DEFAULT_PATH  # noqa: E402
 from search.paths import OPTUNA_DB, REPORT, TEST_METRICS, TEST_PREDICTIONS, optuna_url  # noqa: E402
@@ -119,6 +120,11 @@ def write_report(args: argparse.Namespace) -> Path:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """0 written; 2 with one line on stderr when an input (leaderboard, test metrics, --search) is bad."""
     args = parse_args(argv)
+    try:
+        check_cli_inputs(None if args.optuna_storage else board_dir(Path(args.leaderboard)))  # shared pre-flight
+    except ValueError as err:  # a results/optuna.db that is not SQLite
+        print(f"report: error: {err}", file=sys.stderr)
+        return 2
     try:
         write_report(args)
     except EvaluateError as err:  # missing or corrupt leaderboard / test metrics, unknown search

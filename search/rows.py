@@ -153,6 +153,9 @@ def rows_from_grid(context: SearchContext, grid: Any, walls: Optional[dict] = No
     that are not over get no row, so an earlier row of theirs (written before a kill) stays as it was."""
     analysis = getattr(grid, "_experiment_analysis", None)
     unfinished = {t.trial_id for t in getattr(analysis, "trials", []) if t.status not in ("TERMINATED", "ERROR")}
+    # a Result's config is read from its last report: a trial that never reported (the time budget ended it in its
+    # first epoch) has none, and its row took TrainConfig's defaults. The trial itself holds what was sampled.
+    sampled = {str(t.path): t.config for t in getattr(analysis, "trials", [])}
     rows = []
     for result in grid:
         frame = result.metrics_dataframe
@@ -162,7 +165,8 @@ def rows_from_grid(context: SearchContext, grid: Any, walls: Optional[dict] = No
         error = short_error(result.error) if result.error else None
         if trial_id in unfinished or not is_over(context, trial_id, history, error):
             continue
-        rows.append(build_row(context, trial_id, dict(result.config or {}), history, error,
+        config = result.config or sampled.get(str(result.path)) or {}
+        rows.append(build_row(context, trial_id, dict(config), history, error,
                               wall_seconds=(walls or {}).get(trial_id)))
     return rows
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -58,8 +59,12 @@ def start_ray(args: argparse.Namespace) -> None:
         if args.address:  # a job's runtime_env reaches every process of the job on a cluster
             ray.init(address=args.address, runtime_env={"env_vars": env})
         else:  # a new local Ray ("local": never attach to another one running here); workers import this checkout
-            ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}})
+            from search.loopback import LOOPBACK, loopback_only
+
+            with loopback_only():  # its servers listen on 127.0.0.1 only, not on every interface
+                ray.init(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK,
+                         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                             p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}})
     except Exception as error:  # noqa: BLE001 - Ray raises bare Exception or RuntimeError when it cannot come up
         from search.preflight import ray_start_error
 
@@ -69,14 +74,18 @@ def start_ray(args: argparse.Namespace) -> None:
 def prepare(args: argparse.Namespace) -> list[str]:
     """What can be checked before Ray starts; returns notes on settings a --resume changed."""
     from search import leaderboard
-    from search.preflight import check_before_launch, check_name
+    from search.namelock import claim_name
+    from search.preflight import check_before_launch, check_name, check_not_read_only
     from search.settings import load_settings, refuse_existing
 
     check_name(args)  # before anything is written under it
+    check_not_read_only(leaderboard_path(args.results))  # the user's chmod a-w holds: refused, not replaced
+    leaderboard.append_rows(leaderboard_path(args.results), [])  # fail now on unwritable results
+    if not args.dry_run:  # one driver per name: two started together both passed the check below
+        args.name_lock = claim_name(args.results, args.name)
     notes = load_settings(args, args.given) if args.resume else []
     if not args.resume and not args.dry_run:
         refuse_existing(args)
-    leaderboard.append_rows(leaderboard_path(args.results), [])  # fail now on unwritable results
     if args.warm_start and not args.resume:
         from search.warmstart import check_warm_start
 
@@ -94,22 +103,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     from search import leaderboard
     from search.console import logged_console
 
-    started = time.time()
+    started, args = time.time(), None
     try:
-        args = parse_args(argv)
-        args.started = started  # the summary's wall time counts everything the user waits for
-        notes = prepare(args)
-    except (ValueError, OSError, leaderboard.LeaderboardError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.dry_run and log_path(args).exists():
-        log_path(args).unlink()
-    with logged_console(log_path(args), verbose=args.verbose) as console:
-        console.say(f"search {args.name}; full log: {_shown_path(log_path(args))}"
-                    + ("" if args.verbose else " (--verbose shows it here)"))
-        for note in notes:
-            console.say(f"resume: {note}")
-        return launch(args, console)
+        try:
+            args = parse_args(argv)
+            args.started = started  # the summary's wall time counts everything the user waits for
+            notes = prepare(args)
+        except (ValueError, OSError, leaderboard.LeaderboardError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if args.dry_run and log_path(args).exists():
+            log_path(args).unlink()
+        with logged_console(log_path(args), verbose=args.verbose) as console:
+            console.say(f"search {args.name}; full log: {_shown_path(log_path(args))}"
+                        + ("" if args.verbose else " (--verbose shows it here)"))
+            for note in notes:
+                console.say(f"resume: {note}")
+            return launch(args, console)
+    finally:
+        if getattr(args, "name_lock", None) is not None:  # the process may go on (a test, a notebook)
+            args.name_lock.release()
 
 
 def launch(args: argparse.Namespace, console: Any) -> int:
@@ -140,7 +153,7 @@ def launch(args: argparse.Namespace, console: Any) -> int:
     except KeyboardInterrupt:  # before Tune set its own handler (e.g. while decoding), or a second signal to it
         forgot = not args.resume and forget_unlaunched(settings_path(args.results, args.name), args.storage, args.name)
         console.error("interrupted before any trial started; run the same command again" if forgot else
-                      f"interrupted; continue it with --resume --name {args.name}")
+                      f"interrupted; continue it with --resume --name {shlex.quote(args.name)}")
         return 1
     finally:
         if code != 0 and not args.resume and not args.dry_run:  # a search that never launched must not hold its name

@@ -116,6 +116,12 @@ def apply_profile(args: argparse.Namespace, profile: str, nodes: list[dict[str, 
         gpu_nodes = [n for n in nodes if float(n.get("GPU", 0)) >= 1] or [
             _one_node(spec) for spec in (node_types or {}).values()]
         defaults["cpus_per_worker"] = gpu_worker_cpus(gpu_nodes) if gpu_nodes else 1.0
+    # a default grace follows the user's --max-epochs (and a default max the user's --grace-epochs): `--max-epochs 1`
+    # alone was refused, once Ray was up, for a --grace-epochs 2 the user never gave
+    if getattr(args, "max_epochs", None) is not None and getattr(args, "grace_epochs", None) is None:
+        defaults["grace_epochs"] = min(defaults["grace_epochs"], args.max_epochs)
+    if getattr(args, "grace_epochs", None) is not None and getattr(args, "max_epochs", None) is None:
+        defaults["max_epochs"] = max(defaults["max_epochs"], args.grace_epochs)
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)

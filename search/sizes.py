@@ -9,6 +9,7 @@ store for the whole search (Ray spills what does not fit and is not in use); a t
 from __future__ import annotations
 
 import contextlib
+import warnings
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -92,7 +93,10 @@ def frame_size(paths: Sequence[str], count: int = FRAMES_READ) -> Optional[int]:
 
     sides = []
     for path in paths[:: max(1, len(paths) // count)][:count]:
-        with contextlib.suppress(OSError, ValueError, SyntaxError):  # a broken file is named later, when decoded
+        # a broken file, or a decompression bomb, is named later, when decoded
+        with contextlib.suppress(OSError, ValueError, SyntaxError, Image.DecompressionBombError), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 sides.append(max(image.size))
     return max(sides, default=None)

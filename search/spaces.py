@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from leukmodels.config import OPTIMIZERS, TrainConfig, config_fields
+from search.feasible import FittingTrial
 
 FAMILY_PREFIX_SEP = ":"  # "resnet:filters"; not "/" (Tune would unflatten that into nested dicts)
 
@@ -79,13 +80,18 @@ class SearchSpace:
 
         constants: dict[str, Any] = {"epochs": int(self.epochs), "seed": int(self.seed),
                                      "warmup_epochs": float(self.warmup_epochs), **self.fixed}
+        size = self.image_sizes[0] if len(self.image_sizes) == 1 else None  # known before the family draws
+
+        def fitting(family_trial: Any) -> Any:  # never a depth the image cannot hold (search/feasible.py)
+            return FittingTrial(family_trial, family, size) if size else family_trial
+
         if len(self.families) == 1:
             family = self.families[0]
             constants["family"] = family
-            constants.update(search_space(family, trial))
+            constants.update(search_space(family, fitting(trial)))
         else:
             family = trial.suggest_categorical("family", self.families)
-            constants.update(search_space(family, _PrefixedTrial(trial, family + FAMILY_PREFIX_SEP)))
+            constants.update(search_space(family, fitting(_PrefixedTrial(trial, family + FAMILY_PREFIX_SEP))))
         if len(self.image_sizes) == 1:
             constants["image_size"] = self.image_sizes[0]
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from shlex import quote
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,6 +24,7 @@ from search.pareto import direction, front_lines, marked_search, searcher_object
 from search.paths import RESULTS, REPORT, in_storage, leaderboard_path, optuna_url, split_path
 from search.plan import Plan, cluster_nodes, driver_resources
 from search.history import result_trial_id
+from search.resume_guard import MissingCheckpointGuard
 from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.settings import save_settings
 from search.spaces import SearchSpace
@@ -133,7 +135,9 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
                                max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
     refs = search_refs(args, data, console.say)  # with --cv: the pooled train+val set and its folds
-    tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), refs), [recorder, progress])
+    tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), refs),
+                        [recorder, progress, MissingCheckpointGuard()])  # the guard: a resumed trial never errors
+    # for a checkpoint Tune's saved state names but the storage lost (search/resume_guard.py)
     run = search_run(args.name)
     run.launched, run.deadline = time.time(), (time.time() + args.time_budget if args.time_budget else None)
     console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "
@@ -170,7 +174,14 @@ def write_rows(args: argparse.Namespace, context: SearchContext, grid: Any, cons
         removed, freed = prune_checkpoints(grid, rows)
         console.say(f"pbt: removed {removed} checkpoint(s) kept for exploits ({freed / 2**20:.0f} MiB); each trial "
                     f"keeps its best and its latest")
-    return leaderboard.rank_table(table, search=args.name)
+    return ranked_within(table, args.name)
+
+
+def ranked_within(table: Any, search: str) -> Any:
+    """The search's rows, best first, ranked 1, 2, ... among themselves: the file's rank spans every search of the
+    leaderboard (its console table showed ranks 3 and 4 for a search of 2 trials)."""
+    mine = leaderboard.rank_table(table, search=search)
+    return mine.assign(rank=range(1, len(mine) + 1))
 
 
 BOARD_COLUMNS = ["rank", "trial_id", "family", "status", "epochs_run", "balanced_accuracy", "weighted_f1", "roc_auc",
@@ -185,7 +196,7 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, sum
     say(f"\nleaderboard of {args.name} ({len(mine)} trials, ranked by {args.metric} on the {where}):")
     if len(mine):
         say(leaderboard.render(mine, [c for c in BOARD_COLUMNS if c in mine.columns]))
-        say(f"(every column: python search/leaderboard.py --search {args.name} --columns all"
+        say(f"(every column: python search/leaderboard.py --search {quote(args.name)} --columns all"
             f"{_board_flag(args, '--path')})")
     for line in front_lines(mine):  # multi-objective searches only
         say(line)
@@ -195,7 +206,7 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, sum
     pending = len({result_trial_id(result) for result in grid} - set(mine["trial_id"]))
     if pending and not search_run(args.name).budget_spent():  # an interrupt left trials to --resume
         say(f"search interrupted with {pending} trial(s) unfinished; continue it with: python search/run.py "
-            f"--resume --name {args.name} --results {args.results} --storage {args.storage}")
+            f"--resume --name {quote(args.name)} --results {quote(args.results)} --storage {quote(args.storage)}")
         return 1
     try:
         if args.scheduler != "pbt":  # a PBT search has no Optuna study
@@ -234,19 +245,20 @@ def single_class_warnings(mine: Any) -> list[str]:
 def _board_flag(args: argparse.Namespace, flag: str) -> str:
     """` <flag> <leaderboard>` for a command that reads the leaderboard, unless it is the default one."""
     results = Path(args.results)
-    return "" if results == Path(RESULTS).resolve() else f" {flag} {leaderboard_path(results)}"
+    return "" if results == Path(RESULTS).resolve() else f" {flag} {quote(str(leaderboard_path(results)))}"
 
 
 def next_steps(args: argparse.Namespace) -> str:
-    """The commands that come next, with this search's own name and folders filled in."""
-    results, board = Path(args.results), _board_flag(args, "--leaderboard")
+    """The commands that come next, with this search's own name and folders filled in, shell-quoted: each line pastes
+    into a shell as it is, whatever the folders are called."""
+    results, board, name = Path(args.results), _board_flag(args, "--leaderboard"), quote(args.name)
     return "\n".join([
         "next:",
-        f"  python search/evaluate.py --search {args.name} --top 3{board}   # the top trials on unseen test patients",
-        f"  python search/report.py --search {args.name}{board}   # HTML report: {results / args.name / REPORT}",
+        f"  python search/evaluate.py --search {name} --top 3{board}   # the top trials on unseen test patients",
+        f"  python search/report.py --search {name}{board}   # HTML report: {results / args.name / REPORT}",
         *([] if args.scheduler == "pbt" else [
-            f"  optuna-dashboard {optuna_url(results)}   # the study '{args.name}'"]),
-        f"  tensorboard --logdir {in_storage(args.storage, args.name)}   # learning curves of every trial"])
+            f"  optuna-dashboard {quote(optuna_url(results))}   # the study '{args.name}'"]),
+        f"  tensorboard --logdir {quote(in_storage(args.storage, args.name))}   # learning curves of every trial"])
 
 
 def close_open_optuna_trials(args: argparse.Namespace, say=print) -> int:

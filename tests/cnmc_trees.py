@@ -178,3 +178,18 @@ def expected_counts(spec: TreeSpec | None = None) -> dict:
         "final": spec.final_images,
         "patient_class": {p.normalised: p.label for p in (*spec.training, *spec.prelim)},
     }
+
+
+def write_bomb_png(path: Path, side: int) -> Path:
+    """A PNG whose header claims side x side 1-bit pixels (20000: 400M, a decompression bomb to PIL; 10000: 100M,
+    above PIL's warning limit) in a few dozen bytes: nothing behind the header decodes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # width, height, 1 bit, greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) +
+                     chunk(b"IEND", b""))
+    return path

@@ -13,3 +13,13 @@ def kill_group(process: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     process.wait(timeout=60)
+
+
+def checkout_env(**extra: str) -> dict:
+    """The environment for a `python -m search.run` of this checkout: an editable install of another checkout (the
+    venv's) would otherwise be imported from a tmp working directory."""
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}

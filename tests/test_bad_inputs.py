@@ -149,9 +149,30 @@ def test_storage_that_cannot_be_written(tmp_path, capsys):
     assert f"--storage {tmp_path / 'a-file' / 'ray'}" in err and "not a folder" in err
 
 
-def test_name_too_long_for_the_file_system(tmp_path, capsys):
-    err = _refused(["--name", "x" * 300], tmp_path, capsys)
-    assert err.startswith("error: --name is 300 characters long; at most 250 fit")
+def test_read_only_leaderboard_is_refused_not_replaced(tmp_path, capsys):
+    """chmod 444 on the leaderboard is the user's protection: refused before training, naming the file, and the file
+    keeps its bytes and its mode (it was replaced by a writable one). Holds under root too: the mode bits are read."""
+    from search.leaderboard import append_rows
+    from search.preflight import check_not_read_only
+
+    board = tmp_path / "results" / "leaderboard.parquet"
+    append_rows(board, [])
+    board.chmod(0o444)
+    before = board.read_bytes()
+    err = _refused([], tmp_path, capsys)
+    assert err == (f"error: {board} is read-only (-r--r--r--): it would be replaced with the new rows added; make "
+                   f"it writable (chmod u+w) to add to it, or pass another --results")
+    assert board.read_bytes() == before and board.stat().st_mode & 0o777 == 0o444
+    board.chmod(0o644)
+    check_not_read_only(board)  # writable again: no objection
+
+
+@pytest.mark.parametrize("name, said", [("x" * 300, "300 bytes as a file name (300 characters)"),
+                                         ("ü" * 130, "260 bytes as a file name (130 characters)")])
+def test_name_too_long_for_the_file_system(name, said, tmp_path, capsys):
+    """The limit counts bytes (a non-ASCII character takes several), and the line says so (it said characters)."""
+    err = _refused(["--name", name], tmp_path, capsys)
+    assert err.startswith(f"error: --name takes {said}; at most 250 bytes fit"), err
     assert not (tmp_path / "results").exists()  # refused before anything was written
 
 
@@ -252,5 +273,5 @@ def test_local_ray_that_cannot_start_is_one_line_and_exit_2(tmp_path):
     assert search.returncode == 2, err[-3000:]
     assert [line for line in lines if line.startswith("error:")] == lines[-1:], err[-3000:]
     assert lines[-1].startswith("error: the local Ray did not start: Failed to start GCS (port ")
-    assert "try `ray stop`" in lines[-1]
+    assert "`pgrep -u \"$USER\" -af gcs_server` lists yours" in lines[-1] and "ray stop" not in lines[-1]
     assert not (tmp_path / "results" / "searches" / "no-ray.json").exists() and not (tmp_path / "ray").exists()

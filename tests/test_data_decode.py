@@ -10,7 +10,7 @@ from PIL import Image
 
 from leukmodels.data import DataError, DecodedSet, decode, default_cache_dir, discover, load_image
 decode_module = importlib.import_module("leukmodels.data.decode")  # the package attribute is the function
-from cnmc_trees import kaggle_tree, write_image
+from cnmc_trees import kaggle_tree, write_bomb_png, write_image
 
 SIZE = 8
 
@@ -229,3 +229,17 @@ def test_bench_io_measure_runs_on_a_tiny_tree(tmp_path):
     assert result["images"] == 6 and result["size"] == 16
     assert result["cached_images_per_s"] > 0 and result["imagefolder_images_per_s"] > 0
     assert result["ratio_cached_vs_imagefolder"] > 0
+
+
+@pytest.mark.parametrize("side", [20000, 10000])  # PIL's DecompressionBombError, and its warning turned into one
+def test_a_decompression_bomb_is_refused_by_name_before_it_is_decoded(side, tmp_path, monkeypatch):
+    top = kaggle_tree(tmp_path / "data")
+    manifest = discover(top)
+    bomb = manifest.at[len(manifest) // 2, "path"]
+    write_bomb_png(Path(bomb), side)  # a PNG under a .bmp name: PIL goes by the content
+    with pytest.raises(DataError, match=rf"cannot decode image {bomb}: Image size \({side * side} pixels\) exceeds"):
+        load_image(bomb, SIZE)
+    monkeypatch.setattr(decode_module, "CHUNK", 8)
+    with pytest.raises(DataError, match=rf"cannot decode image {bomb}: "):  # the search's decode: from a pool worker
+        decode(manifest, SIZE, cache_dir=tmp_path / "cache", workers=2, progress=False)
+    assert cache_files(tmp_path / "cache") == []

@@ -187,3 +187,17 @@ def test_a_missing_leaderboard_names_the_flag(tmp_path, capsys):
     assert evaluate.main(["--leaderboard", str(tmp_path / "none.parquet")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "none.parquet" in err and "--leaderboard" in err
+
+
+def test_a_decode_cache_folder_that_is_a_file_is_one_line_and_exit_2(tiny_search, tmp_path, capsys, monkeypatch):
+    """The same pre-flight as search/run.py (search/cli_checks.py): it was a FileExistsError traceback."""
+    from search.evaluate import main
+
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("LEUKTUNE_CACHE", str(tmp_path / "a-file"))
+    code = main(["--leaderboard", str(tiny_search["leaderboard"]), "--top", "1", "--out", str(tmp_path / "m.parquet")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err == (f"evaluate: error: LEUKTUNE_CACHE={tmp_path / 'a-file'}: cannot write the decode cache there "
+                   f"({tmp_path / 'a-file'} is not a folder)")
+    assert not (tmp_path / "m.parquet").exists()

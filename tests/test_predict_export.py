@@ -123,3 +123,39 @@ def test_export_check_fails_loudly_on_a_mismatch(trained, tmp_path, monkeypatch,
     monkeypatch.setattr(export, "run_onnx", lambda path, images: np.tile([[0.9, 0.1]], (len(images), 1)))
     code = export.main(["--checkpoint", trained["checkpoint"], "--out", str(tmp_path), "--format", "onnx"])
     assert code == 1 and "MISMATCH" in capsys.readouterr().out
+
+
+def test_a_decompression_bomb_is_one_line_and_the_rest_are_predicted(trained, tmp_path, capsys):
+    from cnmc_trees import write_bomb_png
+    from search import predict
+
+    bomb = write_bomb_png(tmp_path / "bomb.png", 20000)  # 400M pixels in a few dozen bytes
+    out = tmp_path / "preds.csv"
+    assert predict.main(["--checkpoint", trained["checkpoint"], "--out", str(out), str(bomb),
+                         trained["paths"][0]]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"predict: error: cannot decode image {bomb}: Image size (400000000 pixels) exceeds")
+    assert len(err) == 2 and err[1].startswith("predict: 1 image(s) predicted, 1 unreadable")
+    assert [row["path"] for row in read_csv(out)] == [trained["paths"][0]]
+
+
+@pytest.mark.parametrize("edit", ["filters", "family"])
+def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_one_line_naming_it(edit, trained, tmp_path, capsys):
+    """Weights of another width (filters changed in the config), or a config whose family was changed (a depth the
+    new family refuses): one line naming the checkpoint, exit 2 (a size-mismatch traceback; a line without it)."""
+    import torch
+
+    from leukmodels.checkpoint import load_checkpoint
+    from search import predict
+
+    payload = load_checkpoint(trained["checkpoint"])
+    config = payload["config"]
+    payload["config"] = ({**config, "filters": config["filters"] + 4} if edit == "filters" else
+                         {**config, "family": "baseline", "depth": 1})
+    edited = tmp_path / "checkpoint.pt"
+    torch.save(payload, edited)
+    assert predict.main(["--checkpoint", str(edited), trained["paths"][0]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"predict: error: {edited}: its "), err
+    assert ("weights do not match its config (size mismatch for" if edit == "filters" else
+            "config does not build a model (") in err, err

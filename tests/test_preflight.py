@@ -61,6 +61,13 @@ def test_frame_size_reads_headers_and_skips_broken_files(tmp_path):
     assert frame_size([str(tmp_path / "broken.bmp")]) is None
 
 
+def test_frame_size_skips_a_decompression_bomb_for_the_decoder_to_name(tmp_path):
+    from cnmc_trees import write_bomb_png
+
+    paths = [str(write_image(tmp_path / "cell.bmp", 450)), str(write_bomb_png(tmp_path / "bomb.bmp", 20000))]
+    assert frame_size(paths) == 450  # it raised PIL's DecompressionBombError out of the pre-flight
+
+
 GCS_FAILURE = (  # what ray.init raised here when the GCS port was taken (Ray 2.60), shortened
     "Failed to start GCS.  Last 1 lines of error files:\n[2026-11-30 01:34:11,251 C 12281 12281] (gcs_server) "
     "grpc_server.cc:134:  Check failed: server_ Failed to start the grpc server. The specified port is 45815. If the "
@@ -74,12 +81,14 @@ def test_ray_start_failure_is_one_line_saying_what_to_try():
 
     line = ray_start_error(Args(), RuntimeError(GCS_FAILURE))
     assert line == ("the local Ray did not start: Failed to start GCS (port 45815 may be taken; log /tmp/ray/"
-                    "session_2026-11-30_01-34-11_017746_12178/logs/gcs_server.out); try `ray stop` (an earlier Ray may "
-                    "still hold its ports), free space in /tmp, or a running Ray with --address auto")
+                    "session_2026-11-30_01-34-11_017746_12178/logs/gcs_server.out); an earlier Ray of yours may still "
+                    "hold its ports: `pgrep -u \"$USER\" -af gcs_server` lists yours (the port is on its command line) "
+                    "and `kill <pid>` stops that one only, free space in /tmp, or a running Ray with --address auto")
+    assert "ray stop" not in line  # it stops every Ray its user may stop: other searches', other people's as root
     timed_out = Exception("The current node timed out during startup. This could happen because some of the raylet "
                           "failed to startup or the GCS has become overloaded.")
     assert ray_start_error(Args(), timed_out).startswith(
-        "the local Ray did not start: The current node timed out during startup; try `ray stop`")
+        "the local Ray did not start: The current node timed out during startup; an earlier Ray of yours")
     Args.address = "auto"
     assert "\n" not in ray_start_error(Args(), ConnectionError("Could not find any running Ray instance.\nPlease ..."))
 

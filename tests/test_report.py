@@ -185,3 +185,20 @@ def test_a_corrupt_leaderboard_is_one_line_and_exit_2(tmp_path, capsys):
     assert report_cli.main(["--leaderboard", str(board), "--out", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"report: error: cannot read leaderboard {board}") and "\n" not in err
+
+
+def test_an_optuna_db_that_is_not_sqlite_is_one_line_and_exit_2(tiny_search, tmp_path, capsys):
+    """The same pre-flight as search/run.py (search/cli_checks.py): it was an 82-line SQLAlchemy traceback."""
+    import shutil
+
+    from search.report import main
+
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(tiny_search["leaderboard"], results / "leaderboard.parquet")
+    (results / "optuna.db").write_text("my notes, not a database\n")
+    code = main(["--leaderboard", str(results / "leaderboard.parquet"), "--out", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"report: error: {results / 'optuna.db'} is not a usable SQLite database"), err
+    assert not (tmp_path / "r.html").exists()

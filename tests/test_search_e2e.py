@@ -5,7 +5,8 @@ The resume test runs first, in subprocesses with their own Ray, before this modu
 """
 from __future__ import annotations
 
-import os
+import json
+import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from processes import kill_group
+from processes import checkout_env, kill_group
 from search import leaderboard
 from search.run import main
 
@@ -40,28 +41,35 @@ def test_killed_search_resumes_without_rerunning_or_duplicating(tiny_cnmc, tmp_p
     log = open(tmp_path / "first.log", "w")
     # trial 2 parks after its first epoch (the test-only fault hook), so the search is surely still running when a
     # row exists: one-worker trials train in seconds, and the search could otherwise end before the kill
-    env = {**os.environ, "LEUKTUNE_FAULT_DIR": str(tmp_path / "faults"), "LEUKTUNE_FAULT_HOLD": "2:1"}
+    env = checkout_env(LEUKTUNE_FAULT_DIR=str(tmp_path / "faults"), LEUKTUNE_FAULT_HOLD="2:1")
     first = subprocess.Popen([sys.executable, "-m", "search.run", *argv], cwd=tmp_path, stdout=log, env=env,
                              stderr=subprocess.STDOUT, start_new_session=True)
     board = tmp_path / "results" / "leaderboard.parquet"
+    named = None
     try:
         deadline = time.time() + 400
         while time.time() < deadline and first.poll() is None:
-            if board.exists() and len(_rows(tmp_path, name)):
+            named = _held_trial_checkpoint(tmp_path / "faults", tmp_path / "ray" / name)
+            if named and board.exists() and len(_rows(tmp_path, name)):
                 break
             time.sleep(0.5)
         assert first.poll() is None, f"the search ended before it could be killed:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
+        assert named, "Tune's saved state never named the held trial's checkpoint"
         before = _rows(tmp_path, name)
         assert len(before) >= 1
     finally:
         kill_group(first)
     killed_at = time.time()
     assert len(_rows(tmp_path, name)) < 3  # the search really was interrupted
+    # the race of issue 20.11, made certain: Tune's checkpoint manager deleted the checkpoint the saved state names
+    # (it registered a newer one after the last state save); the resumed trial must not error for it
+    shutil.rmtree(named)
 
     with open(tmp_path / "resumed.log", "w") as log:
         resumed = subprocess.Popen([sys.executable, "-m", "search.run", "--resume", "--name", name, "--results",
                                     str(tmp_path / "results"), "--storage", str(tmp_path / "ray")],
-                                   cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                   cwd=tmp_path, env=checkout_env(), stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
         try:
             code = resumed.wait(timeout=450)
         finally:
@@ -70,7 +78,10 @@ def test_killed_search_resumes_without_rerunning_or_duplicating(tiny_cnmc, tmp_p
     assert code == 0, (tmp_path / "resumed.log").read_text()[-4000:]
     after = _rows(tmp_path, name)
     assert len(after) == 3 and after["trial_id"].is_unique  # every trial once: none lost, none duplicated
-    assert set(after["status"]) <= {"finished", "stopped"}
+    assert set(after["status"]) <= {"finished", "stopped"}, after[["trial_id", "status", "error"]]
+    held = after[after["trial_id"] == (tmp_path / "faults" / "slot-2").read_text()].iloc[0]
+    assert held["epochs_run"] == 3 and held["status"] == "finished"  # restarted cleanly: every epoch, once
+    assert "is gone; it " in (tmp_path / "resumed.log").read_text()  # the console says what happened
     for _, row in before.iterrows():  # finished before the kill: not trained again (no checkpoint written since,
         # same epochs and metrics; if the kill beat Tune's state save the trial only re-reports its last epoch)
         again = after[after["trial_id"] == row["trial_id"]].iloc[0]
@@ -78,6 +89,27 @@ def test_killed_search_resumes_without_rerunning_or_duplicating(tiny_cnmc, tmp_p
         assert again["weighted_f1"] == pytest.approx(row["weighted_f1"])
         checkpoints = list((tmp_path / "ray" / name).glob(f"*{row['trial_id']}*/checkpoint_*"))  # its Tune folder
         assert checkpoints and all(p.stat().st_mtime < killed_at for p in checkpoints)
+
+
+def _held_trial_checkpoint(faults: Path, experiment: Path) -> Path | None:
+    """The checkpoint folder of the held trial (fault slot 2) that Tune's saved experiment state names, once it does:
+    the state pickles the trial's checkpoint manager, so the folder's name appears hex-encoded in the trial's entry."""
+    slot = faults / "slot-2"
+    if not (faults / "hold-2.pid").exists() or not slot.exists():
+        return None
+    trial_id = slot.read_text()
+    for state in experiment.glob("experiment_state*.json"):
+        try:
+            entries = json.loads(state.read_text()).get("trial_data", [])
+        except (OSError, ValueError):
+            continue  # being replaced
+        for entry in map(json.dumps, entries):
+            if trial_id not in entry and trial_id.encode().hex() not in entry:
+                continue
+            for folder in sorted(experiment.glob(f"*{trial_id}*/checkpoint_*"), reverse=True):
+                if folder.name.encode().hex() in entry:
+                    return folder
+    return None
 
 
 @pytest.fixture(scope="module")

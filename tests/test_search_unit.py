@@ -3,6 +3,7 @@ preparation, and leaderboard rows built from fake trial histories."""
 from __future__ import annotations
 
 import pickle
+import time
 import shutil
 
 import optuna
@@ -312,3 +313,55 @@ def test_resume_applies_a_new_time_budget_and_keeps_every_other_saved_setting(tm
     assert notes == ["--time-budget 600 replaces the saved 60"]
     assert args.time_budget == 600 and args.family == ["resnet"] and args.num_samples == 5
     assert args.image_sizes == saved.image_sizes and args.profile == saved.profile
+
+
+def test_a_trial_the_budget_ends_before_its_first_report_keeps_its_sampled_settings(tmp_path):
+    """Fast, on Tune's own ResultGrid: a trial that never reported (the budget ended it in its first epoch) has no
+    config in its Result (Tune reads it from the last report); its time_budget row must still hold what was
+    sampled, never TrainConfig's defaults (issue 20.2)."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+    from ray.tune.result_grid import ResultGrid
+
+    from leukmodels.config import TrainConfig
+    from search.rows import SearchContext, rows_from_grid
+    from search.strategies import search_run
+
+    sampled = {"family": "resnet", "filters": 27, "lr": 0.02, "batch_size": 32, "image_size": 24, "epochs": 4}
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="cut",
+                             trial_dir_name="run_trial_abcd0001_1")
+    trial = Trial("run_trial", config=sampled, trial_id="abcd0001", storage=storage, stub=True)
+    trial.set_status(Trial.TERMINATED)  # how Tune leaves a trial its stopper ended
+
+    class Analysis:  # what ResultGrid reads of Tune's ExperimentAnalysis
+        trials, trial_dataframes, _fs = [trial], {}, storage.storage_filesystem
+
+    grid = ResultGrid(Analysis())
+    assert next(iter(grid)).config is None  # Tune's side of the defect
+    search_run("cut").deadline = time.time() - 1  # the budget is spent
+    rows = rows_from_grid(SearchContext(search="cut", metric="balanced_accuracy", max_epochs=4), grid)
+    assert len(rows) == 1 and rows[0]["status"] == "time_budget" and rows[0]["epochs_run"] == 0
+    assert {key: rows[0][key] for key in sampled} == sampled
+    assert rows[0]["filters"] != TrainConfig().filters
+
+
+@pytest.mark.parametrize("argv, max_epochs, grace", [(["--max-epochs", "1"], 1, 1), (["--grace-epochs", "12"], 12, 12),
+                                                     (["--max-epochs", "5"], 5, PROFILES["cpu"]["grace_epochs"])])
+def test_a_default_grace_follows_the_users_max_epochs(argv, max_epochs, grace):
+    """`--max-epochs 1` alone was refused (once Ray was up) for a --grace-epochs 2 the user never gave (issue 20.10)."""
+    from search.flags import validate
+
+    args = _resolved(["--family", "resnet", *argv])
+    validate(args)  # what resolve_for_cluster checks once the profile filled the rest
+    assert (args.max_epochs, args.grace_epochs) == (max_epochs, grace)
+
+
+@pytest.mark.parametrize("family, size", [("baseline", 24), ("resnet", 16), ("inception", 16)])
+def test_the_space_never_proposes_a_depth_its_one_image_size_cannot_hold(family, size):
+    """Baseline depth 5 at 24 px (5 halvings of 24) failed on the meta device and Tune retried it like a crashed node;
+    with one candidate size the space caps depth and stages at what builds (issue 20.10). About 1 in 4 such configs
+    failed before."""
+    configs = sample_configs(SearchSpace([family], image_sizes=[size], epochs=2), 30, seed=1)
+    for config in configs:
+        assert check_buildable(config) > 0, config
+    assert len({c.depth for c in configs}) > 1  # still a range, not one value

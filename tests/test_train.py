@@ -98,6 +98,30 @@ def test_foreign_files_are_not_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_a_malicious_or_random_checkpoint_error_never_advises_weights_only_false(tmp_path):
+    """PyTorch's refusal advises loading again with weights_only=False, which runs whatever a malicious file holds;
+    cut at 200 characters its warning was lost. The line says what the safe unpickler refused, and nothing else
+    (issue 20.10). The malicious file's code never runs."""
+    import os
+    import pickle
+
+    class Malicious:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    malicious, random_bytes = tmp_path / "malicious.pt", tmp_path / "random.pt"
+    malicious.write_bytes(pickle.dumps(Malicious()))
+    random_bytes.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    for path in (malicious, random_bytes):
+        with pytest.raises(ValueError) as refused:
+            load_checkpoint(path)
+        line = str(refused.value)
+        assert line.startswith(f"{path}: not a leukemia-tune checkpoint (") and "\n" not in line, line
+        assert "weights_only" not in line and "Re-running" not in line, line
+    assert "the safe unpickler refused it: Unsupported operand" in line
+    assert not (tmp_path / "ran").exists()
+
+
 def test_ddp_prefixes_are_stripped(tmp_path):
     class Wrapper(torch.nn.Module):  # looks like DDP: the real model is .module
         def __init__(self, module):

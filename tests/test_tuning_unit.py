@@ -157,3 +157,37 @@ def test_open_optuna_trials_are_closed_by_what_ended_them(budget_spent, states, 
     assert [trial.state.name for trial in study.trials] == states
     assert any(("cut by the time budget" if budget_spent else "orphans of an interrupted driver") in line
                for line in said)
+
+
+def test_next_steps_paste_into_a_shell_whatever_the_folders_are_called(tmp_path):
+    """Each printed command, pasted into a shell, gives its program the search's own name and paths (issue 20.8: a
+    results folder `A2 ü x` gave `unrecognized arguments: x ü x/leaderboard.parquet`)."""
+    import shlex
+
+    from search import evaluate, report
+
+    results = tmp_path / "A2 ü x"
+    here = settings(name="my search", results=str(results), storage=str(results / "ray"))
+    commands = {line.split()[1] if line.split()[0] == "python" else line.split()[0]: shlex.split(line.split("   #")[0])
+                for line in next_steps(here).splitlines()[1:]}
+    board = str(results / "leaderboard.parquet")
+    evaluated = evaluate.parse_args(commands["search/evaluate.py"][2:])
+    assert (evaluated.search, evaluated.leaderboard, evaluated.top) == ("my search", board, 3)
+    reported = report.parse_args(commands["search/report.py"][2:])
+    assert (reported.search, reported.leaderboard) == ("my search", board)
+    assert commands["optuna-dashboard"][1:] == [f"sqlite:///{results / 'optuna.db'}"]
+    assert commands["tensorboard"][1:] == ["--logdir", f"{results / 'ray'}/my search"]
+
+
+def test_the_console_table_of_one_search_ranks_within_that_search(tmp_path):
+    from board_rows import make_row
+
+    from search import leaderboard
+    from search.tuning import ranked_within
+
+    rows = [make_row("a1", search="old", f1=0.9), make_row("a2", search="old", f1=0.8),
+            make_row("b1", search="new", f1=0.7), make_row("b2", search="new", f1=0.85)]
+    table = leaderboard.append_rows(tmp_path / "lb.parquet", rows)
+    mine = ranked_within(table, "new")
+    assert list(mine["trial_id"]) == ["b2", "b1"] and list(mine["rank"]) == [1, 2]  # the file ranks them 2 and 4
+    assert list(leaderboard.rank_table(table, search="new")["rank"]) == [2, 4]

@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import uuid
+import warnings
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,10 +115,13 @@ def decode(manifest: pd.DataFrame, size: int, cache_dir: str | Path | None = Non
 def load_image(path: str, size: int) -> np.ndarray:
     """One image file -> uint8 3 x size x size (whole frame, padded square, resized); DataError naming the file."""
     try:
-        with Image.open(path) as image:
-            image.load()  # a truncated BMP fails here, not later
-            rgb = _to_rgb(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        with warnings.catch_warnings():  # a frame of 89M+ pixels is no cell: refuse it before it is decoded
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()  # a truncated BMP fails here, not later
+                rgb = _to_rgb(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:
         raise DataError(f"cannot decode image {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
                         ) from None
     width, height = rgb.size
