@@ -20,6 +20,7 @@ import pandas as pd
 from ray.tune import Callback
 
 from leukmodels.metrics import is_single_class
+from search import storage
 from search.history import (best_report, epochs_run, exploits, finite, since_last_exploit, trained_seconds,
                             result_trial_id, with_checkpoint_paths, with_prior_epochs)
 from search.schema import METRIC_COLUMNS
@@ -41,6 +42,7 @@ class SearchContext:
     searcher: str = ""
     scheduler: str = ""
     objectives: str = ""  # a multi-objective search's objectives, comma-separated ("" for one objective)
+    storage: str = ""  # --storage: Tune's scheme-less checkpoint paths inside it become URIs in the rows
 
 
 def ending(context: SearchContext, trial_id: str, history: list[dict], error: Optional[str]) -> Optional[str]:
@@ -63,20 +65,11 @@ def is_over(context: SearchContext, trial_id: str, history: list[dict], error: O
 
 
 def checkpoint_exists(path: Optional[str]) -> bool:
-    """Whether a reported checkpoint folder still holds its file (a local folder or a pyarrow-readable URI)."""
+    """Whether a reported checkpoint folder still holds its file (a local folder or a URI, through the filesystem
+    Tune wrote with)."""
     from leukmodels.checkpoint import CHECKPOINT_FILE
 
-    if not path:
-        return False
-    if "://" not in path:
-        return os.path.isfile(os.path.join(path, CHECKPOINT_FILE))
-    import pyarrow.fs
-
-    try:
-        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
-        return fs.get_file_info(f"{inner.rstrip('/')}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File
-    except Exception:  # noqa: BLE001 - unreachable storage: say the weights cannot be found
-        return False
+    return bool(path) and storage.exists(path, CHECKPOINT_FILE)
 
 
 def _config_fields(config: dict) -> tuple[dict, Optional[str]]:
@@ -101,7 +94,7 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
     last = history[-1] if history else {}
     status = ending(context, trial_id, history, error) or "stopped"
     notes = [f"exploited_from {' '.join(exploited)}"] if exploited else []
-    checkpoint = best.get("checkpoint_path") or last.get("checkpoint_path")
+    checkpoint = storage.storage_uri(context.storage, best.get("checkpoint_path") or last.get("checkpoint_path"))
     if checkpoint and not checkpoint_exists(checkpoint):
         notes.append(f"best checkpoint missing: {checkpoint}")
         checkpoint = None
@@ -206,7 +199,7 @@ class LeaderboardCallback(Callback):
         self.history.setdefault(trial.trial_id, []).extend(with_checkpoint_paths([keep], trial.path))
 
     def _ended(self, trial: Any, error: Optional[str]) -> None:
-        from search import leaderboard
+        from search import leaderboard, search_files
 
         history = self.history.pop(trial.trial_id, [])
         if not history and trial.last_result and "epoch" in trial.last_result:
@@ -221,6 +214,8 @@ class LeaderboardCallback(Callback):
             row = build_row(self.context, trial.trial_id, dict(trial.config), history, error,
                             wall_seconds=run.trial_walls.get(trial.trial_id))
             leaderboard.append_rows(self.leaderboard_path, [row])
+            if self.context.storage:  # the row reaches the storage too, without holding up the search
+                search_files.save_soon(self.context.storage, self.context.search, Path(self.leaderboard_path).parent)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trial, None)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 from ray import tune
 
 from leukmodels.metrics import SINGLE_CLASS_SHARE
-from search import leaderboard
+from search import leaderboard, search_files
 from search.console import Console, ConsoleCallback
 from search.data import SearchData, prepare_data
 from search.pareto import direction, front_lines, marked_search, searcher_objectives
@@ -111,7 +111,7 @@ def search_context(args: argparse.Namespace, data: SearchData) -> SearchContext:
     return SearchContext(search=args.name, metric=args.metric, max_epochs=args.max_epochs,
                          data_fingerprint=data.fingerprint, data_generated=data.generated, data_root=data.root,
                          code_version=leaderboard.code_version(), searcher=args.searcher, scheduler=args.scheduler,
-                         objectives=",".join(args.objectives or []))
+                         objectives=",".join(args.objectives or []), storage=args.storage)
 
 
 def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
@@ -127,6 +127,7 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
                         progress=console.out)
     console.say(data.describe())
     data.write_split(split_path(args.results, args.name))  # read by search/evaluate.py
+    _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # a new head can resume
     recorder = LeaderboardCallback(search_context(args, data), str(leaderboard_path(args.results)))
     progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
                                max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
@@ -144,7 +145,14 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     grid = tuner.fit()
     slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
     mine = write_rows(args, recorder.context, grid, console)
-    return finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
+    code = finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
+    _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # ended or interrupted
+    return code
+
+
+def _say_failure(console: Console, warning: Optional[str]) -> None:
+    if warning:
+        console.say(warning)
 
 
 def write_rows(args: argparse.Namespace, context: SearchContext, grid: Any, console: Console) -> Any:
