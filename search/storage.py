@@ -82,12 +82,12 @@ def local_copy(location: str) -> str:
     if not is_uri(location):
         return location
     fs, inner = filesystem(location)
+    target = cache_root() / hashlib.sha256(location.encode()).hexdigest()[:24] / os.path.basename(inner.rstrip("/"))
+    if target.exists():  # fetched before (what Tune wrote there never changes)
+        return str(target)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{location}: no such file or folder in the storage")
-    target = cache_root() / hashlib.sha256(location.encode()).hexdigest()[:24] / os.path.basename(inner.rstrip("/"))
-    if target.exists():
-        return str(target)
     staging = target.parent / f".partial-{uuid.uuid4().hex}"
     staging.mkdir(parents=True, exist_ok=True)
     if info.type == pafs.FileType.Directory:

@@ -9,6 +9,7 @@ environment and so reach the same server; the AWS SDK inside pyarrow reads AWS_E
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class S3Server:
     def start(cls, bucket: str = "leuk") -> "S3Server":
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request in the test output
         self = cls(bucket=bucket, port=free_port())
         env = {**ENV, "AWS_ENDPOINT_URL": self.endpoint}
         self.saved = {key: os.environ.get(key) for key in env}
