@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search import leaderboard
+from search import leaderboard, storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "multinode"
@@ -148,6 +148,8 @@ def test_trials_workers_span_nodes_and_the_leaderboard_says_which(search_losing_
     assert head not in everywhere  # the 0-CPU head holds no worker
     for trial_id in rows["trial_id"]:
         assert (_reports(s3, trial_id)["world_size"] == 2).all()  # one DDP run of 2 ranks, every epoch
+    for uri in rows["checkpoint"]:  # a DDP trial's best checkpoint: its Train run's folder in the bucket
+        assert uri.startswith(f"{s3.uri(PREFIX)}/{NAME}/train_runs/") and storage.exists(uri, "checkpoint.pt")
 
 
 def test_node_removed_mid_trial_resumes_from_checkpoint_on_another_node(search_losing_a_node, s3):
