@@ -173,6 +173,10 @@ class LeaderboardCallback(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # kept in this process's search_run, not here: `--resume` restores a pickled copy of this callback
         search_run(self.context.search).trial_started.setdefault(trial.trial_id, time.time())
+        if self.context.storage:  # the study now holds this trial: its copy in the storage should too
+            from search import search_files
+
+            search_files.save_soon(self.context.storage, self.context.search, Path(self.leaderboard_path).parent)
 
     def on_step(self, iteration: int, trials: list, **info: Any) -> None:
         self.release_placement_groups(older_than=RELEASE_DELAY_S)

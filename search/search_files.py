@@ -98,13 +98,14 @@ def save(storage_location: str, name: str, results: str | Path) -> None:
     results, target = Path(results), folder(storage_location, name)
     with tempfile.TemporaryDirectory(prefix="leuk-search-files-") as scratch:
         scratch = Path(scratch)
-        rows_to_storage(leaderboard_path(results), name, storage.join(target, ROWS), scratch)
         study = _snapshot_study(results, scratch)
         if study:
             storage.upload(study, storage.join(target, OPTUNA_DB))
         for stored, local in _local_files(name, results).items():
             if local.is_file():
                 storage.upload(local, storage.join(target, stored))
+        # the rows last: a reader that finds them finds the study and settings of the same moment or later
+        rows_to_storage(leaderboard_path(results), name, storage.join(target, ROWS), scratch)
 
 
 def restore(storage_location: str, name: str, results: str | Path) -> list[str]:

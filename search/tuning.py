@@ -127,11 +127,11 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
                         progress=console.out)
     console.say(data.describe())
     data.write_split(split_path(args.results, args.name))  # read by search/evaluate.py
-    _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # a new head can resume
     recorder = LeaderboardCallback(search_context(args, data), str(leaderboard_path(args.results)))
     progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
                                max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
     tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), data.put()), [recorder, progress])
+    _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # a new head can resume
     run = search_run(args.name)
     run.launched, run.deadline = time.time(), (time.time() + args.time_budget if args.time_budget else None)
     console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "

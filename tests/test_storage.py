@@ -126,3 +126,33 @@ def test_an_endpoint_that_goes_down_is_named_when_the_files_cannot_be_copied(tmp
     assert warning == (f"warning: could not copy the search's files to s3://down/x/s/search_files (endpoint "
                        f"unreachable); they are in {tmp_path}")
     assert len(pd.read_parquet(tmp_path / "leaderboard.parquet")) == 1  # the head's copy is untouched
+
+
+def test_a_study_restored_older_than_tunes_state_does_not_stop_the_search(tmp_path):
+    """Tune's saved searcher names a trial the study restored from the bucket lacks (asked after the study's last
+    copy): its reports and its end reach the study no more, nothing raises, the other trials go on as before."""
+    import pickle
+    import shutil
+
+    import optuna
+
+    from search.spaces import SearchSpace
+    from search.strategies import make_searcher
+
+    db = tmp_path / "optuna.db"
+    searcher = make_searcher("tpe", search="lag", space=SearchSpace(["resnet"]), metric="balanced_accuracy",
+                             mode="max", storage=optuna.storages.RDBStorage(f"sqlite:///{db}"), seed=0,
+                             num_samples=2, max_epochs=2)
+    assert searcher.suggest("copied") is not None
+    shutil.copy(db, tmp_path / "copy.db")  # the bucket's copy of the study
+    assert searcher.suggest("lost") is not None  # asked after the copy
+    saved = pickle.dumps(searcher)  # Tune's state of the searcher, saved later still
+    shutil.copy(tmp_path / "copy.db", db)  # a new head: the study comes back from the bucket
+    restored = pickle.loads(saved)
+    report = {"balanced_accuracy": 0.6, "epoch": 1, "training_iteration": 1}
+    restored.on_trial_result("lost", report)
+    restored.on_trial_complete("lost", result=report)
+    restored.on_trial_result("copied", report)
+    restored.on_trial_complete("copied", result=report)
+    assert [t.state.name for t in optuna.load_study(study_name="lag", storage=f"sqlite:///{db}").trials] == \
+        ["COMPLETE"]
