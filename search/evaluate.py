@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as `python search/evaluate.py`: this checko
 
 from leukmodels.atomic import atomic_path  # noqa: E402
 from leukmodels.metrics import SCALAR_METRICS  # noqa: E402
+from search import search_files  # noqa: E402
 from search.cli_checks import check_cli_inputs  # noqa: E402
 from search.heldout import TestSet, held_out_set  # noqa: E402
 from search.leaderboard import DEFAULT_PATH  # noqa: E402
@@ -124,6 +125,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--leaderboard", default=DEFAULT_PATH, help="the search's leaderboard parquet")
     p.add_argument("--search", help="search name (default: the most recent search in the leaderboard)")
+    p.add_argument("--storage", help=search_files.READ_FLAG_HELP)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--top", type=int, default=3, help="evaluate the top K trials by validation metric (3)")
     which.add_argument("--trials", nargs="+", metavar="ID", help="evaluate these trial ids instead of the top K")
@@ -180,6 +182,11 @@ def print_scored(scored: Sequence[Scored]) -> None:
 def run(args: argparse.Namespace) -> int:
     """load rows -> recompute the held-out split -> evaluate each trial (decoding per size) -> ensemble -> write."""
     board_path = Path(args.leaderboard)
+    if args.storage:
+        try:
+            print(f"evaluate: {search_files.for_reading(args.storage, args.search, board_path)}", file=sys.stderr)
+        except ValueError as error:
+            raise EvaluateError(str(error)) from None
     top = None if args.trials else max(args.top, args.ensemble or 0)  # ensemble members get rows of their own
     chosen, search = select_trials(read_board(board_path), args.search, top=top, trials=args.trials,
                                    metric=args.metric)

@@ -237,6 +237,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--top", type=int, help="show only the best K rows")
     parser.add_argument("--family", help="only this model family (e.g. resnet)")
     parser.add_argument("--search", help="only this search name")
+    parser.add_argument("--storage", help="a search's --storage (folder or URI): its stored rows are merged into "
+                        "--path first (needs --search)")
     parser.add_argument("--data", help="'generated', 'real', or a data fingerprint (prefix)")
     parser.add_argument("--columns", nargs="+", help="columns to show/export (space or comma separated; 'all')")
     parser.add_argument("--csv", metavar="OUT", help="also write the rows as CSV (all columns unless --columns)")
@@ -245,6 +247,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.top is not None and args.top < 1:
             raise ValueError(f"--top {args.top} must be >= 1")
+        if args.storage:
+            from search import search_files  # it reads and appends through this module
+
+            print(search_files.for_reading(args.storage, args.search, Path(args.path)))
         table = rank_table(read(args.path), top=args.top, family=args.family, search=args.search, data=args.data)
         if table.empty:
             print(f"no rows in {args.path} match the filters")

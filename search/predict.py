@@ -1,6 +1,7 @@
 """Predict ALL / HEM for cell images with a trained checkpoint.
 
     python search/predict.py --checkpoint results/.../checkpoint.pt [--tta] [--out preds.csv] IMAGES_OR_FOLDERS...
+    python search/predict.py --checkpoint s3://bucket/leukemia-tune/NAME/run_trial_.../checkpoint_000002 cells/
 
 Every image is decoded exactly as in training (leukmodels.data.load_image: whole frame padded square and resized to
 the checkpoint config's image_size, uint8 3 x S x S) and scored with leukmodels.metrics.predict_proba, 8-way
@@ -28,21 +29,37 @@ if __package__ in (None, ""):  # run as `python search/predict.py`: this checkou
 
 from leukmodels.data.layout import IMAGE_SUFFIXES  # noqa: E402
 from leukmodels.labels import CLASS_NAMES  # noqa: E402
+from search import storage  # noqa: E402
 
 
 def load_trial_model(checkpoint, device=None):
-    """(model in eval mode, TrainConfig, checkpoint file) from a checkpoint file or a directory holding one."""
+    """(model in eval mode, TrainConfig, checkpoint file) from a checkpoint file or a directory holding one, local
+    or at a storage URI (s3://...: fetched once into the cache, search/storage.py; the file is then named by URI)."""
     from leukmodels.checkpoint import CHECKPOINT_FILE, load_model, resolve_checkpoint
 
-    path = resolve_checkpoint(checkpoint)
+    local = _fetched(str(checkpoint))
+    path = resolve_checkpoint(local)
     if not path.is_file():  # a Ray checkpoint dir may nest the file one level deeper
-        nested = sorted(Path(checkpoint).rglob(CHECKPOINT_FILE)) if Path(checkpoint).is_dir() else []
+        nested = sorted(Path(local).rglob(CHECKPOINT_FILE)) if Path(local).is_dir() else []
         if len(nested) != 1:
             raise FileNotFoundError(f"{checkpoint}: no checkpoint file (expected a file or a folder holding exactly "
                                     f"one checkpoint.pt, found {len(nested)})")
         path = nested[0]
     model, config = load_model(path, device=device)
-    return model, config, str(path)
+    if not storage.is_uri(str(checkpoint)):
+        return model, config, str(path)
+    inside = str(path.relative_to(local)) if path != Path(local) else ""  # the file within a fetched folder
+    return model, config, storage.join(str(checkpoint), inside) if inside else str(checkpoint)
+
+
+def _fetched(checkpoint: str) -> str:
+    """The local path of a checkpoint (a URI's cached copy); FileNotFoundError naming the URI and what failed."""
+    try:
+        return storage.local_copy(checkpoint)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"{checkpoint}: cannot fetch it ({storage.reason(error)})") from None
 
 
 def expand_images(items: Sequence[str]) -> list[str]:

@@ -84,11 +84,14 @@ def check_name(args: argparse.Namespace) -> None:
                          f"{SETTINGS_SUFFIX} adds {len(SETTINGS_SUFFIX)})")
 
 
-def _check_storage(storage: str) -> None:
-    if "://" not in storage:  # a URI is Tune's to check
-        why = _unwritable(Path(storage))
-        if why:
-            raise ValueError(f"--storage {storage}: cannot write there ({why})")
+def check_storage(storage: str) -> None:
+    """--storage must take a file: a folder we can write, or a URI whose bucket is reached and takes, gives back and
+    deletes a small object (search/storage.py's probe), before anything is decoded."""
+    from search import storage as stored
+
+    why = stored.probe(storage) if stored.is_uri(storage) else _unwritable(Path(storage))
+    if why:
+        raise ValueError(f"--storage {storage}: cannot write there ({why})")
 
 
 def _check_cache_folder() -> Path:
@@ -166,7 +169,7 @@ def check_before_launch(args: argparse.Namespace) -> None:
     --image-sizes when they are given, the data tree's layout, labels and patient split sound."""
     from search.cli_checks import check_cli_inputs
 
-    _check_storage(args.storage)
+    check_storage(args.storage)
     check_cli_inputs(args.results, decode_cache=True)  # what every command checks (search/cli_checks.py)
     _check_address(args.address)
     _check_data(args)

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as `python search/report.py`: this checkout
 from leukmodels.atomic import atomic_path  # noqa: E402
 from search.cli_checks import check_cli_inputs  # noqa: E402
 from search.evaluate import EvaluateError, board_dir, read_board, read_parquet_or_none  # noqa: E402
+from search import search_files  # noqa: E402
 from search.leaderboard import DEFAULT_PATH  # noqa: E402
 from search.paths import OPTUNA_DB, REPORT, TEST_METRICS, TEST_PREDICTIONS, optuna_url  # noqa: E402
 from search.report_sections import (family_section, learning_curves_section, note, optuna_section,  # noqa: E402
@@ -83,6 +84,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--leaderboard", default=DEFAULT_PATH)
     p.add_argument("--search", help="search name (default: the most recent search in the leaderboard)")
+    p.add_argument("--storage", help=search_files.READ_FLAG_HELP)
     p.add_argument("--test-metrics", help="evaluate.py output (default: test_metrics.parquet next to the leaderboard)")
     p.add_argument("--optuna-storage", help="Optuna storage URL (default: sqlite:///<leaderboard dir>/optuna.db)")
     p.add_argument("--study", help="Optuna study name (default: the search name)")
@@ -103,6 +105,11 @@ def choose_search(board: pd.DataFrame, search: Optional[str], path: str) -> str:
 
 
 def write_report(args: argparse.Namespace) -> Path:
+    if args.storage:
+        try:
+            print(search_files.for_reading(args.storage, args.search, Path(args.leaderboard)))
+        except ValueError as error:
+            raise EvaluateError(str(error)) from None
     board = read_board(Path(args.leaderboard))
     search = choose_search(board, args.search, args.leaderboard)
     results = board_dir(Path(args.leaderboard))

@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from leukmodels.labels import CLASS_NAMES  # noqa: E402
+from search import storage  # noqa: E402
 from search.scoring import ENSEMBLE_FAMILY  # noqa: E402
 
 VERSUS_COLUMNS = ("model", "members", "tta", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
@@ -142,6 +143,8 @@ def trial_history(checkpoint: str) -> list[dict]:
     """Per-epoch metrics of a trial: the history saved in its last epoch's checkpoint (a sibling of the best one)."""
     from leukmodels.checkpoint import CHECKPOINT_FILE, load_checkpoint, resolve_checkpoint
 
+    if storage.is_uri(checkpoint):  # the newest of the trial's checkpoint folders in the storage, else the best
+        return _remote_history(checkpoint)
     best = resolve_checkpoint(checkpoint)
     if not best.exists() and best.suffix != ".pt":  # a checkpoint folder that is gone: its siblings may remain
         best = best / CHECKPOINT_FILE
@@ -150,6 +153,23 @@ def trial_history(checkpoint: str) -> list[dict]:
     for path in [*reversed(siblings), best]:  # the newest epoch first; the best one as the fallback
         try:
             payload = load_checkpoint(path)
+        except (OSError, ValueError):
+            continue
+        return list(payload.get("extra", {}).get("history") or [payload.get("metrics", {})])
+    return []
+
+
+def _remote_history(checkpoint: str) -> list[dict]:
+    """trial_history of a checkpoint at a storage URI: the newest sibling folder (or the best one) fetched once."""
+    from leukmodels.checkpoint import load_checkpoint
+
+    try:
+        candidates = [*reversed([u for u in storage.siblings(checkpoint) if "/checkpoint_" in u]), checkpoint]
+    except (OSError, ValueError):
+        candidates = [checkpoint]
+    for uri in candidates:
+        try:
+            payload = load_checkpoint(storage.local_copy(uri))
         except (OSError, ValueError):
             continue
         return list(payload.get("extra", {}).get("history") or [payload.get("metrics", {})])

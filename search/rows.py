@@ -20,6 +20,7 @@ import pandas as pd
 from ray.tune import Callback
 
 from leukmodels.metrics import is_single_class
+from search import storage
 from search.crossval import config_key, row_fields
 from search.history import (best_report, epochs_run, exploits, finite, since_last_exploit, trained_seconds,
                             result_trial_id, with_checkpoint_paths, with_prior_epochs)
@@ -44,6 +45,7 @@ class SearchContext:
     objectives: str = ""  # a multi-objective search's objectives, comma-separated ("" for one objective)
     stage: str = "search"  # "rerank": the K-fold re-training of an earlier search's top trials (search/rerank.py)
     origins: dict = field(default_factory=dict)  # rerank: config_key(config) -> the trial whose config it re-trains
+    storage: str = ""  # --storage: Tune's scheme-less checkpoint paths inside it become URIs in the rows
 
 
 def ending(context: SearchContext, trial_id: str, history: list[dict], error: Optional[str]) -> Optional[str]:
@@ -66,20 +68,11 @@ def is_over(context: SearchContext, trial_id: str, history: list[dict], error: O
 
 
 def checkpoint_exists(path: Optional[str]) -> bool:
-    """Whether a reported checkpoint folder still holds its file (a local folder or a pyarrow-readable URI)."""
+    """Whether a reported checkpoint folder still holds its file (a local folder or a URI, through the filesystem
+    Tune wrote with)."""
     from leukmodels.checkpoint import CHECKPOINT_FILE
 
-    if not path:
-        return False
-    if "://" not in path:
-        return os.path.isfile(os.path.join(path, CHECKPOINT_FILE))
-    import pyarrow.fs
-
-    try:
-        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
-        return fs.get_file_info(f"{inner.rstrip('/')}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File
-    except Exception:  # noqa: BLE001 - unreachable storage: say the weights cannot be found
-        return False
+    return bool(path) and storage.exists(path, CHECKPOINT_FILE)
 
 
 def _config_fields(config: dict) -> tuple[dict, Optional[str]]:
@@ -104,7 +97,7 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
     last = history[-1] if history else {}
     status = ending(context, trial_id, history, error) or "stopped"
     notes = [f"exploited_from {' '.join(exploited)}"] if exploited else []
-    checkpoint = best.get("checkpoint_path") or last.get("checkpoint_path")
+    checkpoint = storage.storage_uri(context.storage, best.get("checkpoint_path") or last.get("checkpoint_path"))
     if checkpoint and not checkpoint_exists(checkpoint):
         notes.append(f"best checkpoint missing: {checkpoint}")
         checkpoint = None
@@ -188,6 +181,10 @@ class LeaderboardCallback(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # kept in this process's search_run, not here: `--resume` restores a pickled copy of this callback
         search_run(self.context.search).trial_started.setdefault(trial.trial_id, time.time())
+        if self.context.storage:  # the study now holds this trial: its copy in the storage should too
+            from search import search_files
+
+            search_files.save_soon(self.context.storage, self.context.search, Path(self.leaderboard_path).parent)
 
     def on_step(self, iteration: int, trials: list, **info: Any) -> None:
         self.release_placement_groups(older_than=RELEASE_DELAY_S)
@@ -214,7 +211,7 @@ class LeaderboardCallback(Callback):
         self.history.setdefault(trial.trial_id, []).extend(with_checkpoint_paths([keep], trial.path))
 
     def _ended(self, trial: Any, error: Optional[str]) -> None:
-        from search import leaderboard
+        from search import leaderboard, search_files
 
         history = self.history.pop(trial.trial_id, [])
         if not history and trial.last_result and "epoch" in trial.last_result:
@@ -229,6 +226,8 @@ class LeaderboardCallback(Callback):
             row = build_row(self.context, trial.trial_id, dict(trial.config), history, error,
                             wall_seconds=run.trial_walls.get(trial.trial_id))
             leaderboard.append_rows(self.leaderboard_path, [row])
+            if self.context.storage:  # the row reaches the storage too, without holding up the search
+                search_files.save_soon(self.context.storage, self.context.search, Path(self.leaderboard_path).parent)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trial, None)

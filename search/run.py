@@ -83,7 +83,8 @@ def prepare(args: argparse.Namespace) -> list[str]:
     leaderboard.append_rows(leaderboard_path(args.results), [])  # fail now on unwritable results
     if not args.dry_run:  # one driver per name: two started together both passed the check below
         args.name_lock = claim_name(args.results, args.name)
-    notes = load_settings(args, args.given) if args.resume else []
+    notes = restore_search_files(args) if args.resume else []  # a new head: the search's files from --storage
+    notes += load_settings(args, args.given) if args.resume else []
     if not args.resume and not args.dry_run:
         refuse_existing(args)
     if args.warm_start and not args.resume:
@@ -92,6 +93,20 @@ def prepare(args: argparse.Namespace) -> list[str]:
         check_warm_start(args)  # the earlier search exists and has a config of a family searched here
     check_before_launch(args)
     return notes
+
+
+def restore_search_files(args: argparse.Namespace) -> list[str]:
+    """--resume on a head whose results folder lacks the search (a new head, an emptied folder): its files from
+    <storage>/<name>/search_files/ (search/search_files.py); the storage is checked first."""
+    from search import search_files
+    from search.paths import settings_path
+    from search.preflight import check_storage
+
+    if settings_path(args.results, args.name).is_file():
+        return []
+    check_storage(args.storage)
+    restored = search_files.restore(args.storage, args.name, args.results)
+    return [f"restored from {search_files.folder(args.storage, args.name)}: {', '.join(restored)}"] if restored else []
 
 
 def log_path(args: argparse.Namespace) -> Path:

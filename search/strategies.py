@@ -138,19 +138,40 @@ class BudgetAwareOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         import optuna
 
+        if trial_id in self._unrecorded():
+            return
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
             # a trial that ended just before the driver died: the study has its end, Tune's saved state did not, so
             # --resume restored it and it re-reports its last epoch. The study keeps what it has.
             self._completed_trials.add(trial_id)
+        except KeyError as missing:  # optuna's "Record does not exist.": see _unrecorded
+            self._note_unrecorded(trial_id, missing)
+
+    def _note_unrecorded(self, trial_id: str, missing: KeyError) -> None:
+        if "Record does not exist" not in str(missing):
+            raise missing
+        self._unrecorded().add(trial_id)
+
+    def _unrecorded(self) -> set:
+        """Trials the study does not hold: a study restored from the bucket on a new head (search/search_files.py)
+        can be older than Tune's saved state, which names trials asked after the study's last copy. They still train
+        and get their rows; the study hears nothing of them. (Kept in __dict__: a pickled searcher may predate it.)"""
+        return self.__dict__.setdefault("_unrecorded_trials", set())
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         run = search_run(self.search)
         epochs = int((result or {}).get(TIME_ATTR) or 0)
         cut = not error and run.budget_spent() and trial_id not in run.early_stops and epochs < self.max_epochs
+        if trial_id in self._unrecorded():
+            return None
         if not cut or trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result=result, error=error)
+            try:
+                return super().on_trial_complete(trial_id, result=result, error=error)
+            except KeyError as missing:  # not in the study: see _unrecorded
+                self._note_unrecorded(trial_id, missing)
+                return None
         import optuna
 
         state = optuna.trial.TrialState.PRUNED if epochs else optuna.trial.TrialState.FAIL

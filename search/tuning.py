@@ -16,7 +16,7 @@ from typing import Any, Optional
 from ray import tune
 
 from leukmodels.metrics import SINGLE_CLASS_SHARE
-from search import leaderboard
+from search import leaderboard, search_files
 from search.console import Console, ConsoleCallback
 from search.crossval import search_refs
 from search.data import SearchData, prepare_data
@@ -115,7 +115,7 @@ def search_context(args: argparse.Namespace, data: SearchData) -> SearchContext:
     return SearchContext(search=args.name, metric=args.metric, max_epochs=args.max_epochs,
                          data_fingerprint=data.fingerprint, data_generated=data.generated, data_root=data.root,
                          code_version=leaderboard.code_version(), searcher=args.searcher, scheduler=args.scheduler,
-                         objectives=",".join(args.objectives or []))
+                         objectives=",".join(args.objectives or []), storage=args.storage)
 
 
 def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
@@ -138,6 +138,7 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), refs),
                         [recorder, progress, MissingCheckpointGuard()])  # the guard: a resumed trial never errors
     # for a checkpoint Tune's saved state names but the storage lost (search/resume_guard.py)
+    _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # a new head can resume
     run = search_run(args.name)
     run.launched, run.deadline = time.time(), (time.time() + args.time_budget if args.time_budget else None)
     console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "
@@ -153,11 +154,17 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
     mine = write_rows(args, recorder.context, grid, console)
     code = finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
+    _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # ended or interrupted
     if code == 0 and getattr(args, "rerank_top", None):  # the second stage: the top trials re-trained with K folds
         from search.rerank import rerank
 
         code = rerank(args, plan, console, mine, data)
     return code
+
+
+def _say_failure(console: Console, warning: Optional[str]) -> None:
+    if warning:
+        console.say(warning)
 
 
 def write_rows(args: argparse.Namespace, context: SearchContext, grid: Any, console: Console) -> Any:

@@ -6,6 +6,7 @@
   2 labelled prelim-test and 1 final-test patient, no patient skew or flipped cells); its path is the `C-NMC_Leukemia` folder. Built once in seconds.
 - `tiny_search` / `evaluated`: a tiny search trained without Ray and evaluate's output on it, built once per session
   for the post-search commands' tests (tests/tiny_search.py).
+- `s3`: a real S3 protocol server (moto) on localhost with a bucket, AWS_ENDPOINT_URL pointing at it.
 - `ray_2cpu`: a local Ray with 2 logical CPUs for one test module (started on first use, shut down when the module
   ends), so Ray tests of one module share a start (~10 s) and modules stay independent of each other (a module that
   builds its own `ray.cluster_utils.Cluster` is not disturbed). Mark tests that use it `@pytest.mark.slow`.
@@ -72,3 +73,15 @@ def evaluated(tiny_search: dict) -> dict:
     from tiny_search import evaluate_tiny_search
 
     return evaluate_tiny_search(tiny_search)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 protocol server (moto's, tests/s3_server.py) with the bucket `leuk`, for the whole session:
+    AWS_ENDPOINT_URL and dummy keys are set in os.environ (restored at the end), so searches and Ray nodes started
+    from the tests reach it. Each test uses its own prefix in the bucket."""
+    from s3_server import S3Server
+
+    server = S3Server.start(bucket="leuk")
+    yield server
+    server.close()

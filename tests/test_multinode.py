@@ -13,12 +13,13 @@ One search of 2 trials (24 px, up to 4 epochs, no ASHA stop) shows both halves o
   from its last checkpoint (the epochs go on from there, none is trained twice), and the search completes with both
   trials ranked.
 
-Every node shares this machine's IP, so nodes are told apart by Ray node id. Multi-node runs need shared storage; on
-one machine a tmp folder is shared by all nodes.
+Every node shares this machine's IP, so nodes are told apart by Ray node id. Multi-node runs need shared storage: the
+nodes share nothing but a bucket of a real S3 protocol server (moto, the `s3` fixture; the nodes inherit its
+AWS_ENDPOINT_URL), and the test reads Tune's and Train's files from the bucket too.
 """
 from __future__ import annotations
 
-import glob
+import io
 import json
 import os
 import re
@@ -31,10 +32,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search import leaderboard
+from search import leaderboard, storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "multinode"
+PREFIX = "multinode"
+REPO = Path(__file__).resolve().parents[1]  # the search's --storage: s3://<bucket>/multinode
 MAX_EPOCHS = 4  # room for the node removal after the first checkpoint (an epoch here takes ~1.5 s)
 # 1 CPU: a trial's 2 workers must span two nodes. Next to no `memory` resource: a trial driver asks for 0 CPU and
 # 1 MiB of `memory` (search/plan.py), so drivers and their Train controllers fit only on the head, as on a real cluster
@@ -43,8 +46,9 @@ WORKER_NODE = dict(num_cpus=1, memory=1024)
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A head (0 CPUs, no dashboard) and two 1-CPU worker nodes; every node removed again when the module ends."""
+def cluster(s3):
+    """A head (0 CPUs, no dashboard) and two 1-CPU worker nodes; every node removed again when the module ends. The
+    S3 server starts first, so every node's processes see its endpoint and keys."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -65,7 +69,7 @@ def cluster():
             cluster.shutdown()
 
 
-def _swap_a_worker_node(cluster, train_runs: Path, search: subprocess.Popen) -> dict:
+def _swap_a_worker_node(cluster, s3, train_runs: str, search: subprocess.Popen) -> dict:
     """Once a trial has a checkpoint Ray Train registered (its checkpoint manager's snapshot is in the Train storage:
     every rank reported that epoch, so a retry resumes from it; a checkpoint folder alone is not enough), remove a
     worker node that runs only Train workers of it (the head holds the trial's driver and controller: losing those is
@@ -76,11 +80,11 @@ def _swap_a_worker_node(cluster, train_runs: Path, search: subprocess.Popen) -> 
     deadline = time.time() + 300
     found: list[str] = []
     while not found and search.poll() is None and time.time() < deadline:
-        found = sorted(glob.glob(str(train_runs / "*" / "checkpoint_manager_snapshot.json")))
+        found = sorted(k for k in s3.keys(train_runs) if k.endswith("/checkpoint_manager_snapshot.json"))
         time.sleep(0.05)
     if not found:
         return {}
-    trial_id = Path(found[0]).parent.name  # the Train run is named after the Tune trial id
+    trial_id = found[0].split("/")[-2]  # the Train run is named after the Tune trial id
     alive = [a for a in actors().values() if a["State"] == "ALIVE"]
     trainers = {a["Address"]["NodeID"] for a in alive if a["ActorClassName"] == "RayTrainWorker"}
     others = {a["Address"]["NodeID"] for a in alive if a["ActorClassName"] != "RayTrainWorker"}
@@ -94,28 +98,30 @@ def _swap_a_worker_node(cluster, train_runs: Path, search: subprocess.Popen) -> 
     return dict(trial_id=trial_id, removed=removed, added=added)
 
 
-def _reports(tmp: Path, trial_id: str) -> pd.DataFrame:
+def _reports(s3, trial_id: str) -> pd.DataFrame:
     """Tune's record of one trial: every report of its rank 0, in order (result.json, one JSON object a line)."""
-    (path,) = (tmp / "ray" / NAME).glob(f"*_{trial_id}_*/result.json")
-    return pd.read_json(path, lines=True)
+    (key,) = [k for k in s3.keys(f"{PREFIX}/{NAME}/") if f"_{trial_id}_" in k and k.endswith("/result.json")]
+    body = s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read().decode()
+    return pd.read_json(io.StringIO(body), lines=True)
 
 
 @pytest.fixture(scope="module")
-def search_losing_a_node(cluster, tiny_cnmc, tmp_path_factory):
+def search_losing_a_node(cluster, s3, tiny_cnmc, tmp_path_factory):
     """The search (`python -m search.run --address <cluster>`, its own process) with a worker node swapped mid-trial."""
     import ray
 
     tmp = tmp_path_factory.mktemp("multinode")
     argv = ["--family", "resnet", "--data", str(tiny_cnmc), "--image-sizes", "24", "--address", cluster.address,
-            "--results", str(tmp / "results"), "--storage", str(tmp / "ray"), "--name", NAME, "--num-samples", "2",
+            "--results", str(tmp / "results"), "--storage", s3.uri(PREFIX), "--name", NAME, "--num-samples", "2",
             "--max-epochs", str(MAX_EPOCHS), "--grace-epochs", str(MAX_EPOCHS), "--workers-per-trial", "2",
             "--cpus-per-worker", "1", "--max-failures", "2"]
     started = time.time()
     with open(tmp / "search.log", "w") as log:
         search = subprocess.Popen([sys.executable, "-m", "search.run", *argv], cwd=tmp, stdout=log,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's code
                                   stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            swap = _swap_a_worker_node(cluster, tmp / "ray" / NAME / "train_runs", search)
+            swap = _swap_a_worker_node(cluster, s3, f"{PREFIX}/{NAME}/train_runs/", search)
             code = search.wait(timeout=420)
         finally:
             if search.poll() is None:
@@ -129,7 +135,7 @@ def search_losing_a_node(cluster, tiny_cnmc, tmp_path_factory):
                 log=(tmp / "search.log").read_text())
 
 
-def test_trials_workers_span_nodes_and_the_leaderboard_says_which(search_losing_a_node):
+def test_trials_workers_span_nodes_and_the_leaderboard_says_which(search_losing_a_node, s3):
     run = search_losing_a_node
     rows, head = run["rows"], run["head"]
     assert run["code"] == 0, run["log"][-4000:]
@@ -141,10 +147,12 @@ def test_trials_workers_span_nodes_and_the_leaderboard_says_which(search_losing_
     assert everywhere <= run["every_node"]  # real Ray node ids of this cluster
     assert head not in everywhere  # the 0-CPU head holds no worker
     for trial_id in rows["trial_id"]:
-        assert (_reports(run["tmp"], trial_id)["world_size"] == 2).all()  # one DDP run of 2 ranks, every epoch
+        assert (_reports(s3, trial_id)["world_size"] == 2).all()  # one DDP run of 2 ranks, every epoch
+    for uri in rows["checkpoint"]:  # a DDP trial's best checkpoint: its Train run's folder in the bucket
+        assert uri.startswith(f"{s3.uri(PREFIX)}/{NAME}/train_runs/") and storage.exists(uri, "checkpoint.pt")
 
 
-def test_node_removed_mid_trial_resumes_from_checkpoint_on_another_node(search_losing_a_node):
+def test_node_removed_mid_trial_resumes_from_checkpoint_on_another_node(search_losing_a_node, s3):
     run = search_losing_a_node
     swap, rows, tmp = run["swap"], run["rows"], run["tmp"]
     assert swap, f"no checkpoint appeared, so no node was removed:\n{run['log'][-4000:]}"
@@ -153,7 +161,7 @@ def test_node_removed_mid_trial_resumes_from_checkpoint_on_another_node(search_l
 
     hit = rows[rows["trial_id"] == swap["trial_id"]].iloc[0]
     assert {swap["removed"], swap["added"]} <= set(hit["nodes"].split(","))  # on the lost node, then on the new one
-    progress = _reports(tmp, swap["trial_id"])
+    progress = _reports(s3, swap["trial_id"])
     epochs = list(progress["epoch"])
     assert epochs == sorted(set(epochs)) and epochs[-1] == MAX_EPOCHS  # each epoch reported once, in order
     before = progress[progress["nodes"].str.contains(swap["removed"])]
@@ -168,6 +176,7 @@ def test_node_removed_mid_trial_resumes_from_checkpoint_on_another_node(search_l
     # and the retried worker said so (fit's log line, forwarded to the search's log file, not its console)
     last_before = int(before["epoch"].max())
     search_log = (tmp / "results" / NAME / "search.log").read_text()
-    assert re.search(rf"resumed from \S*/train_runs/{swap['trial_id']}/checkpoint_\S+ after epoch {last_before}\b",
+    # (from Train's local copy of the bucket's checkpoint folder)
+    assert re.search(rf"resumed from \S+/checkpoint\.pt after epoch {last_before}\b",
                      search_log)
     assert "resumed from" not in run["log"]

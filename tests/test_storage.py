@@ -1,0 +1,158 @@
+"""--storage as a URI, against a real S3 protocol server (moto, the `s3` fixture): checkpoint URIs, fetching them,
+the search's files copied to the bucket and back, and the pre-flight that refuses a storage that cannot be used."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from board_rows import make_row
+from s3_server import S3Server, free_port
+from search import leaderboard, search_files, storage
+from search.paths import settings_path, split_path
+from search.run import main
+
+
+def _put(s3, key: str, data: bytes) -> None:
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=data)
+
+
+def test_tune_paths_become_uris_of_the_storage(s3):
+    assert storage.storage_uri("s3://leuk/tune", "leuk/tune/s/run_trial_1/checkpoint_000001") == \
+        "s3://leuk/tune/s/run_trial_1/checkpoint_000001"
+    assert storage.storage_uri("s3://leuk/tune?region=x", "leuk/tune/s/c") == "s3://leuk/tune/s/c?region=x"
+    assert storage.storage_uri("/local/ray", "/local/ray/s/c") == "/local/ray/s/c"  # a local storage: as it is
+    assert storage.storage_uri("s3://leuk/tune", "s3://leuk/tune/s/c") == "s3://leuk/tune/s/c"
+    assert storage.storage_uri("s3://leuk/tune", "other/place") == "other/place"  # not under the storage
+
+
+def test_a_checkpoint_uri_is_checked_fetched_once_and_named_in_errors(s3, tmp_path):
+    _put(s3, "fetch/t/checkpoint_000001/checkpoint.pt", b"weights")
+    _put(s3, "fetch/t/checkpoint_000002/checkpoint.pt", b"later")
+    uri = s3.uri("fetch/t/checkpoint_000001")
+    assert storage.exists(uri, "checkpoint.pt") and not storage.exists(uri, "other.pt")
+    local = Path(storage.local_copy(uri))
+    assert (local / "checkpoint.pt").read_bytes() == b"weights"
+    assert storage.siblings(uri) == [uri, s3.uri("fetch/t/checkpoint_000002")]
+    s3.client().delete_object(Bucket=s3.bucket, Key="fetch/t/checkpoint_000001/checkpoint.pt")
+    assert storage.local_copy(uri) == str(local)  # fetched once: the cache answers
+    with pytest.raises(FileNotFoundError, match="s3://leuk/fetch/gone"):
+        storage.local_copy(s3.uri("fetch/gone"))
+
+
+def test_predict_names_a_checkpoint_uri_that_holds_no_checkpoint(s3, capsys):
+    _put(s3, "bad/checkpoint_000001/checkpoint.pt", b"not a checkpoint")
+    from search import predict
+
+    assert predict.main(["--checkpoint", s3.uri("bad/checkpoint_000001"), "cell.bmp"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a leukemia-tune checkpoint" in err[0]
+
+
+def test_search_files_go_to_the_bucket_and_come_back_to_an_empty_results_folder(s3, tmp_path):
+    results, fresh, where = tmp_path / "head", tmp_path / "new-head", s3.uri("files")
+    leaderboard.append_rows(results / "leaderboard.parquet",
+                            [make_row("t1", search="mine"), make_row("t2", search="mine", f1=0.7),
+                             make_row("x1", search="someone-else")])
+    settings_path(results, "mine").parent.mkdir(parents=True)
+    settings_path(results, "mine").write_text(json.dumps({"family": ["resnet"]}))
+    split_path(results, "mine").parent.mkdir(parents=True)
+    split_path(results, "mine").write_text("{}")
+    import optuna
+
+    optuna.create_study(study_name="mine", storage=f"sqlite:///{results / 'optuna.db'}").add_trial(
+        optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    search_files.save(where, "mine", results)
+
+    restored = search_files.restore(where, "mine", fresh)
+    assert restored[0] == "2 leaderboard row(s)"  # only this search's rows
+    rows = leaderboard.read(fresh / "leaderboard.parquet")
+    assert sorted(rows["trial_id"]) == ["t1", "t2"] and set(rows["search"]) == {"mine"}
+    assert json.loads(settings_path(fresh, "mine").read_text()) == {"family": ["resnet"]}
+    assert split_path(fresh, "mine").read_text() == "{}"
+    study = optuna.load_study(study_name="mine", storage=f"sqlite:///{fresh / 'optuna.db'}")
+    assert [t.value for t in study.trials] == [0.5]
+    assert search_files.restore(where, "mine", fresh)[0] == "2 leaderboard row(s)"  # again: replaced, not doubled
+    assert len(leaderboard.read(fresh / "leaderboard.parquet")) == 2
+
+
+def test_leaderboard_reads_a_search_from_the_bucket_alone(s3, tmp_path, capsys):
+    head = tmp_path / "head"
+    leaderboard.append_rows(head / "leaderboard.parquet", [make_row("t9", search="solo")])
+    search_files.save(s3.uri("solo"), "solo", head)
+    board = tmp_path / "elsewhere" / "leaderboard.parquet"
+    assert leaderboard.main(["--storage", s3.uri("solo"), "--search", "solo", "--path", str(board)]) == 0
+    assert "t9" in capsys.readouterr().out
+    assert leaderboard.main(["--storage", s3.uri("nothing"), "--search", "solo", "--path", str(board)]) == 1
+    assert "no files of search 'solo' at s3://leuk/nothing/solo/search_files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, why", [("s3://no-such-bucket/x", "bucket 'no-such-bucket' does not exist"),
+                                       ("unreachable", "endpoint unreachable")])
+def test_bad_storage_is_refused_in_one_line_before_anything_is_decoded(s3, tiny_cnmc, tmp_path, monkeypatch, capsys,
+                                                                      bad, why):
+    if bad == "unreachable":  # nothing listens on that port
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+        bad = s3.uri("x")
+    code = main(["--family", "baseline", "--data", str(tiny_cnmc), "--results", str(tmp_path / "r"), "--storage", bad,
+                 "--name", "refused", "--image-sizes", "24"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: --storage {bad}: cannot write there ({why})"]
+    assert not settings_path(tmp_path / "r", "refused").exists()
+
+
+def test_probe_writes_reads_and_deletes_a_small_object(s3):
+    assert storage.probe(s3.uri("probe")) is None
+    assert not [key for key in s3.keys("probe") if storage.PROBE_FILE in key]  # nothing left but a folder marker
+
+
+def test_resume_on_a_new_head_says_when_the_bucket_holds_nothing(s3, tmp_path, capsys):
+    code = main(["--resume", "--name", "never-ran", "--results", str(tmp_path / "r"), "--storage", s3.uri("void")])
+    assert code == 2
+    assert "no settings at" in capsys.readouterr().err
+
+
+def test_an_endpoint_that_goes_down_is_named_when_the_files_cannot_be_copied(tmp_path):
+    server = S3Server.start(bucket="down")  # its own server: this test stops it
+    try:
+        leaderboard.append_rows(tmp_path / "leaderboard.parquet", [make_row("t1", search="s")])
+        assert search_files.save_now(server.uri("x"), "s", tmp_path) is None
+        server.stop()  # the endpoint is down from here on
+        warning = search_files.save_now(server.uri("x"), "s", tmp_path)
+    finally:
+        server.close()
+    assert warning == (f"warning: could not copy the search's files to s3://down/x/s/search_files (endpoint "
+                       f"unreachable); they are in {tmp_path}")
+    assert len(pd.read_parquet(tmp_path / "leaderboard.parquet")) == 1  # the head's copy is untouched
+
+
+def test_a_study_restored_older_than_tunes_state_does_not_stop_the_search(tmp_path):
+    """Tune's saved searcher names a trial the study restored from the bucket lacks (asked after the study's last
+    copy): its reports and its end reach the study no more, nothing raises, the other trials go on as before."""
+    import pickle
+    import shutil
+
+    import optuna
+
+    from search.spaces import SearchSpace
+    from search.strategies import make_searcher
+
+    db = tmp_path / "optuna.db"
+    searcher = make_searcher("tpe", search="lag", space=SearchSpace(["resnet"]), metric="balanced_accuracy",
+                             mode="max", storage=optuna.storages.RDBStorage(f"sqlite:///{db}"), seed=0,
+                             num_samples=2, max_epochs=2)
+    assert searcher.suggest("copied") is not None
+    shutil.copy(db, tmp_path / "copy.db")  # the bucket's copy of the study
+    assert searcher.suggest("lost") is not None  # asked after the copy
+    saved = pickle.dumps(searcher)  # Tune's state of the searcher, saved later still
+    shutil.copy(tmp_path / "copy.db", db)  # a new head: the study comes back from the bucket
+    restored = pickle.loads(saved)
+    report = {"balanced_accuracy": 0.6, "epoch": 1, "training_iteration": 1}
+    restored.on_trial_result("lost", report)
+    restored.on_trial_complete("lost", result=report)
+    restored.on_trial_result("copied", report)
+    restored.on_trial_complete("copied", result=report)
+    assert [t.state.name for t in optuna.load_study(study_name="lag", storage=f"sqlite:///{db}").trials] == \
+        ["COMPLETE"]
