@@ -154,7 +154,7 @@ def write_rows(args: argparse.Namespace, context: SearchContext, grid: Any, cons
     rows = rows_from_grid(context, grid, walls=search_run(args.name).trial_walls)
     if args.objectives:  # the front over every ended trial of the search, this run's and a resumed one's earlier
         rows = marked_search(board, args.name, rows, args.objectives)
-    table = leaderboard.append_rows(board, rows) if rows else leaderboard.read(board)
+    table = leaderboard.append_rows(board, rows) if rows else leaderboard.search_rows(board, args.name)
     if args.scheduler == "pbt" and rows and len(rows) == len(grid):  # finished: no exploit needs the donors' now
         from search.pbt import prune_checkpoints
 

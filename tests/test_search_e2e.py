@@ -17,6 +17,7 @@ import pytest
 
 from processes import kill_group
 from search import leaderboard
+from search.paths import leaderboard_path
 from search.run import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -29,7 +30,7 @@ def _common(data: Path, tmp: Path, name: str) -> list[str]:
 
 
 def _rows(tmp: Path, name: str) -> pd.DataFrame:
-    board = leaderboard.read(tmp / "results" / "leaderboard.parquet")
+    board = leaderboard.read(leaderboard_path(tmp / "results"))
     return board[board["search"] == name].reset_index(drop=True)
 
 
@@ -43,7 +44,7 @@ def test_killed_search_resumes_without_rerunning_or_duplicating(tiny_cnmc, tmp_p
     env = {**os.environ, "LEUKTUNE_FAULT_DIR": str(tmp_path / "faults"), "LEUKTUNE_FAULT_HOLD": "2:1"}
     first = subprocess.Popen([sys.executable, "-m", "search.run", *argv], cwd=tmp_path, stdout=log, env=env,
                              stderr=subprocess.STDOUT, start_new_session=True)
-    board = tmp_path / "results" / "leaderboard.parquet"
+    board = leaderboard_path(tmp_path / "results")
     try:
         deadline = time.time() + 400
         while time.time() < deadline and first.poll() is None:
