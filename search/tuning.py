@@ -26,15 +26,13 @@ from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.settings import save_settings
 from search.spaces import SearchSpace
 from search.strategies import BudgetStopper, make_scheduler, make_searcher, search_run
+from search.study_storage import dashboard_target, open_storage as optuna_storage
 from search.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config, run_trial
 
 
-def optuna_storage(results: str):
-    """The study lives in results/optuna.db (one SQLite file, a study per search): `optuna-dashboard sqlite:///...`."""
-    import optuna
-
-    Path(results).mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(optuna_url(results))
+def study_url(args: argparse.Namespace) -> str:
+    """--optuna-storage (without its password), or the default SQLite file in results/ (a study per search)."""
+    return getattr(args, "optuna_storage", None) or optuna_url(args.results)
 
 
 def trial_settings(args: argparse.Namespace, plan: Plan) -> TrialSettings:
@@ -84,7 +82,7 @@ def _searcher(args: argparse.Namespace) -> tuple[Any, Optional[dict]]:
         return population(search_space(args), args.num_samples, seed=args.seed)
     metric, mode = searcher_objectives(args)  # lists with --objectives; the scheduler uses the first
     return make_searcher(args.searcher, search=args.name, space=search_space(args), metric=metric, mode=mode,
-                         storage=optuna_storage(args.results), seed=args.seed, num_samples=args.num_samples,
+                         storage=optuna_storage(study_url(args)), seed=args.seed, num_samples=args.num_samples,
                          max_epochs=args.max_epochs, points_to_evaluate=getattr(args, "warm_start_points", None)), None
 
 
@@ -235,7 +233,7 @@ def next_steps(args: argparse.Namespace) -> str:
         f"  python search/evaluate.py --search {args.name} --top 3{board}   # the top trials on unseen test patients",
         f"  python search/report.py --search {args.name}{board}   # HTML report: {results / args.name / REPORT}",
         *([] if args.scheduler == "pbt" else [
-            f"  optuna-dashboard {optuna_url(results)}   # the study '{args.name}'"]),
+            f"  optuna-dashboard {dashboard_target(study_url(args))}   # the study '{args.name}'"]),
         f"  tensorboard --logdir {in_storage(args.storage, args.name)}   # learning curves of every trial"])
 
 
@@ -246,7 +244,7 @@ def close_open_optuna_trials(args: argparse.Namespace, say=print) -> int:
     ask and Tune's state save (FAIL). The study then shows no live trials."""
     import optuna
 
-    study = optuna.load_study(study_name=args.name, storage=optuna_storage(args.results))
+    study = optuna.load_study(study_name=args.name, storage=optuna_storage(study_url(args)))
     spent = search_run(args.name).budget_spent()
     closed = {"PRUNED": [], "FAIL": []}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -278,5 +276,5 @@ def summary_line(rows: Any, wall_s: float, slot_seconds: float) -> str:
             f"{per_trial}; {idle:.0%} of the trial slots' time was not training")
 
 
-__all__ = ["run_search", "build_tuner", "tune_config", "run_config", "trainable_for", "trial_request", "optuna_storage",
+__all__ = ["run_search", "build_tuner", "tune_config", "run_config", "trainable_for", "trial_request", "optuna_storage", "study_url",
            "summary_line", "next_steps", "close_open_optuna_trials"]
