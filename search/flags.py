@@ -135,7 +135,7 @@ def _where_it_runs(add: Callable[..., None]) -> None:
         "must be shared storage on a multi-node cluster)")
     add("--results", default=RESULTS, help="folder for the leaderboard, optuna.db, searches/ (default results)")
     add("--optuna-storage", metavar="URL", help="where the Optuna study goes (study = search name): a database URL "
-        "such as postgresql://user:PASSWORD@host/db (pip install psycopg2-binary) that several searches and heads "
+        "such as postgresql://user:PASSWORD@host/db (pip install -e '.[postgres]') that several searches and heads "
         "share, or a journal file (journal:///path/optuna.log, or a path ending .log) on a shared file system "
         "(default: sqlite:///<results>/optuna.db). The password is never saved or shown: give the URL again with "
         "--resume, or use PGPASSWORD / ~/.pgpass")

@@ -6,7 +6,7 @@ end-of-search tidy-up and the report; the URL's password never reaches a file or
 
 Accepted forms (the default is the SQLite file `results/optuna.db`):
 - a SQLAlchemy URL: `sqlite:///results/optuna.db`, `postgresql://user:PASSWORD@host:5432/db` (install
-  `psycopg2-binary`, e.g. `pip install -e .[postgres]`), `mysql+pymysql://...`; a team shares one database across
+  `psycopg[binary]`: `pip install -e '.[postgres]'`), `mysql+pymysql://...`; a team shares one database across
   searches and heads (and one `optuna-dashboard URL`).
 - a journal file, `journal:///abs/path/optuna.log` or any path ending `.log`: Optuna's JournalStorage with a
   JournalFileBackend, for a shared file system (NFS) where SQLite's locking is not safe.
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import optuna
 
 from search.paths import optuna_url
 
@@ -57,7 +59,7 @@ def without_password(url: str) -> str:
     if "://" not in url or is_journal(url):
         return url
     parsed = _url(url)
-    return parsed.set(password=None).render_as_string(hide_password=False) if parsed.password else url
+    return parsed._replace(password=None).render_as_string(hide_password=False) if parsed.password else url
 
 
 def masked(url: str) -> str:
@@ -104,30 +106,20 @@ def dashboard_target(url: str) -> str:
     return str(journal_path(url)) if is_journal(url) else masked(url)
 
 
-def _rdb_storage_class():
-    import optuna
+class PasswordFreeRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage whose pickle (Tune saves the searcher with its study) holds the URL without the password; an
+    unpickled copy takes the password this process remembers."""
 
-    class PasswordFreeRDBStorage(optuna.storages.RDBStorage):
-        """RDBStorage whose pickle (Tune saves the searcher with its study) holds the URL without the password; an
-        unpickled copy takes the password this process remembers."""
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "url": without_password(self.url)}
 
-        def __getstate__(self) -> dict:
-            return {**super().__getstate__(), "url": without_password(self.url)}
-
-        def __setstate__(self, state: dict) -> None:
-            super().__setstate__({**state, "url": with_password(state["url"])})
-
-    return PasswordFreeRDBStorage
-
-
-_STORAGE_CLASS: list = []
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__({**state, "url": with_password(state["url"])})
 
 
 def open_storage(url: str) -> Any:
     """The Optuna storage at `url` (see the module docstring); the SQLite file's folder is created. ValueError with
     one line naming the masked URL when it cannot be opened (no server, wrong password, no driver)."""
-    import optuna
-
     if "://" not in url and not url.endswith(".log"):
         url = optuna_url(url)  # a results folder
     if is_journal(url):
@@ -141,13 +133,11 @@ def open_storage(url: str) -> Any:
     database = sqlite_path(url)
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
-    if not _STORAGE_CLASS:
-        _STORAGE_CLASS.append(_rdb_storage_class())
     try:
-        return _STORAGE_CLASS[0](with_password(url))
+        return PasswordFreeRDBStorage(with_password(url))
     except ImportError as error:
         raise ValueError(f"--optuna-storage {masked(url)}: the database driver is missing ({error}); for "
-                         f"PostgreSQL: pip install psycopg2-binary") from None
+                         f"PostgreSQL: pip install 'psycopg[binary]'") from None
     except Exception as error:  # noqa: BLE001 - sqlalchemy's OperationalError and friends
         why = " ".join(str(getattr(error, "orig", None) or error).split())[:300]
         raise ValueError(f"--optuna-storage {masked(url)}: cannot open the study database ({why})") from None
