@@ -1,6 +1,6 @@
 """Held-out test evaluation of a search's best trials: the answer to "how good is the winner on unseen patients?".
 
-    python search/evaluate.py [--leaderboard results/leaderboard.parquet] [--search NAME] [--top 3 | --trials ID ...]
+    python search/evaluate.py [--leaderboard results/leaderboard] [--search NAME] [--top 3 | --trials ID ...]
                               [--ensemble K] [--data ROOT] [--tta both|on|off] [--retrain]
                               [--out results/test_metrics.parquet]
 

@@ -34,7 +34,7 @@ start): without GPUs 12 trials of up to 8 epochs at 32 px, one 1-CPU worker per 
 20 epochs at 64/96/128 px, one GPU per trial. A one-worker trial trains inside its Tune trial (no Ray Train worker
 group to start); --workers-per-trial 2 or more trains with Ray Train (DDP). ASHA stops a trial at epoch grace x
 factor^k when it is not in the top 1/factor there. Any flag you give wins over the profile; --dry-run shows the result.
-Outputs: results/leaderboard.parquet (one ranked row per trial), results/optuna.db (study = search name),
+Outputs: results/leaderboard/ (one ranked row per trial), results/optuna.db (study = search name),
 results/<name>/search.log (everything Ray printed), results/ray/<name>/ (Tune state and checkpoints)."""
 
 
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python search/run.py", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search CNN architectures and training settings that tell leukemic blasts (ALL) from normal "
                     "cells (HEM) in C-NMC 2019: Optuna proposes configs, a scheduler (ASHA) stops weak trials "
-                    "early, every trial is ranked into results/leaderboard.parquet. Data are split by patient; "
+                    "early, every trial is ranked into results/leaderboard/. Data are split by patient; "
                     "the test patients are never used here.")
 
     def add(*names: str, **kwargs: Any) -> None:

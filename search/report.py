@@ -1,6 +1,6 @@
 """One self-contained HTML page per search: what was tried, what won, and how the winner does on unseen patients.
 
-    python search/report.py [--leaderboard results/leaderboard.parquet] [--search NAME] [--out FILE]
+    python search/report.py [--leaderboard results/leaderboard] [--search NAME] [--out FILE]
 
 Writes results/<search>/report.html (next to the leaderboard), which opens from disk with no network. Its sections
 (search/report_sections.py): the ranked leaderboard, best score by family, the Optuna study's history and parameter
