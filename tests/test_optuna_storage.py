@@ -106,8 +106,7 @@ def test_searches_share_a_postgresql_study_database_and_resume_reads_it(ray_2cpu
         assert len(study.trials) == trials
         assert all(t.state.is_finished() for t in study.trials) and any(t.value is not None for t in study.trials)
     assert not (tmp_path / "results" / OPTUNA_DB).exists()  # nothing went to the default SQLite file
-    masked_url = masked(postgres)
-    assert f"optuna-dashboard {masked_url}" in shown.out
+    assert f"optuna-dashboard {remember(postgres)}" in shown.out  # the URL without its password
     secret = PASSWORD.encode()
     assert secret.decode() not in shown.out + shown.err
     assert _files_holding(tmp_path, secret) == []  # settings, logs, Tune's state and the pickled searcher
