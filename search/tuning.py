@@ -15,7 +15,7 @@ from typing import Any, Optional
 from ray import tune
 
 from leukmodels.metrics import SINGLE_CLASS_SHARE
-from search import leaderboard
+from search import leaderboard, timeline
 from search.console import Console, ConsoleCallback
 from search.data import SearchData, prepare_data
 from search.pareto import direction, front_lines, marked_search, searcher_objectives
@@ -26,6 +26,7 @@ from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.settings import save_settings
 from search.spaces import SearchSpace
 from search.strategies import BudgetStopper, make_scheduler, make_searcher, search_run
+from search.timeline_tune import TimelineCallback
 from search.study_storage import dashboard_target, open_storage as optuna_storage
 from search.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config, run_trial
 
@@ -128,7 +129,8 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     recorder = LeaderboardCallback(search_context(args, data), str(leaderboard_path(args.results)))
     progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
                                max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
-    tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), data.put()), [recorder, progress])
+    callbacks = [recorder, progress] + ([TimelineCallback()] if timeline.enabled() else [])
+    tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), data.put()), callbacks)
     run = search_run(args.name)
     run.launched, run.deadline = time.time(), (time.time() + args.time_budget if args.time_budget else None)
     console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "
