@@ -10,15 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from search.preflight import _check_cache_folder, _check_optuna_db, _unwritable
+from search.paths import optuna_url
+from search.preflight import _check_cache_folder, _check_optuna_storage, _unwritable
 
 
 def check_cli_inputs(results: Optional[str | Path] = None, decode_cache: bool = False,
-                     cache_dir: Optional[str] = None) -> None:
-    """`results`: its optuna.db, when there is one, must be SQLite. `decode_cache`: the command decodes images, so
+                     cache_dir: Optional[str] = None, optuna_storage: Optional[str] = None) -> None:
+    """`results`: the study's storage (`optuna_storage`, else its optuna.db, when there is one) must be usable. `decode_cache`: the command decodes images, so
     the decode cache folder (`cache_dir` when given, else $LEUKTUNE_CACHE or its default) must be writable."""
     if results is not None:
-        _check_optuna_db(str(results))
+        _check_optuna_storage(optuna_storage or optuna_url(results))
     if decode_cache and cache_dir is not None:
         why = _unwritable(Path(cache_dir).expanduser())
         if why:

@@ -1,6 +1,6 @@
 """Held-out test evaluation of a search's best trials: the answer to "how good is the winner on unseen patients?".
 
-    python search/evaluate.py [--leaderboard results/leaderboard.parquet] [--search NAME] [--top 3 | --trials ID ...]
+    python search/evaluate.py [--leaderboard results/leaderboard] [--search NAME] [--top 3 | --trials ID ...]
                               [--ensemble K] [--data ROOT] [--tta both|on|off] [--retrain]
                               [--out results/test_metrics.parquet]
 
@@ -50,9 +50,9 @@ class EvaluateError(ValueError):
 # -- leaderboard and files ----------------------------------------------------------------------------------------
 def read_board(path: Path) -> pd.DataFrame:
     """The leaderboard at `path`; EvaluateError (one line naming the file) when it is missing or unreadable."""
-    from search.leaderboard import LeaderboardError, read
+    from search.leaderboard import LeaderboardError, exists, read
 
-    if not Path(path).is_file():
+    if not exists(path):
         raise EvaluateError(f"no leaderboard at {path}; run search/run.py first or pass --leaderboard")
     try:
         return read(path)
@@ -123,7 +123,8 @@ def write_parquet_atomic(new: pd.DataFrame, path: Path, key_columns: Sequence[st
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="search/evaluate.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--leaderboard", default=DEFAULT_PATH, help="the search's leaderboard parquet")
+    p.add_argument("--leaderboard", default=DEFAULT_PATH, help="the leaderboard: its dataset folder, or the "
+                   "parquet file of earlier versions")
     p.add_argument("--search", help="search name (default: the most recent search in the leaderboard)")
     p.add_argument("--storage", help=search_files.READ_FLAG_HELP)
     which = p.add_mutually_exclusive_group()

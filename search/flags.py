@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from search.paths import RESULTS, STORAGE
 from search.settings import DEFAULT_METRIC, METRICS
 from search.strategies import SCHEDULERS, SEARCHERS
+from search.study_storage import resolved
 
 EPILOG = """examples:
   python search/run.py --family resnet                 # the main job: generated data, local Ray, >= 8 trials
@@ -33,7 +34,7 @@ start): without GPUs 12 trials of up to 8 epochs at 32 px, one 1-CPU worker per 
 20 epochs at 64/96/128 px, one GPU per trial. A one-worker trial trains inside its Tune trial (no Ray Train worker
 group to start); --workers-per-trial 2 or more trains with Ray Train (DDP). ASHA stops a trial at epoch grace x
 factor^k when it is not in the top 1/factor there. Any flag you give wins over the profile; --dry-run shows the result.
-Outputs: results/leaderboard.parquet (one ranked row per trial), results/optuna.db (study = search name),
+Outputs: results/leaderboard/ (one ranked row per trial), results/optuna.db (study = search name),
 results/<name>/search.log (everything Ray printed), results/ray/<name>/ (Tune state and checkpoints)."""
 
 
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python search/run.py", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search CNN architectures and training settings that tell leukemic blasts (ALL) from normal "
                     "cells (HEM) in C-NMC 2019: Optuna proposes configs, a scheduler (ASHA) stops weak trials "
-                    "early, every trial is ranked into results/leaderboard.parquet. Data are split by patient; "
+                    "early, every trial is ranked into results/leaderboard/. Data are split by patient; "
                     "the test patients are never used here.")
 
     def add(*names: str, **kwargs: Any) -> None:
@@ -134,7 +135,12 @@ def _where_it_runs(add: Callable[..., None]) -> None:
     add("--address", help="Ray cluster to join: 'auto' or ray://host:10001 (default: start a local Ray)")
     add("--storage", default=STORAGE, help="Tune/Train storage: a folder or an s3:// URI (default results/ray; "
         "must be shared storage on a multi-node cluster)")
-    add("--results", default=RESULTS, help="folder for leaderboard.parquet, optuna.db, searches/ (default results)")
+    add("--results", default=RESULTS, help="folder for the leaderboard, optuna.db, searches/ (default results)")
+    add("--optuna-storage", metavar="URL", help="where the Optuna study goes (study = search name): a database URL "
+        "such as postgresql://user:PASSWORD@host/db (pip install -e '.[postgres]') that several searches and heads "
+        "share, or a journal file (journal:///path/optuna.log, or a path ending .log) on a shared file system "
+        "(default: sqlite:///<results>/optuna.db). The password is never saved or shown: give the URL again with "
+        "--resume, or use PGPASSWORD / ~/.pgpass")
     add("--name", help="search name (default: <families>-<YYYYmmdd-HHMMSS>); the Optuna study has the same name")
     add("--resume", flag=True, help="continue the search --name from its storage: finished trials are kept, "
         "unfinished ones continue from their last checkpoint (only --time-budget may change)")
@@ -206,6 +212,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         raise ValueError(f"--name {args.name!r}: use a plain folder name")
     args.storage = args.storage if "://" in args.storage else str(Path(args.storage).expanduser().resolve())
     args.results = str(Path(args.results).expanduser().resolve())
+    args.optuna_storage = resolved(args.optuna_storage, args.results)  # without its password, kept in memory
     validate(args)
     return args
 

@@ -94,9 +94,8 @@ def marked_search(board_path: Path, search: str, rows: list[dict], objectives: S
     from search import leaderboard
 
     earlier = []
-    if Path(board_path).is_file():
-        board = leaderboard.read(board_path)
-        earlier = board[board["search"] == search].to_dict("records")
+    if leaderboard.exists(board_path):
+        earlier = leaderboard.search_rows(board_path, search).to_dict("records")
     merged = {row["trial_id"]: row for row in earlier}
     merged.update({row["trial_id"]: row for row in rows})
     return mark_front(list(merged.values()), objectives)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 RESULTS = "results"  # --results default
 STORAGE = f"{RESULTS}/ray"  # --storage default
-LEADERBOARD = "leaderboard.parquet"  # one ranked row per trial of every search
+LEADERBOARD = "leaderboard"  # one ranked row per trial of every search: a parquet dataset, a file per search
+LEGACY_LEADERBOARD = "leaderboard.parquet"  # the single file of earlier versions (moved into the dataset on write)
 OPTUNA_DB = "optuna.db"  # one SQLite file, a study per search (study name = search name)
 SEARCHES = "searches"  # searches/<name>.json: a search's resolved settings, read back by --resume
 SPLIT = "split.json"  # <name>/split.json: the patient split, read by evaluate and the benchmark
@@ -18,6 +19,7 @@ TEST_PREDICTIONS = "test_predictions.parquet"  # evaluate's per-cell P(ALL), bes
 
 
 def leaderboard_path(results: str | Path) -> Path:
+    """The leaderboard dataset folder (search/board_files.py); commands also take the old file's path for it."""
     return Path(results) / LEADERBOARD
 
 
@@ -39,6 +41,6 @@ def in_storage(storage: str, *parts: str) -> str:
     return "/".join([storage.rstrip("/"), *parts])
 
 
-__all__ = ["LEADERBOARD", "OPTUNA_DB", "REPORT", "RESULTS", "SEARCHES", "SEARCH_LOG", "SPLIT", "STORAGE",
+__all__ = ["LEADERBOARD", "LEGACY_LEADERBOARD", "OPTUNA_DB", "REPORT", "RESULTS", "SEARCHES", "SEARCH_LOG", "SPLIT", "STORAGE",
            "TEST_METRICS", "TEST_PREDICTIONS", "in_storage", "leaderboard_path", "optuna_url", "settings_path",
            "split_path"]

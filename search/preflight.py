@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
-from search.paths import OPTUNA_DB, in_storage
+from search.paths import in_storage
 from search.sizes import Footprint, available_memory, footprint, frame_size, frame_warnings, judge
 
 ADDRESS_TIMEOUT_S = 5.0  # a cluster address must accept a TCP connection this fast (ray.init would wait minutes)
@@ -106,10 +106,22 @@ def _check_cache_folder() -> Path:
     return folder
 
 
-def _check_optuna_db(results: str) -> None:
-    """results/optuna.db holds the Optuna study of every search: a file that is not SQLite would fail the search only
+def _check_optuna_storage(url: str) -> None:
+    """The study's storage (--optuna-storage): a SQLite file is looked at without changing it; a database server or
+    a journal file is opened (its tables made), so a wrong URL, password or missing driver fails now, not once the
+    data are decoded and Ray is up."""
+    from search.study_storage import open_storage, sqlite_path
+
+    path = sqlite_path(url)
+    if path is None:
+        open_storage(url)  # ValueError: one line, the URL's password masked
+        return
+    _check_sqlite_file(path)
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """The SQLite file holds the Optuna study of every search: a file that is not SQLite would fail the search only
     once its data are decoded and Ray is up, so look at it now (header, then a read of its schema)."""
-    path = Path(results) / OPTUNA_DB
     if not path.exists():
         return
     if not path.is_file():
@@ -165,12 +177,13 @@ def check_families(args: argparse.Namespace) -> None:
 
 def check_before_launch(args: argparse.Namespace) -> None:
     """Everything that can be checked before Ray starts, cheapest first: --storage and the decode cache writable,
-    results/optuna.db a database, --address answering (ray.init would retry for minutes), each family buildable at
+    the Optuna storage usable, --address answering (ray.init would retry for minutes), each family buildable at
     --image-sizes when they are given, the data tree's layout, labels and patient split sound."""
     from search.cli_checks import check_cli_inputs
 
     check_storage(args.storage)
-    check_cli_inputs(args.results, decode_cache=True)  # what every command checks (search/cli_checks.py)
+    check_cli_inputs(args.results, decode_cache=True,  # what every command checks (search/cli_checks.py)
+                     optuna_storage=getattr(args, "optuna_storage", None))
     _check_address(args.address)
     _check_data(args)
     if args.image_sizes is not None and args.family is not None:  # given: check them now, not after Ray's start

@@ -1,6 +1,6 @@
 """One self-contained HTML page per search: what was tried, what won, and how the winner does on unseen patients.
 
-    python search/report.py [--leaderboard results/leaderboard.parquet] [--search NAME] [--out FILE]
+    python search/report.py [--leaderboard results/leaderboard] [--search NAME] [--out FILE]
 
 Writes results/<search>/report.html (next to the leaderboard), which opens from disk with no network. Its sections
 (search/report_sections.py): the ranked leaderboard, best score by family, the Optuna study's history and parameter
@@ -26,7 +26,8 @@ from search.cli_checks import check_cli_inputs  # noqa: E402
 from search.evaluate import EvaluateError, board_dir, read_board, read_parquet_or_none  # noqa: E402
 from search import search_files  # noqa: E402
 from search.leaderboard import DEFAULT_PATH  # noqa: E402
-from search.paths import OPTUNA_DB, REPORT, TEST_METRICS, TEST_PREDICTIONS, optuna_url  # noqa: E402
+from search.paths import REPORT, TEST_METRICS, TEST_PREDICTIONS, optuna_url  # noqa: E402
+from search.study_storage import remember, saved_url, sqlite_path  # noqa: E402
 from search.report_sections import (family_section, learning_curves_section, note, optuna_section,  # noqa: E402
                                     pareto_section, single_class_note, table_html, winner_section)
 
@@ -86,7 +87,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--search", help="search name (default: the most recent search in the leaderboard)")
     p.add_argument("--storage", help=search_files.READ_FLAG_HELP)
     p.add_argument("--test-metrics", help="evaluate.py output (default: test_metrics.parquet next to the leaderboard)")
-    p.add_argument("--optuna-storage", help="Optuna storage URL (default: sqlite:///<leaderboard dir>/optuna.db)")
+    p.add_argument("--optuna-storage", help="Optuna storage URL or journal file (default: the search's own "
+                   "--optuna-storage, else sqlite:///<leaderboard dir>/optuna.db)")
     p.add_argument("--study", help="Optuna study name (default: the search name)")
     p.add_argument("--top", type=int, default=5, help="trials shown in the learning curves (5)")
     p.add_argument("--worst", type=int, default=16, help="most-wrong test cells shown (16)")
@@ -104,6 +106,14 @@ def choose_search(board: pd.DataFrame, search: Optional[str], path: str) -> str:
     return search
 
 
+def study_location(given: Optional[str], results: Path, search: str) -> Optional[str]:
+    """The study's storage URL: --optuna-storage, else what the search saved (its --optuna-storage), else the SQLite
+    file beside the leaderboard; None when that file does not exist."""
+    url = remember(given) if given else saved_url(str(results), search) or optuna_url(results)
+    database = sqlite_path(url)
+    return None if database is not None and not database.is_file() else url
+
+
 def write_report(args: argparse.Namespace) -> Path:
     if args.storage:
         try:
@@ -116,7 +126,7 @@ def write_report(args: argparse.Namespace) -> Path:
     metrics_path = Path(args.test_metrics) if args.test_metrics else results / TEST_METRICS
     test_metrics = read_parquet_or_none(metrics_path)  # None: not evaluated yet
     predictions = read_parquet_or_none(metrics_path.with_name(TEST_PREDICTIONS))
-    storage = args.optuna_storage or (optuna_url(results) if (results / OPTUNA_DB).is_file() else None)
+    storage = study_location(args.optuna_storage, results, search)
     page = build_report(board, search, test_metrics, predictions, storage, args.study or search, args.top, args.worst)
     out = Path(args.out) if args.out else results / search / REPORT
     write_atomic(page, out)

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from leukmodels.labels import CLASS_NAMES  # noqa: E402
 from search import storage  # noqa: E402
 from search.scoring import ENSEMBLE_FAMILY  # noqa: E402
+from search.study_storage import masked, open_storage  # noqa: E402
 
 VERSUS_COLUMNS = ("model", "members", "tta", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
                   "sensitivity", "specificity")
@@ -112,13 +113,18 @@ def optuna_section(storage: Optional[str], study_name: str) -> str:
     if storage is None:
         return note("No Optuna study found (no optuna.db next to the leaderboard); pass --optuna-storage.")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    names = optuna.get_all_study_names(storage=storage)
+    try:
+        opened = open_storage(storage)
+    except ValueError as error:  # a database that does not answer: the rest of the report still stands
+        return note(f"The Optuna study could not be read: {error}")
+    shown = masked(storage)
+    names = optuna.get_all_study_names(storage=opened)
     name = study_name if study_name in names else (names[0] if len(names) == 1 else None)
     if name is None:
-        return note(f"No study named {study_name!r} in {storage} (it holds {names}); pass --study.")
-    study = optuna.load_study(study_name=name, storage=storage)
+        return note(f"No study named {study_name!r} in {shown} (it holds {names}); pass --study.")
+    study = optuna.load_study(study_name=name, storage=opened)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    parts = [note(f"Study {name!r} in {storage}: {len(study.trials)} trials, {len(done)} complete "
+    parts = [note(f"Study {name!r} in {shown}: {len(study.trials)} trials, {len(done)} complete "
                   "(ASHA-stopped trials count as complete with their last value).")]
     if not done:
         return "".join(parts)

@@ -43,7 +43,7 @@ AUTOSCALER_CONFIG = "~/ray_bootstrap_config.yaml"
 SAVED_FIELDS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "reduction_factor",
                 "workers_per_trial", "cpus_per_worker", "gpus_per_worker", "image_sizes", "batch_sizes", "seed",
                 "metric", "time_budget", "max_failures", "profile", "storage", "searcher", "scheduler",
-                "val_fraction", "warm_start", "objectives", "cv", "rerank_top", "rerank_folds")
+                "val_fraction", "warm_start", "objectives", "cv", "rerank_top", "rerank_folds", "optuna_storage")
 CHANGEABLE_ON_RESUME = ("time_budget",)  # a resumed run gets a budget of its own
 # Written for the record and read back, never compared with a flag: the configs a --warm-start search ran first.
 RECORDED_FIELDS = ("warm_start_points",)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
-from search import faults
+from search import faults, timeline
 from search.crossval import train_cv_in_trial
 from search.plan import TrialResources
 from search.settings import DEFAULT_METRIC
@@ -75,6 +75,7 @@ class _Reporter:
             with open(os.path.join(epoch_dir, ORIGIN_FILE), "w") as out:
                 json.dump({"trial_id": self.trial_id, "epoch": int(metrics["epoch"])}, out)
         self.send({**metrics, **self.extras()}, epoch_dir)
+        timeline.mark(self.trial_id, "report_sent", self.rank, epoch=int(metrics["epoch"]))
         self.epochs.append(int(metrics["epoch"]))
         if epoch_dir:
             shutil.rmtree(epoch_dir, ignore_errors=True)  # persisted to storage by the report above
@@ -176,8 +177,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    timeline.mark(context.get_experiment_name(), "worker_fn_start", rank, with_process_start=True)
     torch.set_num_threads(max(1, int(loop_config["threads"])))  # one per reserved CPU: no oversubscription
     train_set, val_set = ray.get([loop_config["train_ref"], loop_config["val_ref"]])
+    timeline.mark(context.get_experiment_name(), "worker_data_ready", rank)
     group = ray.util.get_current_placement_group()  # the Tune side frees it if Tune stops this trial
 
     def send(metrics: dict, epoch_dir: Optional[str]) -> None:
@@ -189,6 +192,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                          placement_group=group.id.hex() if group is not None else "")
     _fit_and_report(loop_config["config"], train_set, val_set, ray.train.torch.get_device(), rank, world_size,
                     reporter, ray.train.get_checkpoint())
+    timeline.mark(context.get_experiment_name(), "worker_fn_end", rank)
 
 
 def _train_with_ray_train(config: Any, refs: dict, settings: TrialSettings) -> None:
@@ -211,7 +215,10 @@ def _train_with_ray_train(config: Any, refs: dict, settings: TrialSettings) -> N
             failure_config=FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=checkpoint_config(settings.metric, settings.mode),
             callbacks=[TuneReportCallback()]))
+    trial_id = ray.tune.get_context().get_trial_id()
+    timeline.mark(trial_id, "trainer_fit_start", with_process_start=True)
     trainer.fit()  # raises (TrainingFailedError) when retries are exhausted: Tune records the trial as error
+    timeline.mark(trial_id, "trainer_fit_end")
 
 
 def checkpoint_config(metric: str, mode: str, for_tune: bool = False, keep_all: bool = False):

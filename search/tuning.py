@@ -16,7 +16,7 @@ from typing import Any, Optional
 from ray import tune
 
 from leukmodels.metrics import SINGLE_CLASS_SHARE
-from search import leaderboard, search_files
+from search import leaderboard, search_files, timeline
 from search.console import Console, ConsoleCallback
 from search.crossval import search_refs
 from search.data import SearchData, prepare_data
@@ -29,15 +29,14 @@ from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.settings import save_settings
 from search.spaces import SearchSpace
 from search.strategies import BudgetStopper, make_scheduler, make_searcher, search_run
+from search.timeline_tune import TimelineCallback
+from search.study_storage import dashboard_target, open_storage as optuna_storage
 from search.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config, run_trial
 
 
-def optuna_storage(results: str):
-    """The study lives in results/optuna.db (one SQLite file, a study per search): `optuna-dashboard sqlite:///...`."""
-    import optuna
-
-    Path(results).mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(optuna_url(results))
+def study_url(args: argparse.Namespace) -> str:
+    """--optuna-storage (without its password), or the default SQLite file in results/ (a study per search)."""
+    return getattr(args, "optuna_storage", None) or optuna_url(args.results)
 
 
 def trial_settings(args: argparse.Namespace, plan: Plan) -> TrialSettings:
@@ -88,7 +87,7 @@ def _searcher(args: argparse.Namespace) -> tuple[Any, Optional[dict]]:
         return population(search_space(args), args.num_samples, seed=args.seed)
     metric, mode = searcher_objectives(args)  # lists with --objectives; the scheduler uses the first
     return make_searcher(args.searcher, search=args.name, space=search_space(args), metric=metric, mode=mode,
-                         storage=optuna_storage(args.results), seed=args.seed, num_samples=args.num_samples,
+                         storage=optuna_storage(study_url(args)), seed=args.seed, num_samples=args.num_samples,
                          max_epochs=args.max_epochs, points_to_evaluate=getattr(args, "warm_start_points", None)), None
 
 
@@ -135,9 +134,10 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
                                max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
     refs = search_refs(args, data, console.say)  # with --cv: the pooled train+val set and its folds
+    callbacks = [recorder, progress, MissingCheckpointGuard()]  # the guard: a resumed trial never errors for a
+    # checkpoint Tune's saved state names but the storage lost (search/resume_guard.py)
     tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), refs),
-                        [recorder, progress, MissingCheckpointGuard()])  # the guard: a resumed trial never errors
-    # for a checkpoint Tune's saved state names but the storage lost (search/resume_guard.py)
+                        callbacks + ([TimelineCallback()] if timeline.enabled() else []))
     _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # a new head can resume
     run = search_run(args.name)
     run.launched, run.deadline = time.time(), (time.time() + args.time_budget if args.time_budget else None)
@@ -174,7 +174,7 @@ def write_rows(args: argparse.Namespace, context: SearchContext, grid: Any, cons
     rows = rows_from_grid(context, grid, walls=search_run(args.name).trial_walls)
     if args.objectives:  # the front over every ended trial of the search, this run's and a resumed one's earlier
         rows = marked_search(board, args.name, rows, args.objectives)
-    table = leaderboard.append_rows(board, rows) if rows else leaderboard.read(board)
+    table = leaderboard.append_rows(board, rows) if rows else leaderboard.search_rows(board, args.name)
     if args.scheduler == "pbt" and rows and len(rows) == len(grid):  # finished: no exploit needs the donors' now
         from search.pbt import prune_checkpoints
 
@@ -264,7 +264,7 @@ def next_steps(args: argparse.Namespace) -> str:
         f"  python search/evaluate.py --search {name} --top 3{board}   # the top trials on unseen test patients",
         f"  python search/report.py --search {name}{board}   # HTML report: {results / args.name / REPORT}",
         *([] if args.scheduler == "pbt" else [
-            f"  optuna-dashboard {quote(optuna_url(results))}   # the study '{args.name}'"]),
+            f"  optuna-dashboard {quote(dashboard_target(study_url(args)))}   # the study '{args.name}'"]),
         f"  tensorboard --logdir {quote(in_storage(args.storage, args.name))}   # learning curves of every trial"])
 
 
@@ -275,7 +275,7 @@ def close_open_optuna_trials(args: argparse.Namespace, say=print) -> int:
     ask and Tune's state save (FAIL). The study then shows no live trials."""
     import optuna
 
-    study = optuna.load_study(study_name=args.name, storage=optuna_storage(args.results))
+    study = optuna.load_study(study_name=args.name, storage=optuna_storage(study_url(args)))
     spent = search_run(args.name).budget_spent()
     closed = {"PRUNED": [], "FAIL": []}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -307,5 +307,5 @@ def summary_line(rows: Any, wall_s: float, slot_seconds: float) -> str:
             f"{per_trial}; {idle:.0%} of the trial slots' time was not training")
 
 
-__all__ = ["run_search", "build_tuner", "tune_config", "run_config", "trainable_for", "trial_request", "optuna_storage",
+__all__ = ["run_search", "build_tuner", "tune_config", "run_config", "trainable_for", "trial_request", "optuna_storage", "study_url",
            "summary_line", "next_steps", "close_open_optuna_trials"]

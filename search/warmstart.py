@@ -193,7 +193,7 @@ def check_warm_start(args: argparse.Namespace) -> None:
     name, path = args.warm_start, leaderboard_path(args.results)
     if name == args.name:
         raise ValueError(f"--warm-start {name}: that is this search's own name; name an earlier search")
-    if not path.is_file():
+    if not leaderboard.exists(path):
         raise ValueError(f"--warm-start {name}: no leaderboard at {path} (is --results the same as that search's?)")
     board = leaderboard.read(path)
     if not (board["search"] == name).any():

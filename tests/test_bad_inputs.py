@@ -22,6 +22,7 @@ import pytest
 from cnmc_trees import LABELS_CSV, kaggle_tree, write_image
 from processes import kill_group
 from leukmodels.data import discover
+from search.paths import leaderboard_path
 from search.run import main
 
 
@@ -137,7 +138,7 @@ def test_cluster_address_that_does_not_answer_fails_fast(tmp_path, capsys):
 def test_results_folder_that_cannot_be_written(tmp_path, capsys):
     (tmp_path / "a-file").write_text("not a folder")
     err = _refused([], tmp_path, capsys, results=tmp_path / "a-file" / "results")
-    assert f"cannot write leaderboard {tmp_path / 'a-file' / 'results' / 'leaderboard.parquet'}" in err
+    assert f"cannot write leaderboard {leaderboard_path(tmp_path / 'a-file' / 'results')}" in err
 
 
 def test_storage_that_cannot_be_written(tmp_path, capsys):

@@ -15,6 +15,7 @@ import pytest
 
 from leukmodels.metrics import classification_metrics, predict_proba
 from search import leaderboard
+from search.paths import leaderboard_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "kept"
@@ -40,7 +41,7 @@ def searched(ray_2cpu, tiny_cnmc, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kept")
     data = prepare_data(str(tiny_cnmc), [24], split_seed=0, progress=False)
     data.write_split(tmp / "results" / NAME / "split.json")
-    board = tmp / "results" / "leaderboard.parquet"
+    board = leaderboard_path(tmp / "results")
     context = SearchContext(search=NAME, metric="roc_auc", max_epochs=EPOCHS, data_fingerprint=data.fingerprint,
                             data_generated=data.generated, data_root=data.root)
     recorder = LeaderboardCallback(context, str(board))

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from search.paths import LEGACY_LEADERBOARD, leaderboard_path
 from tiny_search import CONFIGS, ENSEMBLE, IMAGE_SIZE, SEARCH
 
 def test_rows_for_every_trial_tta_and_the_retrained_winner(evaluated):
@@ -101,7 +102,7 @@ def board_with_a_gone_checkpoint(tiny_search, folder: Path, gone: int = 1) -> tu
     rows = read(tiny_search["leaderboard"]).drop(columns=["rank", "schema_version"])
     order = list(rows.sort_values("weighted_f1", ascending=False)["trial_id"])
     rows.loc[rows["trial_id"].isin(order[:gone]), "checkpoint"] = str(folder / "deleted_by_num_to_keep")
-    board = folder / "leaderboard.parquet"
+    board = leaderboard_path(folder)
     append_rows(board, rows.to_dict("records"))
     return board, order
 
@@ -174,7 +175,7 @@ def test_ensemble_prob_is_a_plain_mean_called_all_above_one_half():
 def test_a_corrupt_leaderboard_is_one_line_and_exit_2(tmp_path, capsys):
     from search import evaluate
 
-    board = tmp_path / "leaderboard.parquet"
+    board = tmp_path / LEGACY_LEADERBOARD
     board.write_text("not parquet\n")
     assert evaluate.main(["--leaderboard", str(board)]) == 2
     err = capsys.readouterr().err.strip()

@@ -30,13 +30,14 @@ import pytest
 
 from processes import kill_group
 from search import leaderboard
+from search.paths import leaderboard_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "faults"
 
 
 def _rows(tmp: Path, name: str = NAME) -> pd.DataFrame:
-    board = tmp / "results" / "leaderboard.parquet"
+    board = leaderboard_path(tmp / "results")
     if not board.exists():
         return pd.DataFrame(columns=["trial_id"])
     table = leaderboard.read(board)

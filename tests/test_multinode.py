@@ -33,6 +33,7 @@ import pandas as pd
 import pytest
 
 from search import leaderboard, storage
+from search.paths import leaderboard_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "multinode"
@@ -128,7 +129,7 @@ def search_losing_a_node(cluster, s3, tiny_cnmc, tmp_path_factory):
                 os.killpg(search.pid, signal.SIGKILL)
                 search.wait(timeout=60)
     print(f"multi-node search: {time.time() - started:.0f} s; {swap}")
-    board = leaderboard.read(tmp / "results" / "leaderboard.parquet")
+    board = leaderboard.read(leaderboard_path(tmp / "results"))
     rows = board[board["search"] == NAME].reset_index(drop=True)
     every_node = {node["NodeID"] for node in ray.nodes()}  # alive and dead: all nodes this cluster ever had
     return dict(tmp=tmp, code=code, rows=rows, swap=swap, head=cluster.head_node.node_id, every_node=every_node,

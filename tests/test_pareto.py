@@ -13,6 +13,7 @@ from search import leaderboard as lb
 from search.pareto import (check_objectives, front_lines, mark_front, marked_search, pareto_flags, pick_line,
                            searcher_objectives, smallest_within)
 from search.flags import parse_args
+from search.paths import leaderboard_path
 from search.run import main
 from search.settings import METRICS
 from board_rows import make_row
@@ -83,15 +84,16 @@ def test_console_lines_list_the_front_smallest_first():
 
 
 def test_flags_are_set_over_the_rows_already_in_the_leaderboard_too(tmp_path):
-    path = tmp_path / "leaderboard.parquet"
+    path = leaderboard_path(tmp_path)
     first = dict(objectives="balanced_accuracy,num_parameters", metric="balanced_accuracy")
     lb.append_rows(path, [make_row("earlier", search="mo", balanced_accuracy=0.9, num_parameters=1000, **first),
                           make_row("other-search", search="x", balanced_accuracy=0.1, num_parameters=1)])
     rows = marked_search(path, "mo", [make_row("now", search="mo", balanced_accuracy=0.8, num_parameters=100,
                                                **first)], ["balanced_accuracy", "num_parameters"])
     assert {row["trial_id"]: row["pareto"] for row in rows} == {"earlier": True, "now": True}
-    got = lb.append_rows(path, rows).set_index("trial_id")["pareto"]
-    assert got["earlier"] and got["now"] and pd.isna(got["other-search"])  # another search's rows untouched
+    got = lb.append_rows(path, rows).set_index("trial_id")["pareto"]  # the rows of the search written
+    assert got["earlier"] and got["now"] and "other-search" not in got.index
+    assert pd.isna(lb.read(path).set_index("trial_id").loc["other-search", "pareto"])  # another search's untouched
 
 
 # -- the flag and the searcher -----------------------------------------------------------------------------------------
@@ -132,7 +134,7 @@ def test_a_multi_objective_searcher_gets_both_directions():
 
 # -- the leaderboard columns -------------------------------------------------------------------------------------------
 def test_objectives_and_pareto_round_trip(tmp_path):
-    path = tmp_path / "leaderboard.parquet"
+    path = leaderboard_path(tmp_path)
     board = lb.append_rows(path, [make_row("a", objectives=["balanced_accuracy", "num_parameters"], pareto=True),
                                   make_row("b")])
     got = board.set_index("trial_id")
@@ -141,17 +143,18 @@ def test_objectives_and_pareto_round_trip(tmp_path):
 
 
 def test_a_version_2_file_written_before_the_new_columns_reads_with_them_empty(tmp_path):
-    path = tmp_path / "leaderboard.parquet"
+    path = leaderboard_path(tmp_path)
     lb.append_rows(path, [make_row("a")])
-    table = pq.read_table(path)
+    file = lb.search_file(path, "s1")
+    table = pq.read_table(file)
     older = table.drop_columns(["objectives", "pareto"]).replace_schema_metadata(table.schema.metadata)
-    pq.write_table(older, path)
+    pq.write_table(older, file)
     got = lb.read(path)
     assert got["trial_id"].tolist() == ["a"] and got["pareto"].isna().all()
     assert set(lb.append_rows(path, [make_row("b")])["trial_id"]) == {"a", "b"}
-    assert {"objectives", "pareto"} <= set(pq.read_schema(path).names)
+    assert {"objectives", "pareto"} <= set(pq.read_schema(file).names)
     missing_more = table.drop_columns(["pareto", "notes"]).replace_schema_metadata(table.schema.metadata)
-    pq.write_table(missing_more, path)
+    pq.write_table(missing_more, file)
     with pytest.raises(lb.LeaderboardError, match="does not have the version-2 columns"):
         lb.read(path)
 

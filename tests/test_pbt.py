@@ -16,6 +16,7 @@ from leukmodels.checkpoint import load_checkpoint
 from leukmodels.config import TrainConfig
 from leukmodels.train import EXPLOIT_CHANGES, fit
 from search import leaderboard
+from search.paths import leaderboard_path
 from search.pbt import clip_to_space, make_pbt, perturbation_interval, population
 from search.rows import SearchContext, build_row
 from search.run import main
@@ -214,7 +215,7 @@ def test_pbt_search_exploited_trial_continues_the_donor_weights_with_its_mutated
                  "--num-samples", "4", "--max-epochs", "3", "--seed", "0", "--results", str(tmp_path / "results"),
                  "--storage", str(tmp_path / "ray"), "--name", name])
     assert code == 0
-    board = leaderboard.read(tmp_path / "results" / "leaderboard.parquet")
+    board = leaderboard.read(leaderboard_path(tmp_path / "results"))
     rows = board[board["search"] == name].reset_index(drop=True)
     assert len(rows) == 4 and set(rows["status"]) == {"finished"} and (rows["epochs_run"] == 3).all()
     assert set(rows["scheduler"]) == {"pbt"} and set(rows["searcher"]) == {"random"}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from search.paths import LEGACY_LEADERBOARD
 from tiny_search import ENSEMBLE, SEARCH
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -180,7 +181,7 @@ def test_a_corrupt_test_metrics_file_is_one_line_and_exit_2(tiny_search, tmp_pat
 def test_a_corrupt_leaderboard_is_one_line_and_exit_2(tmp_path, capsys):
     from search import report as report_cli
 
-    board = tmp_path / "leaderboard.parquet"
+    board = tmp_path / LEGACY_LEADERBOARD
     board.write_text("not parquet\n")
     assert report_cli.main(["--leaderboard", str(board), "--out", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err.strip()

@@ -18,6 +18,7 @@ import pytest
 
 from processes import checkout_env, kill_group
 from search import leaderboard
+from search.paths import leaderboard_path
 from search.run import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -30,7 +31,7 @@ def _common(data: Path, tmp: Path, name: str) -> list[str]:
 
 
 def _rows(tmp: Path, name: str) -> pd.DataFrame:
-    board = leaderboard.read(tmp / "results" / "leaderboard.parquet")
+    board = leaderboard.read(leaderboard_path(tmp / "results"))
     return board[board["search"] == name].reset_index(drop=True)
 
 
@@ -44,7 +45,7 @@ def test_killed_search_resumes_without_rerunning_or_duplicating(tiny_cnmc, tmp_p
     env = checkout_env(LEUKTUNE_FAULT_DIR=str(tmp_path / "faults"), LEUKTUNE_FAULT_HOLD="2:1")
     first = subprocess.Popen([sys.executable, "-m", "search.run", *argv], cwd=tmp_path, stdout=log, env=env,
                              stderr=subprocess.STDOUT, start_new_session=True)
-    board = tmp_path / "results" / "leaderboard.parquet"
+    board = leaderboard_path(tmp_path / "results")
     named = None
     try:
         deadline = time.time() + 400

@@ -15,6 +15,7 @@ import pytest
 
 from processes import kill_group
 from search import leaderboard
+from search.paths import leaderboard_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -38,7 +39,7 @@ def test_a_trial_the_budget_cuts_short_says_so_and_keeps_its_sampled_settings(ti
     env = {"LEUKTUNE_FAULT_DIR": str(tmp_path / "faults"), "LEUKTUNE_FAULT_HOLD": "0:1"}
     code, log = _search(tiny_cnmc, tmp_path, "budget", "45", env)
     assert code == 0, log[-3000:]
-    rows = leaderboard.read(tmp_path / "results" / "leaderboard.parquet")
+    rows = leaderboard.read(leaderboard_path(tmp_path / "results"))
     cut = rows[rows["status"] == "time_budget"]
     assert len(cut) == 1 and cut["epochs_run"].iloc[0] >= 1 and not cut["early_stopped"].iloc[0]
     assert "cut by the time budget" in log
@@ -54,6 +55,6 @@ def test_a_budget_in_which_nothing_trains_is_an_error(tiny_cnmc, tmp_path):
     code, log = _search(tiny_cnmc, tmp_path, "no-time", "1", {})
     assert code == 1, log[-3000:]
     assert "error: no trial of no-time trained a single epoch within --time-budget 1 s" in log
-    board = tmp_path / "results" / "leaderboard.parquet"
+    board = leaderboard_path(tmp_path / "results")
     rows = leaderboard.read(board) if board.exists() else None
     assert rows is None or (rows["epochs_run"].fillna(0) == 0).all()

@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from search.paths import optuna_url
+from search.paths import leaderboard_path, optuna_url
 from search.plan import DRIVER_MEMORY_BYTES, DRIVER_NODE_RESOURCE, DRIVER_NODE_SHARE, Plan, TrialResources
 from search.rows import SearchContext, ending
 from search.strategies import search_run
@@ -137,7 +137,7 @@ def test_next_steps_name_the_search_and_its_folders(tmp_path):
     assert lines[3].startswith(f"  optuna-dashboard sqlite:///{Path(here.results) / 'optuna.db'}   ")
     assert lines[4].startswith("  tensorboard --logdir s3://bucket/ray/s1   ")
     elsewhere = next_steps(settings(name="s2", results=str(tmp_path), scheduler="pbt"))
-    assert f"--search s2 --top 3 --leaderboard {tmp_path / 'leaderboard.parquet'}" in elsewhere
+    assert f"--search s2 --top 3 --leaderboard {leaderboard_path(tmp_path)}" in elsewhere
     assert "optuna-dashboard" not in elsewhere  # a PBT search has no Optuna study
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from search import leaderboard
 from search.pareto import pareto_flags
+from search.paths import leaderboard_path
 from search.run import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -24,7 +25,7 @@ def _common(data: Path, tmp: Path, name: str, size: int) -> list[str]:
 
 
 def _rows(tmp: Path, name: str) -> pd.DataFrame:
-    board = leaderboard.read(tmp / "results" / "leaderboard.parquet")
+    board = leaderboard.read(leaderboard_path(tmp / "results"))
     return board[board["search"] == name].sort_values("rank").reset_index(drop=True)
 
 
@@ -87,7 +88,7 @@ def test_the_report_of_the_multi_objective_search_draws_its_front_and_its_study(
 
     tmp, _ = searches
     out = tmp_path / "report.html"
-    assert report.main(["--leaderboard", str(tmp / "results" / "leaderboard.parquet"), "--search", "mo",
+    assert report.main(["--leaderboard", str(leaderboard_path(tmp / "results")), "--search", "mo",
                         "--out", str(out)]) == 0
     page = out.read_text()
     assert "Small and accurate: the Pareto front" in page and "smallest model within 0.01" in page

@@ -13,6 +13,7 @@ import pytest
 from leukmodels.config import TrainConfig
 from search import leaderboard
 from search.flags import parse_args
+from search.paths import leaderboard_path
 from search.run import main
 from search.spaces import SearchSpace
 from search.warmstart import NotCarried, carried_limit, map_config, points_from_rows, ranked_rows, row_config
@@ -27,7 +28,7 @@ def row(trial_id: str, score: float, search: str = "old", status: str = "finishe
 
 
 def board(tmp_path, rows: list[dict]) -> pd.DataFrame:
-    return leaderboard.append_rows(tmp_path / "leaderboard.parquet", rows)
+    return leaderboard.append_rows(leaderboard_path(tmp_path), rows)
 
 
 # -- one config -----------------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from search.paths import leaderboard_path
+
 SEARCH = "tiny"
 IMAGE_SIZE = 32
 CONFIGS = {  # trial id -> config overrides; two families so "best score by family" has two bars, two image sizes
@@ -57,7 +59,7 @@ def build_tiny_search(base: Path) -> dict:
                      "num_parameters": int(result.best["num_parameters"]), "checkpoint": result.checkpoint_path,
                      "data_fingerprint": data.fingerprint, "data_generated": data.generated, "data_root": data.root,
                      "started_at": started, "finished_at": dt.datetime.now(dt.timezone.utc)})
-    append_rows(results / "leaderboard.parquet", rows)
+    append_rows(leaderboard_path(results), rows)
 
     # the Optuna study as OptunaSearch leaves it: one trial per Tune trial, value = the trial's weighted F1
     study = optuna.create_study(study_name=SEARCH, storage=f"sqlite:///{results / 'optuna.db'}",
@@ -70,7 +72,7 @@ def build_tiny_search(base: Path) -> dict:
                                                   user_attrs={"trial_id": row["trial_id"]}))
     splits = {name: set(frame["patient"]) for name, frame in split_by_patient(discover(root), seed=0).items()}
     return {"base": base, "root": str(root), "results": results, "cache": cache,
-            "leaderboard": results / "leaderboard.parquet", "optuna": results / "optuna.db", "splits": splits,
+            "leaderboard": leaderboard_path(results), "optuna": results / "optuna.db", "splits": splits,
             "train_patients": set(train.patients), "val_patients": set(val.patients), "histories": histories}
 
 
