@@ -6,6 +6,10 @@ can hand the directory to `ray.train.Checkpoint.from_directory`). Its contents a
     {"format": "leukemia-tune-checkpoint/1", "model": state_dict (no DDP "module." prefix), "optimizer": state_dict,
      "scheduler": state_dict, "epoch": completed epochs (1-based), "config": TrainConfig.to_dict(),
      "metrics": that epoch's metrics, "rng": torch / cuda / numpy / python RNG states, "extra": dict (optional)}
+
+The training loop's "extra" holds the epoch history and, when it could fit one on validation patients, the
+temperature of temperature scaling ("temperature": float, leukmodels/calibration.py); a checkpoint without it (older
+ones, a retrain on train + val) means T = 1.
 """
 from __future__ import annotations
 
@@ -119,6 +123,17 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
     return payload
 
 
+def temperature_of(payload: dict) -> float:
+    """The checkpoint's temperature-scaling T (extra["temperature"]), 1.0 when it has none."""
+    value = (payload.get("extra") or {}).get("temperature")
+    return 1.0 if value is None else float(value)
+
+
+def load_temperature(path: PathLike) -> float:
+    """temperature_of the checkpoint at `path` (a file, or a folder holding checkpoint.pt)."""
+    return temperature_of(load_checkpoint(path))
+
+
 def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, TrainConfig]:
     """Rebuild the model of a checkpoint, load its weights, put it in eval mode on `device` (default CPU)."""
     from leukmodels.models import build_model  # imported here: the registry pulls in torchvision, not needed to read
@@ -130,5 +145,6 @@ def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, Tra
     return model.to(device or "cpu").eval(), config
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "resolve_checkpoint",
-           "clean_state_dict", "unwrapped", "capture_rng_state", "restore_rng_state", "FORMAT", "CHECKPOINT_FILE"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "load_temperature", "temperature_of",
+           "resolve_checkpoint", "clean_state_dict", "unwrapped", "capture_rng_state", "restore_rng_state", "FORMAT",
+           "CHECKPOINT_FILE"]
