@@ -144,3 +144,16 @@ def test_patient_correction_adds_transductive_rows_apart_from_the_plain_ones(tin
     assert "reliability diagram" in text
     before, after = text.split("TRANSDUCTIVE: test-time patient correction")
     assert "patient-shrinkage" not in before and "patient-shrinkage" in after
+
+
+def test_a_file_written_before_the_method_key_is_read_as_plain(tmp_path):
+    from search.evaluate import KEY_COLUMNS, write_parquet_atomic
+
+    path = tmp_path / "test_metrics.parquet"
+    key = {"search": "s", "tta": False, "retrained": False}
+    old = pd.DataFrame([{**key, "trial_id": "a", "weighted_f1": 0.1}, {**key, "trial_id": "b", "weighted_f1": 0.2}])
+    old.to_parquet(path, index=False)  # no `method` column, as evaluate wrote it before
+    write_parquet_atomic(pd.DataFrame([{**key, "trial_id": "a", "method": "plain", "weighted_f1": 0.9}]), path,
+                         KEY_COLUMNS)
+    merged = pd.read_parquet(path).set_index("trial_id")
+    assert merged["weighted_f1"].to_dict() == {"b": 0.2, "a": 0.9} and (merged["method"] == "plain").all()
