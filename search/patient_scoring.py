@@ -47,7 +47,10 @@ def val_labels_patients(test_set: TestSet) -> tuple[np.ndarray, np.ndarray]:
 
 
 def choose_on_validation(s: Scored, test_set: TestSet, correction: bool) -> ValChoice:
-    """The patient threshold (and correction strength) of `s`, from its validation predictions only."""
+    """The patient threshold (and correction strength) of `s`, from its validation predictions only (0.5 and no
+    correction for a model scored without them)."""
+    if s.val_prob_all is None or s.val_calibrated is None:
+        return ValChoice(0.5, "the default 0.5 (no validation predictions)")
     labels, patients = val_labels_patients(test_set)
     strength = choose_strength(labels, s.val_prob_all, patients) if correction else 0.0
     # the patient score is the mean calibrated P(ALL); shrinking logits commutes with dividing them by T
@@ -120,6 +123,8 @@ def patient_answers(scored: Sequence[Scored], test_set: TestSet, correction: boo
                     n_boot: int = N_BOOT) -> tuple[list[Scored], list[dict], list[pd.DataFrame]]:
     """(every model, the corrected ones appended when `correction`; their extra test_metrics columns; their
     per-patient tables), in the same order."""
+    scored = [s if s.prob_calibrated is not None else dataclasses.replace(s, prob_calibrated=s.prob_all)
+              for s in scored]  # a model scored without a temperature: T = 1
     plain_choice = choices(scored, test_set, correction=False)
     models, extra, tables = [], [], []
     for s in scored:
@@ -129,6 +134,8 @@ def patient_answers(scored: Sequence[Scored], test_set: TestSet, correction: boo
         corrected_choice = choices(scored, test_set, correction=True)
         for s in scored:
             choice = choice_for(s, corrected_choice)
+            if s.val_prob_all is None:
+                continue  # no strength can be chosen without validation predictions
             fixed = corrected(s, test_set, choice)
             columns, table = patient_columns(fixed, test_set, choice, n_boot)
             models.append(fixed), extra.append(columns), tables.append(table)
