@@ -6,6 +6,10 @@ can hand the directory to `ray.train.Checkpoint.from_directory`). Its contents a
     {"format": "leukemia-tune-checkpoint/1", "model": state_dict (no DDP "module." prefix), "optimizer": state_dict,
      "scheduler": state_dict, "epoch": completed epochs (1-based), "config": TrainConfig.to_dict(),
      "metrics": that epoch's metrics, "rng": torch / cuda / numpy / python RNG states, "extra": dict (optional)}
+
+The training loop's "extra" holds the epoch history and, when it could fit one on validation patients, the
+temperature of temperature scaling ("temperature": float, leukmodels/calibration.py); a checkpoint without it (older
+ones, a retrain on train + val) means T = 1.
 """
 from __future__ import annotations
 
@@ -133,6 +137,17 @@ def _load_failure(error: Exception) -> str:
     return first if "weights_only" not in first else "torch.load with weights_only=True refused it"
 
 
+def temperature_of(payload: dict) -> float:
+    """The checkpoint's temperature-scaling T (extra["temperature"]), 1.0 when it has none."""
+    value = (payload.get("extra") or {}).get("temperature")
+    return 1.0 if value is None else float(value)
+
+
+def load_temperature(path: PathLike) -> float:
+    """temperature_of the checkpoint at `path` (a file, or a folder holding checkpoint.pt)."""
+    return temperature_of(load_checkpoint(path))
+
+
 def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, TrainConfig]:
     """Rebuild the model of a checkpoint, load its weights, put it in eval mode on `device` (default CPU). A
     cross-validated checkpoint gives its K fold models as one `FoldEnsemble` (their mean P(ALL))."""
@@ -160,6 +175,7 @@ def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, Tra
     return models[0].to(device or "cpu").eval(), config
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "resolve_checkpoint",
-           "clean_state_dict", "unwrapped", "capture_rng_state", "restore_rng_state", "FORMAT", "CV_FORMAT",
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "load_temperature", "temperature_of",
+           "resolve_checkpoint", "clean_state_dict", "unwrapped", "capture_rng_state", "restore_rng_state", "FORMAT",
+           "CV_FORMAT",
            "CHECKPOINT_FILE"]

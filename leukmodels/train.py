@@ -24,6 +24,7 @@ from torch import nn
 
 from leukmodels.augment import augment
 from leukmodels.batches import DeviceBatches, check_data
+from leukmodels.calibration import fit_temperature
 from leukmodels.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state, save_checkpoint
 from leukmodels.config import TrainConfig
 from leukmodels.metrics import classification_metrics, predict_log_proba
@@ -210,8 +211,10 @@ def _average_buffers(model: nn.Module, world_size: int) -> None:
             buffer.div_(world_size)
 
 
-def _validate(setup: _Setup, batches: DeviceBatches, patients: Any, batch_size: int) -> tuple[float, dict]:
-    """(validation loss, classification_metrics with per_patient_accuracy), the same on every rank. Each rank
+def _validate(setup: _Setup, batches: DeviceBatches, patients: Any, batch_size: int,
+              calibrate: bool = False) -> tuple[float, dict, Optional[float]]:
+    """(validation loss, classification_metrics with per_patient_accuracy, the same on every rank; temperature fitted
+    on these predictions when `calibrate`, else None). Each rank
     predicts one chunk with the plain module, not DDP (ranks run different numbers of batches, and DDP's forward may
     sync buffers); the log-probabilities are all-gathered."""
     n, labels = len(batches.labels), batches.labels
@@ -226,19 +229,33 @@ def _validate(setup: _Setup, batches: DeviceBatches, patients: Any, batch_size: 
         log_prob = torch.cat(gathered)[:n]  # N x 2
     val_loss = float(-log_prob.gather(1, labels[:, None]).mean())
     prob_all = np.nan_to_num(log_prob[:, 1].exp().double().cpu().numpy(), nan=0.5)  # a diverged model: no crash
-    return val_loss, classification_metrics(labels.cpu().numpy(), prob_all, patients=np.asarray(patients))
+    metrics = classification_metrics(labels.cpu().numpy(), prob_all, patients=np.asarray(patients))
+    return val_loss, metrics, _temperature(log_prob, labels) if calibrate else None
+
+
+def _temperature(log_prob: torch.Tensor, labels: torch.Tensor) -> Optional[float]:
+    """Temperature scaling's T (leukmodels.calibration) fitted on validation log-probabilities N x 2; None when the
+    validation cells are one class or the model diverged (no T to fit: the checkpoint then means T = 1)."""
+    z = (log_prob[:, 1] - log_prob[:, 0]).double().cpu().numpy()  # the two-class logit
+    y = labels.cpu().numpy()
+    if not np.isfinite(z).all() or np.unique(y).size < 2:
+        return None
+    return fit_temperature(z, y)
 
 
 def _epoch_file(checkpoint_dir: Any, epoch: int) -> Path:
     return Path(checkpoint_dir) / f"epoch_{epoch:04d}" / CHECKPOINT_FILE
 
 
-def _save(setup: _Setup, config: TrainConfig, epoch_dir: Path, history: list[dict], per_patient: list[dict]) -> Path:
-    """The last epoch's checkpoint: weights, optimizer, schedule, RNG, config, its metrics and the whole history."""
+def _save(setup: _Setup, config: TrainConfig, epoch_dir: Path, history: list[dict], per_patient: list[dict],
+          temperature: Optional[float] = None) -> Path:
+    """The last epoch's checkpoint: weights, optimizer, schedule, RNG, config, its metrics and the whole history, and
+    the temperature fitted on this epoch's validation predictions (extra["temperature"], absent when none)."""
+    calibration = {} if temperature is None else {"temperature": float(temperature)}
     return save_checkpoint(epoch_dir / CHECKPOINT_FILE, model=setup.model, optimizer=setup.optimizer,
                            scheduler=setup.scheduler, epoch=history[-1]["epoch"], config=config,
                            metrics={**history[-1], "per_patient_accuracy": per_patient[-1]},
-                           extra={"history": history, "per_patient": per_patient})
+                           extra={"history": history, "per_patient": per_patient, **calibration})
 
 
 def fit(config: TrainConfig, train: Any, val: Any, *, device: Any = None, rank: int = 0, world_size: int = 1,
@@ -264,16 +281,19 @@ def fit(config: TrainConfig, train: Any, val: Any, *, device: Any = None, rank: 
                                                              else None) if distributed else setup.model)
     train_batches, val_batches = DeviceBatches(train, device), DeviceBatches(val, device)
     last_checkpoint = None
+    # a temperature is fitted only on patients the model never trained on (not for a retrain on train + val)
+    calibrate = not set(map(str, val.patients)) & set(map(str, train.patients))
     for epoch in range(start_epoch, config.epochs + 1):
         train_loss, images_per_s, lr = _train_epoch(setup, config, train_batches, len(train), epoch)
-        val_loss, scores = _validate(setup, val_batches, val.patients, 2 * config.batch_size)
+        val_loss, scores, temperature = _validate(setup, val_batches, val.patients, 2 * config.batch_size,
+                                                  calibrate and rank == 0)
         per_patient.append(scores.pop("per_patient_accuracy"))
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **scores,
                    "images_per_s": float(images_per_s), "lr": float(lr), "num_parameters": num_parameters}
         history.append(metrics)
         epoch_dir = _epoch_file(checkpoint_dir, epoch).parent if checkpoint_dir is not None and rank == 0 else None
         if epoch_dir is not None:
-            last_checkpoint = _save(setup, config, epoch_dir, history, per_patient)
+            last_checkpoint = _save(setup, config, epoch_dir, history, per_patient, temperature)
         if distributed:
             dist.barrier()  # the checkpoint exists before any rank reports this epoch
         log(f"epoch {epoch}/{config.epochs} train_loss {train_loss:.4f} val_loss {val_loss:.4f} "

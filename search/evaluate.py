@@ -1,7 +1,7 @@
 """Held-out test evaluation of a search's best trials: the answer to "how good is the winner on unseen patients?".
 
     python search/evaluate.py [--leaderboard results/leaderboard] [--search NAME] [--top 3 | --trials ID ...]
-                              [--ensemble K] [--data ROOT] [--tta both|on|off] [--retrain]
+                              [--ensemble K] [--data ROOT] [--tta both|on|off] [--retrain] [--patient-correction]
                               [--out results/test_metrics.parquet]
 
 Test patients are the official preliminary test set when the tree has one, else the `test` part of the search's own
@@ -13,6 +13,12 @@ Writes next to the leaderboard, atomically (a re-run replaces its rows, other se
 the test patients were chosen, and `test_predictions.parquet`, P(ALL) per test image and model (for the report).
 Results on generated cells say data_generated = True: NEVER C-NMC results.
 
+The patient's answer (search/patient_scoring.py): every row also holds 95% intervals from a bootstrap over patients,
+the patient-level ROC AUC, sensitivity and specificity of the patient calls (threshold chosen on the validation
+patients, never on test) and the calibration error before and after the checkpoint's temperature; one row per test
+patient and model goes to `test_patients.parquet`. `--patient-correction` adds transductive rows (method
+`patient-shrinkage`, transductive = True) beside the plain ones (method `plain`), never in their place.
+
 Exit codes: 0 written; 2 bad input (leaderboard missing or unreadable, unknown search or trial, data that does not
 match the search), one line on stderr naming it; 1 when no chosen trial could be evaluated.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -35,11 +42,13 @@ from search import search_files  # noqa: E402
 from search.cli_checks import check_cli_inputs  # noqa: E402
 from search.heldout import TestSet, held_out_set  # noqa: E402
 from search.leaderboard import DEFAULT_PATH  # noqa: E402
-from search.paths import TEST_METRICS, TEST_PREDICTIONS  # noqa: E402
+from search.patient_scoring import PLAIN, method_of, patient_answers, print_patient_answers  # noqa: E402
+from search.paths import TEST_METRICS, TEST_PATIENTS, TEST_PREDICTIONS  # noqa: E402
 from search.schema import STATUSES  # noqa: E402
 from search.scoring import NothingEvaluated, Scored, evaluate_ensemble, evaluate_trials  # noqa: E402
 
-KEY_COLUMNS = ("search", "trial_id", "tta", "retrained")  # one evaluation; a re-run replaces rows with the same key
+KEY_COLUMNS = ("search", "trial_id", "tta", "retrained", "method")  # one evaluation; a re-run replaces its rows
+KEY_DEFAULTS = {"method": PLAIN}  # a key column files written before it existed lack
 USABLE_STATUS = tuple(status for status in STATUSES if status != "error")  # a best checkpoint worth testing
 
 
@@ -113,6 +122,7 @@ def write_parquet_atomic(new: pd.DataFrame, path: Path, key_columns: Sequence[st
     path = Path(path)
     table, old = new, read_parquet_or_none(path)
     if old is not None:
+        old = old.assign(**{c: KEY_DEFAULTS[c] for c in key_columns if c not in old and c in KEY_DEFAULTS})
         keys = set(map(tuple, new[list(key_columns)].astype(str).to_numpy()))
         keep = [tuple(k) not in keys for k in old[list(key_columns)].astype(str).to_numpy()]
         table = pd.concat([old[keep], new], ignore_index=True)
@@ -141,6 +151,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="8-way dihedral test-time augmentation: evaluate with it, without it, or both (both)")
     p.add_argument("--retrain", action="store_true", help="also retrain the best trial's config on train+val "
                    "patients for its best epoch count, then evaluate that model")
+    p.add_argument("--patient-correction", action="store_true", help="also score each model with every test "
+                   "cell's P(ALL) shrunk toward its patient's mean (strength chosen on validation patients): "
+                   "TRANSDUCTIVE rows of their own, method patient-shrinkage")
     p.add_argument("--out", help="test metrics parquet (default: test_metrics.parquet next to the leaderboard)")
     p.add_argument("--cache-dir", help="decode cache folder (default: decode's own, $LEUKTUNE_CACHE or "
                    "~/.cache/leukemia-tune, shared with the search)")
@@ -154,20 +167,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 # -- outputs ------------------------------------------------------------------------------------------------------
-def result_tables(scored: Sequence[Scored], search: str, test_set: TestSet) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(test_metrics rows, test_predictions rows) of every scored model."""
+def result_tables(scored: Sequence[Scored], search: str, test_set: TestSet, extra: Sequence[dict] = (),
+                  patients: Sequence[pd.DataFrame] = ()) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(test_metrics rows, test_predictions rows, test_patients rows) of every scored model; `extra` and `patients`
+    (search.patient_scoring.patient_answers) hold each model's patient columns and per-patient table."""
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     frame = test_set.frame
-    rows, preds = [], []
-    for s in scored:
-        key = {"search": search, "trial_id": s.trial_id, "tta": s.tta, "retrained": s.retrained}
-        rows.append({**key, **s.fields, **s.metrics, **test_set.info, "n_test_images": len(frame),
+    rows, preds, per_patient = [], [], []
+    for s, columns, table in itertools.zip_longest(scored, extra, patients, fillvalue=None):
+        key = {"search": search, "trial_id": s.trial_id, "tta": s.tta, "retrained": s.retrained,
+               "method": method_of(s)}
+        rows.append({**key, **s.fields, **s.metrics, **(columns or {}), **test_set.info, "n_test_images": len(frame),
                      "data_root": test_set.root, "data_generated": test_set.generated, "evaluated_at": now})
         preds.append(pd.DataFrame({**key, "image_id": frame["image_id"].astype(str).to_numpy(),
                                    "patient": test_set.patients, "label": test_set.labels, "prob_all": s.prob_all,
-                                   "path": frame["path"].astype(str).to_numpy(),
+                                   "prob_all_calibrated": s.prob_calibrated if s.prob_calibrated is not None
+                                   else s.prob_all, "path": frame["path"].astype(str).to_numpy(),
                                    "data_generated": test_set.generated}))
-    return pd.DataFrame(rows), pd.concat(preds, ignore_index=True)
+        per_patient += [table.assign(**key, data_generated=test_set.generated)] if table is not None else []
+    patients_table = pd.concat(per_patient, ignore_index=True) if per_patient else pd.DataFrame()
+    return pd.DataFrame(rows), pd.concat(preds, ignore_index=True), patients_table
 
 
 def print_scored(scored: Sequence[Scored]) -> None:
@@ -202,12 +221,15 @@ def run(args: argparse.Namespace) -> int:
     if args.ensemble:
         scored += evaluate_ensemble(scored, args.ensemble, test_set)
     print_scored(scored)
-    table, preds = result_tables(scored, search, test_set)
+    scored, extra, per_patient = patient_answers(scored, test_set, correction=args.patient_correction)
+    table, preds, patients = result_tables(scored, search, test_set, extra, per_patient)
     write_parquet_atomic(table, out_path, KEY_COLUMNS)
     write_parquet_atomic(preds, out_path.with_name(TEST_PREDICTIONS), KEY_COLUMNS)
+    write_parquet_atomic(patients, out_path.with_name(TEST_PATIENTS), KEY_COLUMNS)
     shown = ["trial_id", "family", "tta", "retrained"] + list(SCALAR_METRICS[:5])
-    print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"wrote {out_path} and {out_path.with_name(TEST_PREDICTIONS)}"
+    print(table[table["method"] == PLAIN][shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print_patient_answers(table)
+    print(f"wrote {out_path}, {out_path.with_name(TEST_PREDICTIONS)} and {out_path.with_name(TEST_PATIENTS)}"
           + ("  [GENERATED DATA: not C-NMC results]" if test_set.generated else ""))
     return 0
 

@@ -6,8 +6,10 @@ The exported graph takes what the decoder produces, no preprocessing needed by t
     input  "images_uint8": uint8 N x 3 x S x S (RGB, channels first, S = the config's image_size; decode an image
            with leukmodels.data.load_image(path, S), or resize the whole frame to S x S and transpose to 3 x S x S)
     output "probabilities": float32 N x 2 softmax, column 1 = P(ALL), column 0 = P(HEM); the batch size N is dynamic.
-Normalisation ((x / 255 - mean) / std, leukmodels.augment) is inside the graph. A cross-validated checkpoint (`--cv`)
-exports its K fold models as one graph whose P(ALL) is their mean (leukmodels.crossval.FoldEnsemble).
+Normalisation ((x / 255 - mean) / std, leukmodels.augment) is inside the graph, and so is the checkpoint's
+temperature (softmax(logits / T), leukmodels/calibration.py; T = 1 for a checkpoint without one): the exported
+P(ALL) is the calibrated one that search/predict.py prints. A cross-validated checkpoint (`--cv`) exports its K fold
+models as one graph whose P(ALL) is their mean (leukmodels.crossval.FoldEnsemble).
 
 Writes DIR/model.torchscript.pt, DIR/model.onnx and DIR/export.json (config, input/output spec, check results).
 The check runs the PyTorch model through leukmodels.metrics.predict_proba (the library's own inference path) and
@@ -41,17 +43,18 @@ INPUT_NAME, OUTPUT_NAME = "images_uint8", "probabilities"
 class UInt8Classifier(nn.Module):
     """uint8 N x 3 x S x S -> float32 N x 2 class probabilities; the model's own normalisation baked in."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
         from leukmodels.augment import STAIN_MEAN, STAIN_STD
 
         self.model = model.eval()
+        self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
         self.register_buffer("mean", torch.tensor(STAIN_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(STAIN_STD, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
         x = (images_uint8.float() / 255.0 - self.mean) / self.std  # N x 3 x S x S, as leukmodels.augment.normalise
-        return torch.softmax(self.model(x).float(), dim=1)  # N x 2
+        return torch.softmax(self.model(x).float() / self.temperature, dim=1)  # N x 2, temperature-scaled
 
 
 def export_torchscript(wrapper: UInt8Classifier, example: torch.Tensor, path: Path) -> Path:
@@ -120,15 +123,20 @@ def sample_images(items: Sequence[str], size: int, count: int, seed: int = 0) ->
 def export(checkpoint: str, out: Path, formats: Sequence[str] = FORMATS, images: Sequence[str] = (),
            count: int = 8, atol: float = 1e-4) -> dict:
     """Export and check; returns the summary written to export.json (summary["ok"] False when a check fails)."""
+    from leukmodels.calibration import apply_temperature
+    from leukmodels.checkpoint import load_temperature
     from leukmodels.metrics import predict_proba
 
     model, config, ckpt_file = load_trial_model(checkpoint)
-    wrapper = UInt8Classifier(model).eval()
+    temperature = load_temperature(ckpt_file)
+    wrapper = UInt8Classifier(model, temperature).eval()
     samples, origin = sample_images(images, config.image_size, count)
-    expected = predict_proba(model, samples, tta=False)  # N P(ALL), the library's inference path
+    # N P(ALL): the library's inference path, then the checkpoint's temperature as predict.py applies it
+    expected = apply_temperature(predict_proba(model, samples, tta=False), temperature)
     example = torch.from_numpy(np.ascontiguousarray(samples[:2]))  # trace at batch 2; the batch axis is dynamic
     out.mkdir(parents=True, exist_ok=True)
     summary = {"checkpoint": ckpt_file, "config": config.to_dict(), "samples": origin, "atol": atol,
+               "temperature": temperature,
                "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", 3, config.image_size,
                                                                          config.image_size]},
                "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", 2],
@@ -165,7 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"export: error: {err}", file=sys.stderr)
         return 2
-    print(f"checked on {summary['samples']} against the PyTorch model (predict_proba), atol {args.atol:g}:")
+    print(f"checked on {summary['samples']} against the PyTorch model (predict_proba, temperature "
+          f"{summary['temperature']:.3f}), atol {args.atol:g}:")
     for fmt, result in summary["exports"].items():
         verdict = "OK" if result["ok"] else "MISMATCH"
         print(f"  {fmt:<12} {result['path']}  max |dP(ALL)| = {result['max_abs_diff_prob_all']:.2e}  {verdict}")

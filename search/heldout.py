@@ -117,6 +117,14 @@ class TestSet:
             self._by_size[size] = decoded
         return self._by_size[size]
 
+    def decoded_val(self, size: int):
+        """DecodedSet of the search's validation patients at `size` px (patient threshold, correction strength)."""
+        from leukmodels.data import decode
+
+        if ("val", size) not in self._by_size:
+            self._by_size[("val", size)] = decode(self.splits["val"], size, cache_dir=self.cache_dir, progress=False)
+        return self._by_size[("val", size)]
+
     @property
     def labels(self) -> np.ndarray:  # int64 (N,): 1 = ALL, 0 = HEM
         return self.frame["label"].astype(np.int64).to_numpy()

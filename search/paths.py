@@ -16,6 +16,7 @@ SEARCH_LOG = "search.log"  # <name>/search.log: everything Ray, Tune and Train p
 REPORT = "report.html"  # <name>/report.html
 TEST_METRICS = "test_metrics.parquet"  # evaluate's rows, beside the leaderboard
 TEST_PREDICTIONS = "test_predictions.parquet"  # evaluate's per-cell P(ALL), beside the leaderboard
+TEST_PATIENTS = "test_patients.parquet"  # evaluate's per-patient answer (cells, mean P(ALL), call), beside it
 
 
 def leaderboard_path(results: str | Path) -> Path:
@@ -41,6 +42,6 @@ def in_storage(storage: str, *parts: str) -> str:
     return "/".join([storage.rstrip("/"), *parts])
 
 
-__all__ = ["LEADERBOARD", "LEGACY_LEADERBOARD", "OPTUNA_DB", "REPORT", "RESULTS", "SEARCHES", "SEARCH_LOG", "SPLIT", "STORAGE",
-           "TEST_METRICS", "TEST_PREDICTIONS", "in_storage", "leaderboard_path", "optuna_url", "settings_path",
-           "split_path"]
+__all__ = ["LEADERBOARD", "LEGACY_LEADERBOARD", "OPTUNA_DB", "REPORT", "RESULTS", "SEARCHES", "SEARCH_LOG", "SPLIT",
+           "STORAGE", "TEST_METRICS", "TEST_PATIENTS", "TEST_PREDICTIONS", "in_storage", "leaderboard_path",
+           "optuna_url", "settings_path", "split_path"]

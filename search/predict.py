@@ -1,12 +1,21 @@
 """Predict ALL / HEM for cell images with a trained checkpoint.
 
-    python search/predict.py --checkpoint results/.../checkpoint.pt [--tta] [--out preds.csv] IMAGES_OR_FOLDERS...
+    python search/predict.py --checkpoint results/.../checkpoint.pt [--tta] [--out preds.csv]
+                             [--patients image_patient.csv [--patient-out patients.csv]] IMAGES_OR_FOLDERS...
     python search/predict.py --checkpoint s3://bucket/leukemia-tune/NAME/run_trial_.../checkpoint_000002 cells/
 
 Every image is decoded exactly as in training (leukmodels.data.load_image: whole frame padded square and resized to
 the checkpoint config's image_size, uint8 3 x S x S) and scored with leukmodels.metrics.predict_proba, 8-way
 dihedral test-time augmentation with --tta. Output CSV (stdout without --out): path, label (ALL|HEM), prob_all.
-A label is ALL when P(ALL) > 0.5, as in the metrics.
+A label is ALL when P(ALL) > 0.5, as in the metrics. prob_all is calibrated: the checkpoint's temperature (fitted on
+validation patients as it trained, leukmodels/calibration.py; none = 1) is applied, which moves no label;
+--uncalibrated prints the model's raw P(ALL).
+
+Per patient (search/patient_predict.py): --patients FILE, a CSV with columns image,patient (image: the path as given
+or the file's name), adds a patient column to the cell CSV and writes one row per patient (patient, cells,
+called_all_share, mean_prob_all, call, threshold) to --patient-out (default: beside --out as <name>_patients.csv,
+else stderr). The call is ALL when the mean P(ALL) is above --patient-threshold (0.5; evaluate.py's
+patient_threshold column is the one chosen on the search's validation patients).
 
 Folders are searched recursively for .bmp/.png/.jpg/.jpeg/.tif/.tiff files. An image that cannot be read gets one
 line on stderr ("predict: error: cannot decode image <path>: ...") and is left out of the CSV; the rest are still
@@ -30,6 +39,7 @@ if __package__ in (None, ""):  # run as `python search/predict.py`: this checkou
 from leukmodels.data.layout import IMAGE_SUFFIXES  # noqa: E402
 from leukmodels.labels import CLASS_NAMES  # noqa: E402
 from search import storage  # noqa: E402
+from search.patient_predict import read_patients, write_patients  # noqa: E402
 
 
 def load_trial_model(checkpoint, device=None):
@@ -91,24 +101,31 @@ def load_images(paths: Sequence[str], size: int) -> tuple[np.ndarray, list[str],
     return stacked, good, errors
 
 
-def predict_paths(model, config, paths: Sequence[str], tta: bool = False, device=None, batch_size: int = 256):
-    """-> (rows [(path, label, prob_all)], error lines). Images are decoded at the checkpoint's image_size."""
+def predict_paths(model, config, paths: Sequence[str], tta: bool = False, device=None, batch_size: int = 256,
+                  temperature: float = 1.0):
+    """-> (rows [(path, label, prob_all)], error lines). Images are decoded at the checkpoint's image_size; P(ALL)
+    is temperature-scaled by `temperature` (1: the model's own)."""
+    from leukmodels.calibration import apply_temperature
     from leukmodels.metrics import predict_proba
 
     images, good, errors = load_images(paths, config.image_size)
     prob_all = predict_proba(model, images, batch_size=batch_size, device=device, tta=tta) if len(good) else []
+    prob_all = apply_temperature(prob_all, temperature) if len(good) else []
     rows = [(path, CLASS_NAMES[int(p > 0.5)], float(p)) for path, p in zip(good, prob_all)]
     return rows, errors
 
 
 def write_csv(rows, out) -> None:
+    """rows of (path, label, prob_all) or (path, label, prob_all, patient)."""
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(("path", "label", "prob_all"))
-    for path, label, prob in rows:
-        writer.writerow((path, label, repr(prob)))  # repr: full float precision, round-trips exactly
+    writer.writerow(("path", "label", "prob_all", "patient")[:len(rows[0]) if rows else 3])
+    for path, label, prob, *patient in rows:
+        writer.writerow((path, label, repr(prob), *patient))  # repr: full float precision, round-trips exactly
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from leukmodels.checkpoint import load_temperature
+
     parser = argparse.ArgumentParser(prog="search/predict.py", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,11 +134,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", help="CSV file to write (default: stdout)")
     parser.add_argument("--device", help="torch device (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--uncalibrated", action="store_true", help="print the model's raw P(ALL), without the "
+                        "checkpoint's temperature")
+    parser.add_argument("--patients", metavar="CSV", help="CSV with columns image,patient: adds a patient column and "
+                        "a per-patient answer")
+    parser.add_argument("--patient-out", metavar="CSV", help="per-patient CSV (default: <out>_patients.csv beside "
+                        "--out, else stderr)")
+    parser.add_argument("--patient-threshold", type=float, default=0.5, help="call a patient ALL when its mean "
+                        "P(ALL) is above this (0.5)")
     parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders of images")
     args = parser.parse_args(argv)
 
     try:
-        model, config, _ = load_trial_model(args.checkpoint, device=args.device)
+        model, config, ckpt_file = load_trial_model(args.checkpoint, device=args.device)
+        temperature = 1.0 if args.uncalibrated else load_temperature(ckpt_file)
     except (FileNotFoundError, ValueError) as err:
         print(f"predict: error: {err}", file=sys.stderr)
         return 2
@@ -129,12 +155,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not paths:
         print(f"predict: error: no image files in {' '.join(args.images)}", file=sys.stderr)
         return 2
-    rows, errors = predict_paths(model, config, paths, tta=args.tta, device=args.device, batch_size=args.batch_size)
+    try:
+        patient_of = read_patients(args.patients, paths) if args.patients else None
+    except ValueError as err:  # the file, a column or an image's patient: the message names it
+        print(f"predict: error: {err}", file=sys.stderr)
+        return 2
+    rows, errors = predict_paths(model, config, paths, tta=args.tta, device=args.device, batch_size=args.batch_size,
+                                 temperature=temperature)
     for line in errors:
         print(f"predict: error: {line}", file=sys.stderr)
     if not rows:
         print(f"predict: error: none of the {len(paths)} image(s) could be read; nothing predicted", file=sys.stderr)
         return 2
+    if patient_of is not None:
+        rows = [(*row, patient_of[row[0]]) for row in rows]
     if args.out:
         buffer = io.StringIO()
         write_csv(rows, buffer)
@@ -142,6 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Path(args.out).write_text(buffer.getvalue())
     else:
         write_csv(rows, sys.stdout)
+    if patient_of is not None:
+        write_patients(rows, args.patient_threshold, args.patient_out, args.out)
     print(f"predict: {len(rows)} image(s) predicted, {len(errors)} unreadable"
           + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
     return 0

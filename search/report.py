@@ -5,7 +5,9 @@
 Writes results/<search>/report.html (next to the leaderboard), which opens from disk with no network. Its sections
 (search/report_sections.py): the ranked leaderboard, best score by family, the Optuna study's history and parameter
 importances, learning curves of the top trials and, once search/evaluate.py has run, the held-out test metrics and
-the winner's ROC curve, confusion matrix, per-patient accuracy and most-wrong cells. Generated data get a banner.
+the winner's ROC curve, confusion matrix, per-patient accuracy and most-wrong cells, the patient's answer with
+its intervals and the winner's calibration (search/report_patients.py), and apart from the rest any transductive
+patient-correction rows. Generated data get a banner.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ from search.cli_checks import check_cli_inputs  # noqa: E402
 from search.evaluate import EvaluateError, board_dir, read_board, read_parquet_or_none  # noqa: E402
 from search import search_files  # noqa: E402
 from search.leaderboard import DEFAULT_PATH  # noqa: E402
-from search.paths import REPORT, TEST_METRICS, TEST_PREDICTIONS, optuna_url  # noqa: E402
+from search.paths import REPORT, TEST_METRICS, TEST_PATIENTS, TEST_PREDICTIONS, optuna_url  # noqa: E402
+from search.report_patients import (calibration_section, patient_section, split_plain,  # noqa: E402
+                                    transductive_section)
 from search.study_storage import remember, saved_url, sqlite_path  # noqa: E402
 from search.report_sections import (family_section, learning_curves_section, note, optuna_section,  # noqa: E402
                                     pareto_section, single_class_note, table_html, winner_section)
@@ -46,12 +50,14 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 
 def build_report(board: pd.DataFrame, search: str, test_metrics: Optional[pd.DataFrame],
                  predictions: Optional[pd.DataFrame], storage: Optional[str], study: str, top: int = 5,
-                 worst: int = 16) -> str:
+                 worst: int = 16, patients: Optional[pd.DataFrame] = None) -> str:
     rows = board[board["search"].astype(str) == search]
     metric = str(rows["metric"].iloc[0]) if "metric" in rows and len(rows) else "weighted_f1"
     rows = rows.sort_values(metric, ascending=False, na_position="last")
     generated = bool(rows.get("data_generated", pd.Series([False])).fillna(False).any())
     test_rows = None if test_metrics is None else test_metrics[test_metrics["search"].astype(str) == search]
+    test_rows, transductive = split_plain(test_rows)  # transductive rows are shown apart, never among these
+    predictions = split_plain(predictions)[0]
     if test_rows is not None and "data_generated" in test_rows:
         generated |= bool(test_rows["data_generated"].any())
     root = rows["data_root"].dropna().iloc[0] if "data_root" in rows and rows["data_root"].notna().any() else "?"
@@ -69,7 +75,12 @@ def build_report(board: pd.DataFrame, search: str, test_metrics: Optional[pd.Dat
         body.append(note("Not evaluated yet: run python search/evaluate.py --search " + search))
     else:
         body.append(table_html(test_rows.sort_values(["val_rank", "retrained", "tta"]), TEST_COLUMNS))
-        body.append(winner_section(test_rows, predictions[predictions["search"].astype(str) == search], worst))
+        mine = predictions[predictions["search"].astype(str) == search]
+        body.append(winner_section(test_rows, mine, worst))
+        patients = None if patients is None else patients[patients["search"].astype(str) == search]
+        body += ["<h2>The patient's answer</h2>", patient_section(test_rows, patients),
+                 "<h2>Calibration of the winner</h2>", calibration_section(test_rows, mine),
+                 *transductive_section(test_rows, transductive)]
     title = f"leukemia-tune report: {search}" + (" (GENERATED DATA)" if generated else "")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
@@ -126,8 +137,10 @@ def write_report(args: argparse.Namespace) -> Path:
     metrics_path = Path(args.test_metrics) if args.test_metrics else results / TEST_METRICS
     test_metrics = read_parquet_or_none(metrics_path)  # None: not evaluated yet
     predictions = read_parquet_or_none(metrics_path.with_name(TEST_PREDICTIONS))
+    patients = read_parquet_or_none(metrics_path.with_name(TEST_PATIENTS))
     storage = study_location(args.optuna_storage, results, search)
-    page = build_report(board, search, test_metrics, predictions, storage, args.study or search, args.top, args.worst)
+    page = build_report(board, search, test_metrics, predictions, storage, args.study or search, args.top, args.worst,
+                        patients)
     out = Path(args.out) if args.out else results / search / REPORT
     write_atomic(page, out)
     print(f"wrote {out} ({len(page) / 1e6:.1f} MB, self-contained)")

@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from leukmodels.calibration import apply_temperature
+from leukmodels.checkpoint import load_temperature
 from search.heldout import TestSet
 from search.predict import load_trial_model
 
@@ -35,6 +37,10 @@ class Scored:
     prob_all: np.ndarray  # float64 (N,): P(ALL) per test image, in TestSet.frame's order
     metrics: dict  # classification_metrics, per_patient_accuracy as JSON
     fields: dict  # the rest of its test_metrics row: family, val_rank, members, checkpoint, config, ...
+    val_prob_all: Optional[np.ndarray] = None  # float64: P(ALL) per validation image (search/patient_scoring.py)
+    temperature: float = 1.0  # its checkpoint's temperature scaling (nan for an ensemble: each member has its own)
+    prob_calibrated: Optional[np.ndarray] = None  # P(ALL) per test image with the temperature applied
+    val_calibrated: Optional[np.ndarray] = None  # the same on the validation images
 
 
 def score(test_set: TestSet, prob_all: np.ndarray) -> dict:
@@ -91,16 +97,23 @@ def evaluate_trial(rank: int, row: pd.Series, loaded: tuple, test_set: TestSet, 
                                                          args.cache_dir, device=args.device)
         candidates.append((r_model, True, r_file, r_epochs))
     decoded = test_set.decoded(config.image_size)  # each trial at its own image size
+    val_images = test_set.decoded_val(config.image_size).images
     scored = []
     for model_, retrained, file_, epochs in candidates:
+        temperature = load_temperature(file_)  # fitted on validation patients as it trained; 1 when it has none
         for tta in TTA_MODES[args.tta]:
             prob_all = predict_proba(model_, decoded.images, device=args.device, tta=tta)
+            val_prob = predict_proba(model_, val_images, device=args.device, tta=tta)
+            calibration = dict(val_prob_all=val_prob, temperature=temperature,
+                               prob_calibrated=apply_temperature(prob_all, temperature),
+                               val_calibrated=apply_temperature(val_prob, temperature))
             scored.append(Scored(str(row["trial_id"]), bool(tta), bool(retrained), prob_all, score(test_set, prob_all),
                                  {"family": config.family, "val_rank": rank,
                                   f"val_{args.metric}": float(row.get(args.metric, np.nan)),
                                   "members": json.dumps([str(row["trial_id"])]), "n_members": 1,
                                   "retrain_epochs": epochs, "checkpoint": file_,
-                                  "test_fingerprint": decoded.fingerprint, "config": json.dumps(config.to_dict())}))
+                                  "test_fingerprint": decoded.fingerprint, "config": json.dumps(config.to_dict())},
+                                 **calibration))
     return scored
 
 
@@ -160,11 +173,14 @@ def evaluate_ensemble(scored: Sequence[Scored], k: int, test_set: TestSet) -> li
         by_id = {s.trial_id: s for s in scored if s.tta == tta and not s.retrained}
         parts = [by_id[trial_id] for trial_id in members]
         prob_all = ensemble_prob([s.prob_all for s in parts])
+        calibration = dict(val_prob_all=ensemble_prob([s.val_prob_all for s in parts]), temperature=float("nan"),
+                           prob_calibrated=ensemble_prob([s.prob_calibrated for s in parts]),
+                           val_calibrated=ensemble_prob([s.val_calibrated for s in parts]))  # members' own T
         out.append(Scored(f"ensemble-top{len(parts)}", tta, False, prob_all, score(test_set, prob_all), {
             "family": ENSEMBLE_FAMILY, "val_rank": np.nan, "members": json.dumps(members), "n_members": len(parts),
             "retrain_epochs": None, "checkpoint": json.dumps([s.fields["checkpoint"] for s in parts]),
             "test_fingerprint": "+".join(sorted({s.fields["test_fingerprint"] for s in parts})),
-            "config": json.dumps([json.loads(s.fields["config"]) for s in parts])}))
+            "config": json.dumps([json.loads(s.fields["config"]) for s in parts])}, **calibration))
     return out
 
 

@@ -12,16 +12,18 @@ import pytest
 @pytest.fixture(scope="module")
 def trained(tiny_search):
     """A trial's checkpoint, its model, and the held-out test images decoded by the training decoder."""
-    from leukmodels.checkpoint import load_model
+    from leukmodels.checkpoint import load_model, load_temperature
     from leukmodels.data import decode, discover
     from search.leaderboard import read
 
     checkpoint = read(tiny_search["leaderboard"]).sort_values("trial_id")["checkpoint"].iloc[-1]
     model, config = load_model(checkpoint)
+    temperature = load_temperature(checkpoint)
     manifest = discover(tiny_search["root"])
     test = manifest[manifest["source"] == "prelim_test"].head(12)
     decoded = decode(test, config.image_size, cache=False, progress=False)
     return {"checkpoint": checkpoint, "model": model, "config": config, "paths": list(test["path"]),
+            "temperature": temperature, "patients": list(test["patient"]),
             "images": decoded.images, "folder": Path(test["path"].iloc[0]).parent}
 
 
@@ -32,6 +34,7 @@ def read_csv(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("tta", [False, True])
 def test_prediction_csv_matches_the_models_own_outputs(trained, tmp_path, tta, capsys):
+    from leukmodels.calibration import apply_temperature
     from leukmodels.metrics import predict_proba
     from search import predict
 
@@ -40,7 +43,7 @@ def test_prediction_csv_matches_the_models_own_outputs(trained, tmp_path, tta, c
     assert predict.main(args) == 0
     rows = read_csv(out)
     assert [r["path"] for r in rows] == trained["paths"]
-    expected = predict_proba(trained["model"], trained["images"], tta=tta)
+    expected = apply_temperature(predict_proba(trained["model"], trained["images"], tta=tta), trained["temperature"])
     got = np.array([float(r["prob_all"]) for r in rows])
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     assert [r["label"] for r in rows] == ["ALL" if p > 0.5 else "HEM" for p in got]
@@ -92,6 +95,7 @@ def test_exported_torchscript_and_onnx_agree_with_pytorch(trained, tmp_path, cap
     import onnxruntime as ort
     import torch
 
+    from leukmodels.calibration import apply_temperature
     from leukmodels.metrics import predict_proba
     from search import export
 
@@ -103,7 +107,7 @@ def test_exported_torchscript_and_onnx_agree_with_pytorch(trained, tmp_path, cap
 
     # independently of export.py's own check: run both files on 5 images (a batch size never traced)
     images = np.ascontiguousarray(trained["images"][:5])
-    expected = predict_proba(trained["model"], images)
+    expected = apply_temperature(predict_proba(trained["model"], images), trained["temperature"])  # as predict.py
     scripted = torch.jit.load(str(out / "model.torchscript.pt"))
     with torch.no_grad():
         ts_probs = scripted(torch.from_numpy(images)).numpy()
@@ -159,3 +163,57 @@ def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_one_line_naming_i
     assert len(err.splitlines()) == 1 and err.startswith(f"predict: error: {edited}: its "), err
     assert ("weights do not match its config (size mismatch for" if edit == "filters" else
             "config does not build a model (") in err, err
+
+
+# -- calibration and the per-patient answer (issue 21) -------------------------------------------------------------
+def test_the_checkpoint_carries_a_temperature_that_predict_applies_and_uncalibrated_skips(trained, tmp_path):
+    from leukmodels.metrics import predict_proba
+    from search import predict
+
+    assert trained["temperature"] != 1.0  # fitted on the tiny search's validation patients as it trained
+    out = tmp_path / "raw.csv"
+    assert predict.main(["--checkpoint", trained["checkpoint"], "--uncalibrated", "--out", str(out),
+                         *trained["paths"]]) == 0
+    raw = np.array([float(r["prob_all"]) for r in read_csv(out)])
+    np.testing.assert_allclose(raw, predict_proba(trained["model"], trained["images"]), rtol=0, atol=1e-6)
+
+
+def test_a_checkpoint_without_a_temperature_means_one(trained, tmp_path):
+    import torch
+
+    from leukmodels.checkpoint import load_checkpoint, load_model, load_temperature
+
+    payload = load_checkpoint(trained["checkpoint"])
+    payload["extra"].pop("temperature")  # as every checkpoint written before temperatures were
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    assert load_temperature(old) == 1.0
+    model, _ = load_model(old)  # and it still loads
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_per_patient_output_beside_the_per_cell_one(trained, tmp_path, capsys):
+    import pandas as pd
+
+    from search import predict
+
+    mapping = tmp_path / "patients.csv"
+    pd.DataFrame({"image": [Path(p).name for p in trained["paths"]], "patient": trained["patients"]}).to_csv(
+        mapping, index=False)  # matched by file name
+    out = tmp_path / "preds.csv"
+    assert predict.main(["--checkpoint", trained["checkpoint"], "--patients", str(mapping), "--out", str(out),
+                         *trained["paths"]]) == 0
+    cells = pd.read_csv(out)
+    assert list(cells["patient"]) == trained["patients"]
+    patients = pd.read_csv(tmp_path / "preds_patients.csv")
+    expected = cells.groupby("patient")["prob_all"].mean()
+    assert sorted(patients["patient"]) == sorted(expected.index)
+    for _, row in patients.iterrows():
+        assert row["mean_prob_all"] == pytest.approx(expected[row["patient"]])
+        assert row["call"] == ("ALL" if row["mean_prob_all"] > 0.5 else "HEM")
+        assert row["cells"] == trained["patients"].count(row["patient"])
+    capsys.readouterr()
+    pd.DataFrame({"image": [Path(trained["paths"][0]).name], "patient": ["p"]}).to_csv(mapping, index=False)
+    assert predict.main(["--checkpoint", trained["checkpoint"], "--patients", str(mapping), *trained["paths"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"predict: error: --patients {mapping}: no patient for 11 image(s), e.g. {trained['paths'][1]}")

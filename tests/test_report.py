@@ -51,13 +51,15 @@ def test_report_has_every_section_and_the_generated_banner(report, tiny_search):
     page = report.read_text()
     assert "GENERATED DATA — not C-NMC results" in page
     for heading in ("Leaderboard", "Best score by family", "Optuna", "Learning curves", "Held-out test patients",
-                    "most wrong"):
+                    "most wrong", "The patient's answer", "Calibration of the winner"):
         assert heading in page, heading
     for trial_id in ("tiny_00000", "tiny_00001"):
         assert trial_id in page
     assert "Parameter importances unavailable" not in page and "need at least 2" not in page
-    # 7 figures: family bars, optimisation history, importances, learning curves, ROC+confusion, per-patient, grid
-    assert len(embedded_images(page)) == 7
+    # 8 figures: family bars, optimisation history, importances, learning curves, ROC+confusion, per-patient, grid,
+    # the winner's reliability diagram
+    assert len(embedded_images(page)) == 8
+    assert "TRANSDUCTIVE" not in page  # evaluated without --patient-correction
 
 
 def test_every_embedded_image_is_a_valid_png(report):
