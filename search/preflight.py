@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
+from search.board_files import board_files
 from search.paths import in_storage
 from search.sizes import Footprint, available_memory, footprint, frame_size, frame_warnings, judge
 
@@ -56,17 +57,20 @@ def _unwritable(folder: Path) -> Optional[str]:
     return None
 
 
-def check_not_read_only(path: Path) -> None:
-    """A file its owner made read-only (no write bit: `chmod a-w`) is refused, never replaced. Our writes go to a
-    temporary file and `os.replace`, which asks only the folder's permission, so the file's mode bits are read
-    themselves (`os.access` answers yes to root whatever they say)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return  # missing (a new file), or a folder that cannot hold it: the write check names that
-    if not mode & 0o222:
-        raise ValueError(f"{path} is read-only ({stat.filemode(mode)}): it would be replaced with the new rows added; "
-                         f"make it writable (chmod u+w) to add to it, or pass another --results")
+def check_not_read_only(board: Path, search: str) -> None:
+    """What a search would replace and its owner made read-only (no write bit: `chmod a-w`) is refused, never
+    replaced: the leaderboard folder, the old single file (moved into the folder on the next write) and this search's
+    own file. Our writes go to a temporary file and `os.replace`, which asks only the folder's permission, so the mode
+    bits are read themselves (`os.access` answers yes to root whatever they say)."""
+    files = board_files(board)
+    for path in (files.folder, files.legacy, files.search_file(search)):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue  # missing (a new file), or a folder that cannot hold it: the write check names that
+        if not mode & 0o222:
+            raise ValueError(f"{path} is read-only ({stat.filemode(mode)}): the search would write its rows there; "
+                             f"make it writable (chmod u+w) to add to it, or pass another --results")
 
 
 def check_name(args: argparse.Namespace) -> None:

@@ -79,7 +79,7 @@ def prepare(args: argparse.Namespace) -> list[str]:
     from search.settings import load_settings, refuse_existing
 
     check_name(args)  # before anything is written under it
-    check_not_read_only(leaderboard_path(args.results))  # the user's chmod a-w holds: refused, not replaced
+    check_not_read_only(leaderboard_path(args.results), args.name)  # chmod a-w holds: refused, not replaced
     leaderboard.append_rows(leaderboard_path(args.results), [])  # fail now on unwritable results
     if not args.dry_run:  # one driver per name: two started together both passed the check below
         args.name_lock = claim_name(args.results, args.name)

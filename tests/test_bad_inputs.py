@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from cnmc_trees import LABELS_CSV, kaggle_tree, write_image
@@ -150,22 +151,32 @@ def test_storage_that_cannot_be_written(tmp_path, capsys):
     assert f"--storage {tmp_path / 'a-file' / 'ray'}" in err and "not a folder" in err
 
 
-def test_read_only_leaderboard_is_refused_not_replaced(tmp_path, capsys):
-    """chmod 444 on the leaderboard is the user's protection: refused before training, naming the file, and the file
-    keeps its bytes and its mode (it was replaced by a writable one). Holds under root too: the mode bits are read."""
+@pytest.mark.parametrize("protected", ["folder", "old file", "own file"])
+def test_read_only_leaderboard_is_refused_not_replaced(protected, tmp_path, capsys):
+    """chmod a-w on the leaderboard is the user's protection: the dataset folder, the old single file (a write would
+    move it into the folder) or the search's own file. Refused before training, naming it, and it keeps its bytes
+    and its mode (it was replaced by a writable one). Holds under root too: the mode bits are read."""
+    from board_rows import make_row
+    from search.board_files import board_files
     from search.leaderboard import append_rows
     from search.preflight import check_not_read_only
 
-    board = tmp_path / "results" / "leaderboard.parquet"
-    append_rows(board, [])
-    board.chmod(0o444)
-    before = board.read_bytes()
-    err = _refused([], tmp_path, capsys)
-    assert err == (f"error: {board} is read-only (-r--r--r--): it would be replaced with the new rows added; make "
-                   f"it writable (chmod u+w) to add to it, or pass another --results")
-    assert board.read_bytes() == before and board.stat().st_mode & 0o777 == 0o444
-    board.chmod(0o644)
-    check_not_read_only(board)  # writable again: no objection
+    board = leaderboard_path(tmp_path / "results")
+    files = board_files(board)
+    append_rows(board, [make_row(search="B3", trial_id="t1")])
+    if protected == "old file":
+        pq.write_table(pq.read_table(files.search_file("B3")), files.legacy)  # stands in for an old file
+    target = {"folder": files.folder, "old file": files.legacy, "own file": files.search_file("B3")}[protected]
+    mode = 0o555 if target.is_dir() else 0o444
+    target.chmod(mode)
+    before = None if target.is_dir() else target.read_bytes()
+    code = main(["--family", "baseline", "--data", str(tmp_path), "--name", "B3", "--results", str(tmp_path / "results"),
+                 "--storage", str(tmp_path / "ray")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"error: {target} is read-only ("), err
+    assert target.stat().st_mode & 0o777 == mode and (before is None or target.read_bytes() == before)
+    target.chmod(0o755 if target.is_dir() else 0o644)
+    check_not_read_only(board, "B3")  # writable again: no objection
 
 
 @pytest.mark.parametrize("name, said", [("x" * 300, "300 bytes as a file name (300 characters)"),
