@@ -26,7 +26,7 @@ from leukmodels.augment import augment
 from leukmodels.batches import DeviceBatches, check_data
 from leukmodels.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state, save_checkpoint
 from leukmodels.config import TrainConfig
-from leukmodels.metrics import classification_metrics, predict_log_proba
+from leukmodels.metrics import classification_metrics, patient_interval, predict_log_proba
 from leukmodels.models import build_model, count_parameters
 from leukmodels.optim import make_optimizer, schedule, set_rates
 
@@ -199,9 +199,9 @@ def _average_buffers(model: nn.Module, world_size: int) -> None:
 
 
 def _validate(setup: _Setup, batches: DeviceBatches, patients: Any, batch_size: int) -> tuple[float, dict]:
-    """(validation loss, classification_metrics with per_patient_accuracy), the same on every rank. Each rank
-    predicts one chunk with the plain module, not DDP (ranks run different numbers of batches, and DDP's forward may
-    sync buffers); the log-probabilities are all-gathered."""
+    """(validation loss, classification_metrics with per_patient_accuracy and patient_interval), the same on every
+    rank. Each rank predicts one chunk with the plain module, not DDP (ranks run different numbers of batches, and
+    DDP's forward may sync buffers); the log-probabilities are all-gathered."""
     n, labels = len(batches.labels), batches.labels
     chunk = -(-n // setup.world_size)
     lo, hi = min(setup.rank * chunk, n), min((setup.rank + 1) * chunk, n)
@@ -214,7 +214,10 @@ def _validate(setup: _Setup, batches: DeviceBatches, patients: Any, batch_size: 
         log_prob = torch.cat(gathered)[:n]  # N x 2
     val_loss = float(-log_prob.gather(1, labels[:, None]).mean())
     prob_all = np.nan_to_num(log_prob[:, 1].exp().double().cpu().numpy(), nan=0.5)  # a diverged model: no crash
-    return val_loss, classification_metrics(labels.cpu().numpy(), prob_all, patients=np.asarray(patients))
+    labels, patients = labels.cpu().numpy(), np.asarray(patients)
+    # <metric>_lo/_hi: the patient-bootstrap 95% interval of every metric, so the search sees how sure each value is
+    return val_loss, {**classification_metrics(labels, prob_all, patients=patients),
+                      **patient_interval(labels, prob_all, patients)}
 
 
 def _epoch_file(checkpoint_dir: Any, epoch: int) -> Path:

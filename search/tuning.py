@@ -26,6 +26,7 @@ from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.settings import save_settings
 from search.spaces import SearchSpace
 from search.strategies import BudgetStopper, make_scheduler, make_searcher, search_run
+from search.uncertainty import tie_line
 from search.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config, run_trial
 
 
@@ -165,6 +166,7 @@ def write_rows(args: argparse.Namespace, context: SearchContext, grid: Any, cons
 
 
 BOARD_COLUMNS = ["rank", "trial_id", "family", "status", "epochs_run", "balanced_accuracy", "weighted_f1", "roc_auc",
+                 "metric_lo", "metric_hi",  # the ranking metric's patient-bootstrap interval
                  "filters", "depth", "lr", "batch_size", "image_size", "optimizer", "train_seconds"]
 
 
@@ -179,6 +181,8 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, sum
             f"{_board_flag(args, '--path')})")
     for line in front_lines(mine):  # multi-objective searches only
         say(line)
+    if tie_line(mine):  # the trials the validation patients cannot tell from the winner
+        say(tie_line(mine))
     say(summary)
     for warning in single_class_warnings(mine):
         say(warning)
