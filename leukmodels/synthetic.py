@@ -168,7 +168,8 @@ def _numbered_tasks(folder: Path, seed: int, cells: list, order: np.ndarray) -> 
 
 
 def _effects(plan: dict) -> dict:
-    """What was drawn for every patient (GENERATED.json's "patient_effects"): split, class, cells, difficulty, shifts."""
+    """What was drawn for every patient (GENERATED.json's "patient_effects"): split, class, cells, difficulty and
+    shifts."""
     return {pid: {"split": split, "class": "all" if is_all else "hem", "cells": style["cells"],
                   "flip_share": round(style["flip_share"], 4), "flipped_cells": style["flipped_cells"],
                   "blastness": round(style["blastness"], 4), "area_offset": round(style["area_offset"], 1),
