@@ -72,6 +72,78 @@ def classification_metrics(labels: Sequence[int], prob_all: Sequence[float], pat
     return out
 
 
+# Patient-bootstrap intervals of the validation metrics (patient_interval): cheap, fixed, the same on every rank.
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, INTERVAL_LEVEL = 200, 0, 0.95
+INTERVAL_METRICS = ("weighted_f1", "macro_f1", "accuracy", "balanced_accuracy", "sensitivity", "specificity")
+
+
+def interval_keys(metric: str) -> tuple[str, str]:
+    """The report keys of `metric`'s patient-bootstrap interval: ("<metric>_lo", "<metric>_hi")."""
+    return f"{metric}_lo", f"{metric}_hi"
+
+
+def patient_interval(labels: Sequence[int], prob_all: Sequence[float], patients: Sequence, threshold: float = 0.5,
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                     level: float = INTERVAL_LEVEL) -> dict:
+    """`<metric>_lo` / `<metric>_hi` for every INTERVAL_METRICS: the percentile interval of the metric over
+    `resamples` bootstrap resamples of the patients (each class's patients drawn with replacement, as many as it has,
+    so every resample keeps the set's make-up by patient), each patient bringing all its cells.
+
+    Patients, not cells, are the unit: cells of one patient are alike, and per-patient accuracy on C-NMC spans
+    0.26 to 1.0, so a set of few patients is far less certain than its cell count suggests. Cheap: one confusion
+    count per patient, then a resamples x patients matrix product (no roc_auc, which needs the scores re-sorted).
+    """
+    y = np.asarray(labels).astype(np.int64).ravel()
+    pred = (np.asarray(prob_all, dtype=np.float64).ravel() > threshold).astype(np.int64)
+    names, index = np.unique(np.asarray(patients).astype(str).ravel(), return_inverse=True)
+    if not (y.shape == pred.shape == index.shape):
+        raise ValueError(f"patient_interval: labels ({y.size}), prob_all ({pred.size}) and patients ({index.size}) "
+                         f"differ in length")
+    # patients x 4: cells per (label, prediction) = (1,1) tp, (1,0) fn, (0,1) fp, (0,0) tn
+    cell_kind = np.array([[3, 2], [1, 0]])[y, pred]
+    counts = np.zeros((len(names), 4))
+    np.add.at(counts, (index, cell_kind), 1.0)
+    patient_class = (counts[:, 0] + counts[:, 1]) >= (counts[:, 2] + counts[:, 3])   # True: (mostly) ALL cells
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((resamples, len(names)))                              # resamples x patients: times drawn
+    for members in (np.flatnonzero(patient_class), np.flatnonzero(~patient_class)):
+        if len(members):
+            weights[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)), resamples)
+    values = _metrics_of_counts(weights @ counts)                           # metric -> resamples
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for metric in INTERVAL_METRICS:
+        finite_values = values[metric][np.isfinite(values[metric])]
+        lo, hi = np.percentile(finite_values, [tail, 100 - tail]) if finite_values.size else (np.nan, np.nan)
+        out.update(zip(interval_keys(metric), (float(lo), float(hi))))
+    return out
+
+
+def _metrics_of_counts(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """INTERVAL_METRICS of R x 4 confusion counts (tp, fn, fp, tn), as classification_metrics computes them."""
+    tp, fn, fp, tn = confusion.T
+    n, support_all, support_hem = tp + fn + fp + tn, tp + fn, tn + fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sensitivity, specificity = tp / support_all, tn / support_hem          # nan without that class
+        f1_all = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        f1_hem = np.where(2 * tn + fn + fp > 0, 2 * tn / (2 * tn + fn + fp), 0.0)
+        present_all = ((support_all + fp) > 0).astype(float)   # the class is in the labels or the predictions
+        present_hem = ((support_hem + fn) > 0).astype(float)
+        return {
+            "weighted_f1": (f1_all * support_all + f1_hem * support_hem) / n,
+            "macro_f1": (f1_all * present_all + f1_hem * present_hem) / (present_all + present_hem),
+            "accuracy": (tp + tn) / n,
+            "balanced_accuracy": np.nanmean(np.stack([sensitivity, specificity]), axis=0),
+            "sensitivity": sensitivity, "specificity": specificity,
+        }
+
+
+def tied_with(winner_lo: float, value: float) -> bool:
+    """Whether a trial is statistically tied with the winner: its value is at or above the winner's lower bound
+    (it lies inside the winner's patient-bootstrap interval), so the validation patients cannot tell them apart."""
+    return bool(np.isfinite(winner_lo) and np.isfinite(value) and value >= winner_lo)
+
+
 def _dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
     """The 8 elements of the dihedral group applied to N x C x S x S: 4 rotations, each with and without a flip."""
     import torch
@@ -134,4 +206,5 @@ def predict_proba(model: torch.nn.Module, images_uint8, batch_size: int = 256, d
 
 
 __all__ = ["classification_metrics", "predict_proba", "predict_log_proba", "SCALAR_METRICS", "LOWER_IS_BETTER",
-           "SINGLE_CLASS_SHARE", "is_single_class"]
+           "SINGLE_CLASS_SHARE", "is_single_class", "patient_interval", "interval_keys", "INTERVAL_METRICS",
+           "tied_with"]

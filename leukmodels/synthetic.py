@@ -12,15 +12,16 @@ as there. Calibration targets and where they come from:
   10,661 training cells from 73 subjects (47 ALL, 26 HEM), about two thirds ALL; 1,867 preliminary-test cells from
   28 subjects. Cells per subject are very uneven: a mean of 146, and a 3,713-cell sample of 60 subjects held
   subjects with a handful to hundreds of cells (this project's issue 19). Here: cells per patient are log-normal
-  with sigma `cell_skew` (default 1.0, so the largest tenth of patients hold over a third of the cells), at least
+  with sigma `cell_skew` (default 1.0: the largest tenth of patients hold about a third of the cells), at least
   2 each, summing to `images_per_patient` times the patients of each class and split exactly.
 - Per-patient shifts (82 real training cells measured for leukmodels/cells.py): mean cell colour varies about 8 per
   channel and cell area about 7,000-9,000 px; each patient draws its own stain gain and offset, brightness,
-  illumination gradient, focus, contrast and cell-size offset (`patient_style`) within that spread.
+  illumination gradient, focus, contrast and cell-size offset (`patient_style`), taking a large part of that
+  spread (the size offset 5,000 of it), so a model that leans on size or colour errs patient by patient.
 - Per-patient difficulty: per-patient accuracy of classifiers on C-NMC ranges from 0.26 to 1.0 (figure quoted in
-  issue 19 as published; its original paper was not located when this was written); a patient-level random split
-  inflates F1 from 0.89 to 0.98 and AUROC by 0.04 (Albzour 2026, arXiv:2606.24944), i.e. patients are what a model
-  must generalise over. Here each patient's class position (`blastness`) spreads around its class, and a share of
+  issue 19 as published; its original paper was not located when this was written); an image-level random split,
+  which puts cells of one patient on both sides, inflates AUROC by about 0.04 (Albzour 2026, arXiv:2606.24944):
+  patients are what a model must generalise over. Here each patient's class position (`blastness`) spreads around its class, and a share of
   its cells (`flip_share`, Beta(0.5, b) with mean `difficulty`, default 0.12) is drawn at the other class's
   position: most patients near 0, a few with half or more of their cells flipped, so a patient's best reachable
   accuracy spans about the published range.
@@ -168,7 +169,8 @@ def _numbered_tasks(folder: Path, seed: int, cells: list, order: np.ndarray) -> 
 
 
 def _effects(plan: dict) -> dict:
-    """What was drawn for every patient (GENERATED.json's "patient_effects"): split, class, cells, difficulty, shifts."""
+    """What was drawn for every patient (GENERATED.json's "patient_effects"): split, class, cells, difficulty and
+    shifts."""
     return {pid: {"split": split, "class": "all" if is_all else "hem", "cells": style["cells"],
                   "flip_share": round(style["flip_share"], 4), "flipped_cells": style["flipped_cells"],
                   "blastness": round(style["blastness"], 4), "area_offset": round(style["area_offset"], 1),

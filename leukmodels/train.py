@@ -27,7 +27,7 @@ from leukmodels.batches import DeviceBatches, check_data
 from leukmodels.calibration import fit_temperature
 from leukmodels.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state, save_checkpoint
 from leukmodels.config import TrainConfig
-from leukmodels.metrics import classification_metrics, predict_log_proba
+from leukmodels.metrics import classification_metrics, patient_interval, predict_log_proba
 from leukmodels.models import build_model, count_parameters
 from leukmodels.optim import make_optimizer, schedule, set_rates
 
@@ -213,10 +213,10 @@ def _average_buffers(model: nn.Module, world_size: int) -> None:
 
 def _validate(setup: _Setup, batches: DeviceBatches, patients: Any, batch_size: int,
               calibrate: bool = False) -> tuple[float, dict, Optional[float]]:
-    """(validation loss, classification_metrics with per_patient_accuracy, the same on every rank; temperature fitted
-    on these predictions when `calibrate`, else None). Each rank
-    predicts one chunk with the plain module, not DDP (ranks run different numbers of batches, and DDP's forward may
-    sync buffers); the log-probabilities are all-gathered."""
+    """(validation loss, classification_metrics with per_patient_accuracy and patient_interval, the same on every
+    rank; temperature fitted on these predictions when `calibrate`, else None). Each rank predicts one chunk with the
+    plain module, not DDP (ranks run different numbers of batches, and DDP's forward may sync buffers); the
+    log-probabilities are all-gathered."""
     n, labels = len(batches.labels), batches.labels
     chunk = -(-n // setup.world_size)
     lo, hi = min(setup.rank * chunk, n), min((setup.rank + 1) * chunk, n)
@@ -229,7 +229,10 @@ def _validate(setup: _Setup, batches: DeviceBatches, patients: Any, batch_size: 
         log_prob = torch.cat(gathered)[:n]  # N x 2
     val_loss = float(-log_prob.gather(1, labels[:, None]).mean())
     prob_all = np.nan_to_num(log_prob[:, 1].exp().double().cpu().numpy(), nan=0.5)  # a diverged model: no crash
-    metrics = classification_metrics(labels.cpu().numpy(), prob_all, patients=np.asarray(patients))
+    labels_np, patients = labels.cpu().numpy(), np.asarray(patients)
+    # <metric>_lo/_hi: the patient-bootstrap 95% interval of every metric, so the search sees how sure each value is
+    metrics = {**classification_metrics(labels_np, prob_all, patients=patients),
+               **patient_interval(labels_np, prob_all, patients)}
     return val_loss, metrics, _temperature(log_prob, labels) if calibrate else None
 
 

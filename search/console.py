@@ -20,7 +20,9 @@ from typing import Any, Iterator, Optional, TextIO
 
 from ray.tune import Callback
 
+from leukmodels.metrics import interval_keys
 from search.trial import EXPLOITED_FROM
+from search.uncertainty import interval_text
 
 KEY_PARAMS = (("filters", "filters"), ("depth", "depth"), ("lr", "lr"), ("batch_size", "batch"),
               ("image_size", "px"))
@@ -147,7 +149,8 @@ class ConsoleCallback(Callback):
                           f"{_params(dict(trial.config))} wd={trial.config.get('weight_decay', 0):.1e} "
                           f"aug={trial.config.get('aug_strength', 0):.2f}")
         self.epochs[trial.trial_id] = max(self.epochs.get(trial.trial_id, 0), epoch)
-        self.reports.setdefault(trial.trial_id, []).append({"epoch": epoch, self.metric: value})
+        interval = {key: result.get(key) for key in interval_keys(self.metric)}  # patient bootstrap (uncertainty)
+        self.reports.setdefault(trial.trial_id, []).append({"epoch": epoch, self.metric: value, **interval})
 
     def _ended(self, trial: Any, error: Optional[str], progress: bool = True) -> None:
         from search.history import best_report
@@ -158,7 +161,8 @@ class ConsoleCallback(Callback):
         context = SearchContext(search=self.search, metric=self.metric, max_epochs=self.max_epochs)
         how = ending_text(ending(context, trial.trial_id, [{"epoch": epochs}] if epochs else [], error), epochs)
         best = best_report(self.reports.get(trial.trial_id, []), self.metric)  # the epoch the row will name
-        score = f", best {self.metric} {best[self.metric]:.3f} (epoch {best['epoch']})" if best and not error else ""
+        score = (f", best {self.metric} {best[self.metric]:.3f}{interval_text(best, self.metric)} (epoch "
+                 f"{best['epoch']})" if best and not error else "")
         current().say(f"{self._label(trial)} {how}{score}" + (f": {error}" if error else ""))
         self.ended.add(trial.trial_id)
         if progress:

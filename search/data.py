@@ -64,21 +64,44 @@ class SearchData:
         kind = "GENERATED (synthetic, not C-NMC)" if self.generated else "real"
         sizes = ",".join(str(s) for s in sorted(self.sets))
         sets = "; ".join(f"{name} {_makeup_text(self.classes[name])}" for name in SEARCH_SPLITS if name in self.classes)
+        warning = validation_warning(self.classes["val"]) if "val" in self.classes else None
         return (f"data: {kind} at {self.root} (fingerprint {self.fingerprint}), split by patient (seed "
-                f"{self.split_seed}, val fraction {self.val_fraction:g}): {sets}; decoded at {sizes} px")
+                f"{self.split_seed}, val fraction {self.val_fraction:g}): {sets}; decoded at {sizes} px"
+                + (f"\n{warning}" if warning else ""))
 
 
 def class_makeup(split: Any) -> dict:
-    """A split's classes by image and by patient: {"images": n, "all_share": share of ALL images,
-    "all_patients": n, "hem_patients": n}."""
+    """A split's classes by image and by patient: {"images": n, "all_share": share of ALL images, "all_images": n,
+    "hem_images": n, "all_patients": n, "hem_patients": n}."""
     per_patient = split.groupby("patient")["label"].first().astype(int)
+    all_images = int((split["label"].astype(int) == 1).sum())
     return {"images": int(len(split)), "all_share": round(float(split["label"].astype(float).mean()), 4),
+            "all_images": all_images, "hem_images": int(len(split)) - all_images,
             "all_patients": int((per_patient == 1).sum()), "hem_patients": int((per_patient == 0).sum())}
 
 
 def _makeup_text(makeup: dict) -> str:
-    return (f"{makeup['images']} images ({makeup['all_share']:.0%} ALL), {makeup['all_patients']} ALL + "
-            f"{makeup['hem_patients']} HEM patients")
+    images = (f"{makeup['all_images']} ALL + {makeup['hem_images']} HEM images" if "all_images" in makeup
+              else f"{makeup['images']} images ({makeup['all_share']:.0%} ALL)")
+    return f"{images} from {makeup['all_patients']} ALL + {makeup['hem_patients']} HEM patients"
+
+
+# Too few to rank trials: per-patient accuracy on C-NMC spans 0.26-1.0, so with fewer patients of a class one
+# patient moves the metric more than most hyperparameters; with fewer images of a class, the 95% interval of its
+# recall alone is wider than about +-0.05 (binomial at 0.8). Either makes the data line warn.
+MIN_VAL_PATIENTS, MIN_VAL_IMAGES = 10, 100
+
+
+def validation_warning(makeup: dict) -> Optional[str]:
+    """One sentence when the validation set is too few or too small patients to rank trials, else None."""
+    patients = min(makeup["all_patients"], makeup["hem_patients"])
+    images = min(makeup.get("all_images", makeup["images"]), makeup.get("hem_images", makeup["images"]))
+    if patients >= MIN_VAL_PATIENTS and images >= MIN_VAL_IMAGES:
+        return None
+    return (f"warning: the validation set ({makeup['all_patients']} ALL + {makeup['hem_patients']} HEM patients, "
+            f"{makeup.get('all_images', '?')} + {makeup.get('hem_images', '?')} images) is too small to rank trials "
+            f"(fewer than {MIN_VAL_PATIENTS} patients or {MIN_VAL_IMAGES} images of a class): trials within each "
+            f"other's patient-bootstrap intervals are ties; validate on every patient with --cv 3")
 
 
 def data_fingerprint(splits: dict, split_seed: int, val_fraction: float) -> str:
@@ -121,4 +144,5 @@ def prepare_data(root: Optional[str] = None, image_sizes: Sequence[int] = (32,),
         frames={name: splits[name] for name in SEARCH_SPLITS})
 
 
-__all__ = ["SearchData", "prepare_data", "data_fingerprint", "SEARCH_SPLITS"]
+__all__ = ["SearchData", "prepare_data", "data_fingerprint", "validation_warning", "SEARCH_SPLITS",
+           "MIN_VAL_PATIENTS", "MIN_VAL_IMAGES"]

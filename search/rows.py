@@ -19,7 +19,7 @@ from typing import Any, Optional
 import pandas as pd
 from ray.tune import Callback
 
-from leukmodels.metrics import is_single_class
+from leukmodels.metrics import interval_keys, is_single_class
 from search import storage
 from search.crossval import config_key, row_fields
 from search.history import (best_report, epochs_run, exploits, finite, since_last_exploit, trained_seconds,
@@ -120,6 +120,7 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
         "searcher": context.searcher or None, "scheduler": context.scheduler or None,
         "objectives": context.objectives or None,  # its `pareto` flag is set once the search ends (search.pareto)
         **row_fields(best), "stage": context.stage, "reranked_from": context.origins.get(config_key(train_fields)),
+        **dict(zip(("metric_lo", "metric_hi"), (best.get(key) for key in interval_keys(context.metric)))),
         "data_fingerprint": context.data_fingerprint, "data_generated": context.data_generated,
         "data_root": context.data_root, "code_version": context.code_version,
         "started_at": finished - wall_seconds if wall_seconds is not None else _started(last), "finished_at": finished,

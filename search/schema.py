@@ -17,7 +17,8 @@ import pyarrow as pa
 from leukmodels.config import TrainConfig
 from leukmodels.metrics import LOWER_IS_BETTER, SCALAR_METRICS
 
-SCHEMA_VERSION = 3  # 3: the cross-validation columns (cv_folds, fold_metrics, stage, reranked_from)
+SCHEMA_VERSION = 3  # 3: the cross-validation columns (cv_folds, fold_metrics, stage, reranked_from) and
+# metric_lo / metric_hi (the ranking metric's patient-bootstrap interval)
 METRIC_COLUMNS = (*SCALAR_METRICS, "val_loss")  # every metric a search can rank by (the loss: lower is better)
 STATUSES = ("finished", "stopped", "time_budget", "error")  # every status but error ranks by its metric
 VERSION_KEY = b"leukemia_tune.leaderboard.schema_version"
@@ -51,6 +52,8 @@ SCHEMA = pa.schema(
        # cross-validation, reranked_from naming the trial of the search whose config they re-train
        pa.field("cv_folds", pa.int64()), pa.field("fold_metrics", pa.string()), pa.field("stage", pa.string()),
        pa.field("reranked_from", pa.string()),
+       # the ranking metric's patient-bootstrap 95% interval at the best epoch (leukmodels.metrics.patient_interval)
+       pa.field("metric_lo", pa.float64()), pa.field("metric_hi", pa.float64()),
        pa.field("data_fingerprint", pa.string()), pa.field("data_generated", pa.bool_()),
        pa.field("data_root", pa.string()), pa.field("code_version", pa.string()),
        pa.field("started_at", _UTC), pa.field("finished_at", _UTC), pa.field("schema_version", pa.int64())],
@@ -136,6 +139,7 @@ def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 RENAMED = {1: {"asha_stopped": "early_stopped"}}  # schema version -> columns renamed after it
 # Columns added to version 2 before it shipped: a version-2 file written without them reads with them empty.
+# (An older version's file reads with every column it lacks empty, e.g. a version-2 file's metric_lo/metric_hi.)
 ADDED_TO_CURRENT = ("objectives", "pareto")
 
 

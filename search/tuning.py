@@ -31,6 +31,7 @@ from search.spaces import SearchSpace
 from search.strategies import BudgetStopper, make_scheduler, make_searcher, search_run
 from search.timeline_tune import TimelineCallback
 from search.study_storage import dashboard_target, open_storage as optuna_storage
+from search.uncertainty import tie_line
 from search.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config, run_trial
 
 
@@ -192,6 +193,7 @@ def ranked_within(table: Any, search: str) -> Any:
 
 
 BOARD_COLUMNS = ["rank", "trial_id", "family", "status", "epochs_run", "balanced_accuracy", "weighted_f1", "roc_auc",
+                 "metric_lo", "metric_hi",  # the ranking metric's patient-bootstrap interval
                  "filters", "depth", "lr", "batch_size", "image_size", "optimizer", "train_seconds"]
 
 
@@ -207,6 +209,8 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, sum
             f"{_board_flag(args, '--path')})")
     for line in front_lines(mine):  # multi-objective searches only
         say(line)
+    if tie_line(mine):  # the trials the validation patients cannot tell from the winner
+        say(tie_line(mine))
     say(summary)
     for warning in single_class_warnings(mine):
         say(warning)

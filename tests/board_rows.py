@@ -17,6 +17,7 @@ def make_row(trial_id: str, search: str = "s1", f1: float = 0.8, status: str = "
            "images_per_s": 850.0, "nodes": "node-b,node-a", "searcher": "tpe", "scheduler": "asha",
            "objectives": None, "pareto": None,  # a single-objective search's (test_pareto.py sets them)
            "cv_folds": 3, "fold_metrics": '{"weighted_f1": [0.7, 0.8, 0.9]}', "stage": "search", "reranked_from": None,
+           "metric_lo": 0.74, "metric_hi": 0.86,  # the ranking metric's patient-bootstrap interval
            "checkpoint": f"/tmp/ckpt/{trial_id}", "data_fingerprint": "abc123def", "data_generated": True,
            "data_root": "/data/C-NMC_Leukemia", "code_version": lb.code_version(),
            "started_at": dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc), "finished_at": "2024-05-01T12:03:00Z"}

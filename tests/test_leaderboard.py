@@ -223,6 +223,20 @@ def test_a_version_1_file_is_read_and_upgraded_with_its_rows_kept(tmp_path):
     assert pq.read_schema(file).metadata[schema.VERSION_KEY] == str(schema.SCHEMA_VERSION).encode()
 
 
+def test_a_version_2_file_reads_without_the_interval_columns(tmp_path):
+    """Version 3 added metric_lo / metric_hi: a version-2 file's rows read with them empty and keep the rest."""
+    path = tmp_path / "leaderboard.parquet"
+    row = {k: v for k, v in schema.normalise_row(make_row("old")).items() if k not in ("metric_lo", "metric_hi")}
+    row["rank"], row["schema_version"] = 1, 2
+    old_schema = pa.schema([f for f in schema.SCHEMA if f.name not in ("metric_lo", "metric_hi")],
+                           metadata={schema.VERSION_KEY: b"2"})
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema), path)
+    got = lb.read(path).iloc[0]
+    assert pd.isna(got["metric_lo"]) and pd.isna(got["metric_hi"]) and got["weighted_f1"] == 0.8
+    board = lb.append_rows(path, [make_row("new")])
+    assert board.set_index("trial_id").loc["new", "metric_lo"] == 0.74
+
+
 def test_a_parquet_that_is_not_a_leaderboard_is_refused(tmp_path):
     path = tmp_path / "other.parquet"
     pd.DataFrame({"x": [1]}).to_parquet(path)

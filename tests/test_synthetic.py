@@ -135,9 +135,9 @@ def test_same_seed_same_bytes_any_worker_count(tmp_path):
 
 def test_area_per_class_matches_real_cells(sample_stats):
     all_area, hem_area = sample_stats["all"]["area"], sample_stats["hem"]["area"]
-    assert 33_000 < all_area.mean() < 41_000                         # real: about 37,000
-    assert 27_000 < hem_area.mean() < 35_000                         # real: about 31,000
-    assert all_area.mean() > hem_area.mean() + 2_000                 # blasts larger ...
+    assert 32_000 < all_area.mean() < 41_000                         # real: 36,244 published, 37,000 measured
+    assert 22_500 < hem_area.mean() < 31_000                         # real: 26,544 published, 31,000 measured
+    assert all_area.mean() > hem_area.mean() + 5_000                 # blasts larger ...
     assert all_area.min() < hem_area.max()                           # ... with overlapping distributions
     for area in (all_area, hem_area):
         assert 4_000 < area.std() < 12_000                           # real: spread 7,000-9,000

@@ -9,12 +9,15 @@ from sklearn.metrics import f1_score
 
 from leukmodels.checkpoint import (FORMAT, clean_state_dict, load_checkpoint, load_model, save_checkpoint)
 from leukmodels.data import DecodedSet
+from leukmodels.metrics import INTERVAL_METRICS
 from leukmodels.optim import WarmupCosine
 from leukmodels.train import epoch_shard, fit
 from cell_sets import cell_set, tiny_config
 
 CONTRACT_KEYS = ["epoch", "train_loss", "val_loss", "weighted_f1", "macro_f1", "accuracy", "balanced_accuracy",
-                 "roc_auc", "sensitivity", "specificity", "predicted_all", "images_per_s", "lr", "num_parameters"]
+                 "roc_auc", "sensitivity", "specificity", "predicted_all",
+                 *(f"{m}_{end}" for m in INTERVAL_METRICS for end in ("lo", "hi")),  # patient-bootstrap intervals
+                 "images_per_s", "lr", "num_parameters"]
 
 
 @pytest.fixture(scope="module")
