@@ -135,7 +135,7 @@ def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, Tra
         models.append(build_model(config.replace(pretrained=None)))  # the weights come from the checkpoint
         models[-1].load_state_dict(state)
     if payload["format"] == CV_FORMAT:
-        from leukmodels.crossval import FoldEnsemble  # imported here: crossval imports this module
+        from leukmodels.ensemble import FoldEnsemble
 
         return FoldEnsemble(models).to(device or "cpu").eval(), config
     return models[0].to(device or "cpu").eval(), config
