@@ -7,7 +7,7 @@ The exported graph takes what the decoder produces, no preprocessing needed by t
            with leukmodels.data.load_image(path, S), or resize the whole frame to S x S and transpose to 3 x S x S)
     output "probabilities": float32 N x 2 softmax, column 1 = P(ALL), column 0 = P(HEM); the batch size N is dynamic.
 Normalisation ((x / 255 - mean) / std, leukmodels.augment) is inside the graph. A cross-validated checkpoint (`--cv`)
-exports its K fold models as one graph whose P(ALL) is their mean (leukmodels.crossval.FoldEnsemble).
+exports its K fold models as one graph whose P(ALL) is their mean (leukmodels.ensemble.FoldEnsemble).
 
 Writes DIR/model.torchscript.pt, DIR/model.onnx and DIR/export.json (config, input/output spec, check results).
 The check runs the PyTorch model through leukmodels.metrics.predict_proba (the library's own inference path) and
