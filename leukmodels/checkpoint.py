@@ -169,7 +169,7 @@ def load_model(path: PathLike, device: Any = None) -> tuple[torch.nn.Module, Tra
             raise ValueError(f"{file}: its weights do not match its config ({'; '.join(lines[1:2]) or lines[0]})"
                              ) from None
     if payload["format"] == CV_FORMAT:
-        from leukmodels.crossval import FoldEnsemble  # imported here: crossval imports this module
+        from leukmodels.ensemble import FoldEnsemble
 
         return FoldEnsemble(models).to(device or "cpu").eval(), config
     return models[0].to(device or "cpu").eval(), config

@@ -15,40 +15,25 @@ device, and per-epoch interleaving lets a scheduler stop all K at once. One chec
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from leukmodels.atomic import atomic_path
 from leukmodels.batches import DeviceBatches, check_data
 from leukmodels.checkpoint import CHECKPOINT_FILE, CV_FORMAT, capture_rng_state, clean_state_dict, load_checkpoint
 from leukmodels.checkpoint import restore_rng_state
 from leukmodels.config import TrainConfig
+from leukmodels.ensemble import FoldEnsemble
 from leukmodels.metrics import SCALAR_METRICS, classification_metrics, predict_log_proba
 from leukmodels.models import count_parameters
 from leukmodels.train import FitResult, _build, _device, _result, _Setup, _train_epoch, changed_fields
 from leukmodels.train import restore_states
 
 FOLD_METRICS = (*SCALAR_METRICS, "val_loss")  # the per-fold figures in `fold_metrics`
-
-
-class FoldEnsemble(nn.Module):
-    """K fold models as one classifier: the log of their mean softmax, N x 2. Its log_softmax (predict_log_proba)
-    is itself and its softmax (the exported graph) the folds' mean P(ALL): evaluate, predict and export use it as
-    they use one model."""
-
-    def __init__(self, models: list[nn.Module]) -> None:
-        super().__init__()
-        self.folds = nn.ModuleList(models)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        log_probs = torch.stack([torch.log_softmax(model(x).float(), dim=1) for model in self.folds])  # K x N x 2
-        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.folds))  # N x 2
 
 
 @dataclass

@@ -11,6 +11,7 @@ same trials as the one split; the K-fold model's own test figure is `model_test_
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -33,11 +34,10 @@ def rule_of(search: Search) -> str:
 def rerank_searches(searches: list[Search]) -> list[tuple[Search, str]]:
     """The second stage of every --rerank-top search, as (a Search named <name>-rerank, its strategy label, its
     selection rule)."""
-    from search.benchmark import Search
     from search.rerank import rerank_name
 
-    return [(Search(s.strategy, s.seed, rerank_name(s.name), cv=s.rerank_folds), f"{s.strategy}+rerank{s.rerank}",
-             f"rerank{s.rerank}") for s in searches if s.rerank]
+    return [(dataclasses.replace(s, name=rerank_name(s.name), cv=s.rerank_folds, rerank=0),
+             f"{s.strategy}+rerank{s.rerank}", f"rerank{s.rerank}") for s in searches if s.rerank]
 
 
 def strategy_groups(searches: list[Search], baseline: str) -> list[tuple[str, list[str]]]:

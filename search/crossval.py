@@ -14,9 +14,7 @@ is what evaluate.py, predict.py and export.py use.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -129,36 +127,5 @@ def config_key(config: dict) -> str:
     return json.dumps({key: config[key] for key in sorted(config)}, default=str)
 
 
-def train_cv_in_trial(config: Any, refs: dict, settings: Any) -> None:
-    """A Tune trial of a --cv search: fit_cv in this process, reporting the pooled out-of-fold metrics every epoch
-    with the epoch's CV checkpoint; continues from the trial's last checkpoint (a retry, --resume, a PBT exploit)."""
-    import ray
-    import torch
-    from ray import tune
-
-    from leukmodels.crossval import fit_cv
-    from search.trial import _Reporter, _resume_point
-
-    use_gpu = settings.resources.gpus_per_worker > 0 and torch.cuda.is_available()
-    torch.set_num_threads(max(1, int(settings.resources.cpus_per_worker)))
-    data, folds = ray.get([refs["all"], refs["folds"]])
-
-    def send(metrics: dict, epoch_dir: Optional[str]) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(epoch_dir) if epoch_dir else None)
-
-    reporter = _Reporter(send, tune.get_context().get_trial_id(), rank=0, world_size=1,
-                         nodes=ray.get_runtime_context().get_node_id())
-    local_dir = tempfile.mkdtemp(prefix="leuk-cv-")
-    try:
-        with _resume_point(tune.get_checkpoint(), reporter) as (resume_from, exploit):
-            result = fit_cv(config, data, folds, device="cuda" if use_gpu else "cpu", checkpoint_dir=local_dir,
-                            on_epoch=reporter.on_epoch, resume_from=resume_from, exploit=exploit)
-        reporter.finish(result)
-    finally:
-        shutil.rmtree(local_dir, ignore_errors=True)
-        if use_gpu:
-            torch.cuda.empty_cache()
-
-
 __all__ = ["CV_ROW_FIELDS", "check_folds_before_launch", "config_key", "cv_refs", "describe_folds", "parse_cv",
-           "pooled_rows", "pooled_sets", "row_fields", "search_refs", "train_cv_in_trial"]
+           "pooled_rows", "pooled_sets", "row_fields", "search_refs"]

@@ -9,7 +9,7 @@ The exported graph takes what the decoder produces, no preprocessing needed by t
 Normalisation ((x / 255 - mean) / std, leukmodels.augment) is inside the graph, and so is the checkpoint's
 temperature (softmax(logits / T), leukmodels/calibration.py; T = 1 for a checkpoint without one): the exported
 P(ALL) is the calibrated one that search/predict.py prints. A cross-validated checkpoint (`--cv`) exports its K fold
-models as one graph whose P(ALL) is their mean (leukmodels.crossval.FoldEnsemble).
+models as one graph whose P(ALL) is their mean (leukmodels.ensemble.FoldEnsemble).
 
 Writes DIR/model.torchscript.pt, DIR/model.onnx and DIR/export.json (config, input/output spec, check results).
 The check runs the PyTorch model through leukmodels.metrics.predict_proba (the library's own inference path) and

@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import json
 import shutil
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 from ray import tune
@@ -28,8 +28,8 @@ from search.crossval import config_key, cv_refs, describe_folds
 from search.data import SearchData
 from search.paths import in_storage, leaderboard_path, split_path
 from search.plan import Plan
-from search.rows import LeaderboardCallback, rows_from_grid
-from search.trial import TRAIN_RUNS_DIR, checkpoint_config
+from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
+from search.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config
 
 STAGE = "rerank"
 SUFFIX = "-rerank"  # the second stage's search name: <search><SUFFIX>
@@ -59,11 +59,11 @@ def leaderboard_value(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def rerank(args: argparse.Namespace, plan: Plan, console: Console, mine: pd.DataFrame, data: SearchData) -> int:
+def rerank(args: argparse.Namespace, plan: Plan, console: Console, mine: pd.DataFrame, data: SearchData,
+           context: SearchContext, settings: TrialSettings, trainable_for: Callable[[TrialSettings, dict], Any]) -> int:
     """Re-train the top --rerank-top configs of the finished search with --rerank-folds folds; write and show the
-    rerank rows and the winner chosen on the cross-validated figure. Returns the exit code."""
-    from search.tuning import search_context, trainable_for, trial_settings
-
+    rerank rows and the winner chosen on the cross-validated figure. `context`, `settings` and `trainable_for` are
+    the first stage's (search/tuning.py). Returns the exit code."""
     configs, origins = top_configs(mine, args.rerank_top)
     name = rerank_name(args.name)
     if len(configs) < 2:
@@ -75,12 +75,11 @@ def rerank(args: argparse.Namespace, plan: Plan, console: Console, mine: pd.Data
     console.say(describe_folds(data, fold_of, args.rerank_folds))
     split_path(args.results, name).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(split_path(args.results, args.name), split_path(args.results, name))  # evaluate.py reads it
-    context = search_context(args, data)
+    context = dataclasses.replace(context)
     context.search, context.searcher, context.scheduler, context.stage = name, "rerank", "fifo", STAGE
     context.origins = origins
     recorder = LeaderboardCallback(context, str(leaderboard_path(args.results)))
     progress = ConsoleCallback(search=name, metric=args.metric, num_samples=len(configs), max_epochs=args.max_epochs)
-    settings = trial_settings(args, plan)
     settings = dataclasses.replace(settings, cv=True, train_storage=in_storage(args.storage, name, TRAIN_RUNS_DIR))
     tuner = tune.Tuner(
         # every key must be in the space for points_to_evaluate to set it: each a choice of the values the configs hold

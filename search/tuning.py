@@ -159,7 +159,8 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     if code == 0 and getattr(args, "rerank_top", None):  # the second stage: the top trials re-trained with K folds
         from search.rerank import rerank
 
-        code = rerank(args, plan, console, mine, data)
+        code = rerank(args, plan, console, mine, data, search_context(args, data), trial_settings(args, plan),
+                      trainable_for)
     return code
 
 

@@ -158,7 +158,7 @@ def test_cv_flags_parse():
     assert parse_args(["--family", "resnet", "--cv", "official"]).cv == "official"
     assert parse_args(["--family", "resnet", "--cv", "off"]).cv == 0
     args = parse_args(["--family", "resnet", "--rerank-top", "4", "--rerank-folds", "5"])
-    assert (args.cv, args.rerank_top, args.rerank_folds) == (None, 4, 5)
+    assert (args.cv, args.rerank_top, args.rerank_folds) == (0, 4, 5)  # the first stage: one split
 
 
 def test_winner_rank_and_regret_are_measured_on_the_test_patients():
