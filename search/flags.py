@@ -245,11 +245,13 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--data {args.data}: no such folder")
     if args.scheduler == "pbt":
         _check_pbt(args)
-    if args.workers_per_trial is not None:
+    if (args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker) != (None, None, None):
         from search.plan import TrialResources
 
-        TrialResources(args.workers_per_trial, args.cpus_per_worker if args.cpus_per_worker is not None else 1.0,
-                       args.gpus_per_worker or 0.0).validate()
+        # each amount given is checked now, before Ray starts; what is not given stands in for the profile's value
+        cpus = args.cpus_per_worker if args.cpus_per_worker is not None else 1.0
+        gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (0.0 if cpus else 1.0)
+        TrialResources(args.workers_per_trial or 1, cpus, gpus).validate()
 
 
 def _check_cv(args: argparse.Namespace) -> None:

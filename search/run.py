@@ -81,17 +81,18 @@ def prepare(args: argparse.Namespace) -> list[str]:
     check_name(args)  # before anything is written under it
     check_not_read_only(leaderboard_path(args.results), args.name)  # chmod a-w holds: refused, not replaced
     leaderboard.append_rows(leaderboard_path(args.results), [])  # fail now on unwritable results
-    if not args.dry_run:  # one driver per name: two started together both passed the check below
-        args.name_lock = claim_name(args.results, args.name)
     notes = restore_search_files(args) if args.resume else []  # a new head: the search's files from --storage
     notes += load_settings(args, args.given) if args.resume else []
-    if not args.resume and not args.dry_run:
-        refuse_existing(args)
     if args.warm_start and not args.resume:
         from search.warmstart import check_warm_start
 
         check_warm_start(args)  # the earlier search exists and has a config of a family searched here
     check_before_launch(args)
+    if not args.dry_run:  # one driver per name, claimed after the checks (nothing under searches/ for a refused
+        # command) and before the name check: two drivers started together both passed it
+        args.name_lock = claim_name(args.results, args.name)
+    if not args.resume and not args.dry_run:
+        refuse_existing(args)
     return notes
 
 

@@ -7,15 +7,17 @@ import sys
 import time
 from pathlib import Path
 
+from search.flags import parse_args
 from search.namelock import claim_name, lock_path
 from search.run import main
+from search.settings import apply_profile, save_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _argv(tmp_path, name="same"):
+def _argv(tmp_path, data, name="same"):
     return ["--family", "resnet", "--image-sizes", "24", "--name", name, "--results", str(tmp_path / "results"),
-            "--storage", str(tmp_path / "ray"), "--data", str(tmp_path / "no-data-needed")]
+            "--storage", str(tmp_path / "ray"), "--data", str(data)]
 
 
 def _holder(tmp_path, name="same") -> subprocess.Popen:
@@ -27,17 +29,19 @@ def _holder(tmp_path, name="same") -> subprocess.Popen:
     return process
 
 
-def test_a_second_driver_of_a_running_name_is_refused_in_one_line_before_anything(tmp_path, capsys):
-    (tmp_path / "no-data-needed").mkdir()
+def test_a_second_driver_of_a_running_name_is_refused_in_one_line_before_anything(tiny_cnmc, tmp_path, capsys):
     holder = _holder(tmp_path)
     try:
-        code = main(_argv(tmp_path))
+        code = main(_argv(tmp_path, tiny_cnmc))
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1, err
         assert "--name same: another search of that name is running" in err and f"pid {holder.pid}" in err
         assert str(lock_path(tmp_path / "results", "same")) in err
         assert not (tmp_path / "ray").exists() and not (tmp_path / "results" / "searches" / "same.json").exists()
-        resume = main(["--resume", *_argv(tmp_path)[4:]])  # --resume takes the same lock
+        assert not (tmp_path / "results" / "same").exists()  # no log: refused before the console started
+        saved = parse_args(_argv(tmp_path, tiny_cnmc))  # the running search's settings, as it saved them
+        save_settings(apply_profile(saved, "cpu", [{"CPU": 2.0}]))
+        resume = main(["--resume", *_argv(tmp_path, tiny_cnmc)[4:8]])  # --resume takes the same lock
         assert resume == 2 and "another search of that name is running" in capsys.readouterr().err
     finally:
         holder.kill()
