@@ -156,5 +156,5 @@ def saved_url(results: str, search: str) -> str | None:
         return None
 
 
-__all__ = ["JOURNAL", "dashboard_target", "resolved", "is_journal", "journal_path", "masked", "open_storage", "remember",
-           "saved_url", "sqlite_path", "with_password", "without_password"]
+__all__ = ["JOURNAL", "PasswordFreeRDBStorage", "dashboard_target", "is_journal", "journal_path", "masked",
+           "open_storage", "remember", "resolved", "saved_url", "sqlite_path", "with_password", "without_password"]

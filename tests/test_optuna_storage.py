@@ -3,7 +3,6 @@ in a real PostgreSQL server (started here; skipped with the reason where it cann
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import optuna
