@@ -9,8 +9,9 @@ patient split, recomputed and checked (search/heldout.py). `--ensemble K` adds t
 that load, per TTA mode (search/scoring.py): trial_id `ensemble-topK`, family `ensemble`, members in `members`.
 
 Writes next to the leaderboard, atomically (a re-run replaces its rows, other searches' rows stay):
-`test_metrics.parquet`, one row per (search, trial_id, tta, retrained) with the metrics, per-patient accuracy and how
-the test patients were chosen, and `test_predictions.parquet`, P(ALL) per test image and model (for the report).
+`test_metrics.parquet`, one row per (search, trial_id, tta, retrained, method) with the metrics, per-patient accuracy
+and how the test patients were chosen, and `test_predictions.parquet`, P(ALL) per test image and model (for the
+report).
 Results on generated cells say data_generated = True: NEVER C-NMC results.
 
 The patient's answer (search/patient_scoring.py): every row also holds 95% intervals from a bootstrap over patients,
