@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as `python search/evaluate.py`: this checko
 from leukmodels.atomic import atomic_path  # noqa: E402
 from leukmodels.metrics import SCALAR_METRICS  # noqa: E402
 from search import search_files  # noqa: E402
-from search.cli_checks import check_cli_inputs  # noqa: E402
+from search.preflight import check_cli_inputs  # noqa: E402
 from search.heldout import TestSet, held_out_set  # noqa: E402
 from search.leaderboard import DEFAULT_PATH  # noqa: E402
 from search.patient_scoring import PLAIN, method_of, patient_answers, print_patient_answers  # noqa: E402

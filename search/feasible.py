@@ -13,6 +13,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import torch
+
+from leukmodels.config import TrainConfig
+from leukmodels.models import build_model, count_parameters
+
 HALVING_FIELDS = ("depth", "stages")
 WIDTH_FIELDS = ("filters", "fc_layers")  # change no map's size: left out of the cache key (few distinct builds)
 
@@ -44,13 +49,17 @@ class FittingTrial:
         return tuple(sorted((k, v) for k, v in self._drawn.items() if k not in WIDTH_FIELDS))
 
 
+def check_buildable(config: TrainConfig) -> int:
+    """Build the model on the meta device (no memory, no compute): raises the family's ValueError for an impossible
+    config (e.g. an image too small for the depth); returns the parameter count."""
+    with torch.device("meta"):
+        return count_parameters(build_model(config))
+
+
 @functools.lru_cache(maxsize=4096)
 def largest_fitting(family: str, image_size: int, field: str, low: int, high: int, drawn: tuple) -> int:
     """The largest `field` in [low, high] whose model builds at `image_size` with the fields `drawn` so far (the rest
     at TrainConfig's defaults); `high` when none does (the trial then fails naming the size, as before)."""
-    from leukmodels.config import TrainConfig
-    from search.spaces import check_buildable
-
     for value in range(high, low - 1, -1):
         try:
             check_buildable(TrainConfig(**{**dict(drawn), "family": family, "image_size": image_size, field: value}))
@@ -60,4 +69,4 @@ def largest_fitting(family: str, image_size: int, field: str, low: int, high: in
     return high
 
 
-__all__ = ["FittingTrial", "HALVING_FIELDS", "largest_fitting"]
+__all__ = ["FittingTrial", "HALVING_FIELDS", "check_buildable", "largest_fitting"]

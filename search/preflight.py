@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from search.board_files import board_files
-from search.paths import in_storage
+from search.paths import in_storage, optuna_url
 from search.sizes import Footprint, available_memory, footprint, frame_size, frame_warnings, judge
 
 ADDRESS_TIMEOUT_S = 5.0  # a cluster address must accept a TCP connection this fast (ray.init would wait minutes)
@@ -179,14 +179,27 @@ def check_families(args: argparse.Namespace) -> None:
                 raise ValueError(f"--image-sizes {size}: too small for every sampled {family} config ({why})")
 
 
+# -- the pre-flight every command shares: run (through check_before_launch), evaluate and report call it first ---------
+def check_cli_inputs(results: Optional[str | Path] = None, decode_cache: bool = False,
+                     cache_dir: Optional[str] = None, optuna_storage: Optional[str] = None) -> None:
+    """`results`: the study's storage (`optuna_storage`, else its optuna.db, when there is one) must be usable. `decode_cache`: the command decodes images, so
+    the decode cache folder (`cache_dir` when given, else $LEUKTUNE_CACHE or its default) must be writable."""
+    if results is not None:
+        _check_optuna_storage(optuna_storage or optuna_url(results))
+    if decode_cache and cache_dir is not None:
+        why = _unwritable(Path(cache_dir).expanduser())
+        if why:
+            raise ValueError(f"--cache-dir {cache_dir}: cannot write the decode cache there ({why})")
+    elif decode_cache:
+        _check_cache_folder()
+
+
 def check_before_launch(args: argparse.Namespace) -> None:
     """Everything that can be checked before Ray starts, cheapest first: --storage and the decode cache writable,
     the Optuna storage usable, --address answering (ray.init would retry for minutes), each family buildable at
     --image-sizes when they are given, the data tree's layout, labels and patient split sound."""
-    from search.cli_checks import check_cli_inputs
-
     check_storage(args.storage)
-    check_cli_inputs(args.results, decode_cache=True,  # what every command checks (search/cli_checks.py)
+    check_cli_inputs(args.results, decode_cache=True,  # what every command checks (search/preflight.py check_cli_inputs)
                      optuna_storage=getattr(args, "optuna_storage", None))
     _check_address(args.address)
     _check_data(args)
@@ -325,5 +338,5 @@ def forget_unlaunched(settings: Path, storage: str, name: str) -> bool:
     return True
 
 
-__all__ = ["check_before_launch", "check_name", "check_not_read_only", "check_sizes", "check_families",
+__all__ = ["check_before_launch", "check_cli_inputs", "check_name", "check_not_read_only", "check_sizes", "check_families",
            "forget_unlaunched", "ray_start_error", "sigterm_as_sigint"]

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as `python search/report.py`: this checkout
     import _script  # noqa: F401
 
 from leukmodels.atomic import atomic_path  # noqa: E402
-from search.cli_checks import check_cli_inputs  # noqa: E402
+from search.preflight import check_cli_inputs  # noqa: E402
 from search.evaluate import EvaluateError, board_dir, read_board, read_parquet_or_none  # noqa: E402
 from search import search_files  # noqa: E402
 from search.leaderboard import DEFAULT_PATH  # noqa: E402

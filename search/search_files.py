@@ -1,7 +1,7 @@
 """A search's own files, copied beside Tune's state under --storage, so that nothing lives only on the head.
 
     <storage>/<name>/search_files/
-        rows.parquet    this search's leaderboard rows        (from results/leaderboard.parquet)
+        rows.parquet    this search's leaderboard rows        (from results/leaderboard/)
         optuna.db       the results folder's Optuna studies   (results/optuna.db, a consistent SQLite snapshot)
         settings.json   results/searches/<name>.json          (what --resume reads back)
         split.json      results/<name>/split.json             (the patient split evaluate tests on)
@@ -22,9 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
-import pandas as pd
+import pyarrow as pa
 
-from search import leaderboard, storage
+from search import storage
+from search.board_files import board_files, locked, read_file, write_search
 from search.paths import OPTUNA_DB, SEARCH_LOG, in_storage, leaderboard_path, settings_path, split_path
 
 FOLDER = "search_files"
@@ -45,25 +46,30 @@ def _local_files(name: str, results: Path) -> dict[str, Path]:
 
 # -- the rows: the only code here that knows the leaderboard's format -------------------------------------------------
 def rows_to_storage(board: Path, name: str, target: str, scratch: Path) -> None:
-    """This search's rows of the leaderboard `board`, as one parquet file at `target`."""
-    table = leaderboard.read(board) if board.exists() else pd.DataFrame()
-    mine = table[table["search"] == name] if len(table) else table
-    if len(mine):
-        mine.to_parquet(scratch / ROWS, index=False)
-        storage.upload(scratch / ROWS, target)
+    """This search's rows of the leaderboard `board`: its own file of the dataset, copied as it is to `target`."""
+    mine = board_files(board).search_file(name)
+    if mine.is_file():
+        storage.upload(mine, target)
 
 
-def rows_from_storage(source: str, board: Path, scratch: Path) -> int:
-    """The rows stored at `source` merged into the leaderboard `board` (a row with the same search and trial id is
-    replaced); returns how many."""
+def rows_from_storage(source: str, name: str, board: Path, scratch: Path) -> int:
+    """The rows of search `name` stored at `source` merged into the leaderboard `board` (a row the head already has
+    wins: it is the newer); returns how many came from the storage."""
     if not storage.download(source, scratch / ROWS):
         return 0
-    rows = pd.read_parquet(scratch / ROWS).to_dict("records")
-    leaderboard.append_rows(board, rows)
-    return len(rows)
+    files = board_files(board)
+    stored = read_file(scratch / ROWS, name)
+    with locked(files):
+        target = files.search_file(name)
+        if target.is_file():
+            local = read_file(target, name)
+            have = set(local.column("trial_id").to_pylist())
+            keep = pa.array([t not in have for t in stored.column("trial_id").to_pylist()], pa.bool_())
+            stored = pa.concat_tables([local, stored.filter(keep)])
+        write_search(files, name, stored)
+    return stored.num_rows
 
 
-# -- the study ---------------------------------------------------------------------------------------------------
 def _snapshot_study(results: Path, scratch: Path) -> Optional[Path]:
     """A consistent copy of results/optuna.db (SQLite's backup API: a search may be writing it), or None."""
     source = results / OPTUNA_DB
@@ -115,7 +121,7 @@ def restore(storage_location: str, name: str, results: str | Path) -> list[str]:
     restored = []
     with tempfile.TemporaryDirectory(prefix="leuk-search-files-") as scratch:
         scratch = Path(scratch)
-        count = rows_from_storage(storage.join(source, ROWS), leaderboard_path(results), scratch)
+        count = rows_from_storage(storage.join(source, ROWS), name, leaderboard_path(results), scratch)
         restored += [f"{count} leaderboard row(s)"] if count else []
         study = _restore_study(storage.join(source, OPTUNA_DB), name, results, scratch)
         restored += [study] if study else []

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from leukmodels.config import OPTIMIZERS, TrainConfig, config_fields
-from search.feasible import FittingTrial
+from search.feasible import FittingTrial, check_buildable  # noqa: F401 - spaces is where callers look for it
 
 FAMILY_PREFIX_SEP = ":"  # "resnet:filters"; not "/" (Tune would unflatten that into nested dicts)
 
@@ -113,17 +113,6 @@ class SearchSpace:
 def train_config(config: dict[str, Any]) -> TrainConfig:
     """The TrainConfig of a Tune trial's config: drops the family-prefixed copies, rejects any other unknown key."""
     return TrainConfig.from_dict({k: v for k, v in config.items() if FAMILY_PREFIX_SEP not in k})
-
-
-def check_buildable(config: TrainConfig) -> int:
-    """Build the model on the meta device (no memory, no compute): raises the family's ValueError for an impossible
-    config (e.g. an image too small for the depth); returns the parameter count."""
-    import torch
-
-    from leukmodels.models import build_model, count_parameters
-
-    with torch.device("meta"):
-        return count_parameters(build_model(config))
 
 
 def sample_configs(space: SearchSpace, n: int, seed: int = 0) -> list[TrainConfig]:

@@ -64,7 +64,7 @@ def without_password(url: str) -> str:
 
 def masked(url: str) -> str:
     """The URL as a person may read it: `postgresql://user:***@host/db`."""
-    if "://" not in url or is_journal(url):
+    if "://" not in url or is_journal(url) or url.startswith("sqlite:"):  # a file URL holds no password
         return url
     try:
         from sqlalchemy.engine import make_url

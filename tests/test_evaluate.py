@@ -191,7 +191,7 @@ def test_a_missing_leaderboard_names_the_flag(tmp_path, capsys):
 
 
 def test_a_decode_cache_folder_that_is_a_file_is_one_line_and_exit_2(tiny_search, tmp_path, capsys, monkeypatch):
-    """The same pre-flight as search/run.py (search/cli_checks.py): it was a FileExistsError traceback."""
+    """The same pre-flight as search/run.py (search/preflight.py check_cli_inputs): it was a FileExistsError traceback."""
     from search.evaluate import main
 
     (tmp_path / "a-file").write_text("not a folder")

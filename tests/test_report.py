@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from search.paths import LEGACY_LEADERBOARD
+from search.paths import LEGACY_LEADERBOARD, leaderboard_path
 from tiny_search import ENSEMBLE, SEARCH
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -191,16 +191,16 @@ def test_a_corrupt_leaderboard_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_an_optuna_db_that_is_not_sqlite_is_one_line_and_exit_2(tiny_search, tmp_path, capsys):
-    """The same pre-flight as search/run.py (search/cli_checks.py): it was an 82-line SQLAlchemy traceback."""
+    """The same pre-flight as search/run.py (search/preflight.py check_cli_inputs): it was an 82-line SQLAlchemy traceback."""
     import shutil
 
     from search.report import main
 
     results = tmp_path / "results"
     results.mkdir()
-    shutil.copy(tiny_search["leaderboard"], results / "leaderboard.parquet")
+    shutil.copytree(tiny_search["leaderboard"], leaderboard_path(results))
     (results / "optuna.db").write_text("my notes, not a database\n")
-    code = main(["--leaderboard", str(results / "leaderboard.parquet"), "--out", str(tmp_path / "r.html")])
+    code = main(["--leaderboard", str(leaderboard_path(results)), "--out", str(tmp_path / "r.html")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"report: error: {results / 'optuna.db'} is not a usable SQLite database"), err

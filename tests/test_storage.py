@@ -11,7 +11,7 @@ import pytest
 from board_rows import make_row
 from s3_server import S3Server, free_port
 from search import leaderboard, search_files, storage
-from search.paths import settings_path, split_path
+from search.paths import leaderboard_path, settings_path, split_path
 from search.run import main
 
 
@@ -117,7 +117,7 @@ def test_resume_on_a_new_head_says_when_the_bucket_holds_nothing(s3, tmp_path, c
 def test_an_endpoint_that_goes_down_is_named_when_the_files_cannot_be_copied(tmp_path):
     server = S3Server.start(bucket="down")  # its own server: this test stops it
     try:
-        leaderboard.append_rows(tmp_path / "leaderboard.parquet", [make_row("t1", search="s")])
+        leaderboard.append_rows(leaderboard_path(tmp_path), [make_row("t1", search="s")])
         assert search_files.save_now(server.uri("x"), "s", tmp_path) is None
         server.stop()  # the endpoint is down from here on
         warning = search_files.save_now(server.uri("x"), "s", tmp_path)
@@ -125,7 +125,7 @@ def test_an_endpoint_that_goes_down_is_named_when_the_files_cannot_be_copied(tmp
         server.close()
     assert warning == (f"warning: could not copy the search's files to s3://down/x/s/search_files (endpoint "
                        f"unreachable); they are in {tmp_path}")
-    assert len(pd.read_parquet(tmp_path / "leaderboard.parquet")) == 1  # the head's copy is untouched
+    assert len(pd.read_parquet(leaderboard_path(tmp_path))) == 1  # the head's copy is untouched
 
 
 def test_a_study_restored_older_than_tunes_state_does_not_stop_the_search(tmp_path):

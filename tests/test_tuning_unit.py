@@ -170,7 +170,7 @@ def test_next_steps_paste_into_a_shell_whatever_the_folders_are_called(tmp_path)
     here = settings(name="my search", results=str(results), storage=str(results / "ray"))
     commands = {line.split()[1] if line.split()[0] == "python" else line.split()[0]: shlex.split(line.split("   #")[0])
                 for line in next_steps(here).splitlines()[1:]}
-    board = str(results / "leaderboard.parquet")
+    board = str(leaderboard_path(results))
     evaluated = evaluate.parse_args(commands["search/evaluate.py"][2:])
     assert (evaluated.search, evaluated.leaderboard, evaluated.top) == ("my search", board, 3)
     reported = report.parse_args(commands["search/report.py"][2:])

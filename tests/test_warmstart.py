@@ -124,12 +124,14 @@ def test_rows_are_carried_best_first_skipping_errors_other_families_duplicates_a
     assert list(ranked["trial_id"])[:2] == ["best", "same-as-best"] and "error" not in set(ranked["trial_id"])
     space = SearchSpace(["resnet"], image_sizes=[16], batch_sizes=[32])  # 4 stages do not fit 16 px
     points, lines = points_from_rows(ranked, space, limit=2)
-    assert [p["lr"] for p in points] == [pytest.approx(3e-3), pytest.approx(1e-3)]  # best, then third
+    # best, then deep: with one image size the space offers only the stages that build (search/feasible.py), so
+    # deep's 4 stages are clipped to 3 like any value outside the space, instead of dropped as unbuildable
+    assert [(p["lr"], p["stages"]) for p in points] == [(pytest.approx(3e-3), 3), (pytest.approx(1e-3), 3)]
+    assert "deep (resnet, balanced_accuracy 0.770): stages 4 -> 3 (outside [2, 3]: clipped)" in lines
     assert lines[0] == "best (resnet, balanced_accuracy 0.800): image_size 32 -> 16 (fixed in this search)"
     summary = lines[-1]
     assert summary.startswith("skipped ") and "1 config(s): family baseline is not searched here" in summary
     assert "1 config(s): the same point as a better config once mapped" in summary
-    assert "does not build here" in summary
 
 
 # -- the CLI ----------------------------------------------------------------------------------------------------------
