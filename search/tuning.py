@@ -27,6 +27,7 @@ from search.history import result_trial_id
 from search.resume_guard import MissingCheckpointGuard
 from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.settings import save_settings
+from search.storage_full import fit_or_full
 from search.spaces import SearchSpace
 from search.strategies import BudgetStopper, make_scheduler, make_searcher, search_run
 from search.timeline_tune import TimelineCallback
@@ -151,10 +152,13 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
 
         console.say(describe(args.max_epochs, args.num_samples))
     fit_started = time.time()
-    grid = tuner.fit()
+    grid, full = fit_or_full(tuner, args)  # full: the storage filled up; the rows are in the leaderboard already
     slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
     mine = write_rows(args, recorder.context, grid, console)
     code = finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
+    if full:
+        console.error(full)
+        code = code or 1
     _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # ended or interrupted
     if code == 0 and getattr(args, "rerank_top", None):  # the second stage: the top trials re-trained with K folds
         from search.rerank import rerank
