@@ -33,6 +33,7 @@ from search.strategies import BudgetStopper, make_scheduler, make_searcher, sear
 from search.timeline_tune import TimelineCallback
 from search.study_storage import dashboard_target, open_storage as optuna_storage
 from search.uncertainty import tie_line
+from search.unbuildable import NoRetryForUnbuildable
 from search.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config, run_trial
 
 
@@ -138,6 +139,7 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     refs = search_refs(args, data, console.say)  # with --cv: the pooled train+val set and its folds
     callbacks = [recorder, progress, MissingCheckpointGuard()]  # the guard: a resumed trial never errors for a
     # checkpoint Tune's saved state names but the storage lost (search/resume_guard.py)
+    callbacks.append(NoRetryForUnbuildable())  # a config that cannot be built fails once (search/unbuildable.py)
     tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), refs),
                         callbacks + ([TimelineCallback()] if timeline.enabled() else []))
     _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # a new head can resume
