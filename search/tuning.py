@@ -27,11 +27,13 @@ from search.history import result_trial_id
 from search.resume_guard import MissingCheckpointGuard
 from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.settings import save_settings
+from search.storage_full import fit_or_full
 from search.spaces import SearchSpace
 from search.strategies import BudgetStopper, make_scheduler, make_searcher, search_run
 from search.timeline_tune import TimelineCallback
 from search.study_storage import dashboard_target, open_storage as optuna_storage
 from search.uncertainty import tie_line
+from search.unbuildable import NoRetryForUnbuildable
 from search.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config, run_trial
 
 
@@ -137,6 +139,7 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
     refs = search_refs(args, data, console.say)  # with --cv: the pooled train+val set and its folds
     callbacks = [recorder, progress, MissingCheckpointGuard()]  # the guard: a resumed trial never errors for a
     # checkpoint Tune's saved state names but the storage lost (search/resume_guard.py)
+    callbacks.append(NoRetryForUnbuildable())  # a config that cannot be built fails once (search/unbuildable.py)
     tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), refs),
                         callbacks + ([TimelineCallback()] if timeline.enabled() else []))
     _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # a new head can resume
@@ -151,10 +154,13 @@ def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
 
         console.say(describe(args.max_epochs, args.num_samples))
     fit_started = time.time()
-    grid = tuner.fit()
+    grid, full = fit_or_full(tuner, args)  # full: the storage filled up; the rows are in the leaderboard already
     slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
     mine = write_rows(args, recorder.context, grid, console)
     code = finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
+    if full:
+        console.error(full)
+        code = code or 1
     _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # ended or interrupted
     if code == 0 and getattr(args, "rerank_top", None):  # the second stage: the top trials re-trained with K folds
         from search.rerank import rerank
