@@ -34,7 +34,7 @@ import torch.nn as nn
 if __package__ in (None, ""):  # run as `python search/export.py`: this checkout first (search/_script.py)
     import _script  # noqa: F401
 
-from search.predict import expand_images, load_images, load_trial_model  # noqa: E402
+from search.predict import checkpoint_temperature, expand_images, load_images, load_trial_model  # noqa: E402
 
 FORMATS = ("torchscript", "onnx")
 INPUT_NAME, OUTPUT_NAME = "images_uint8", "probabilities"
@@ -124,11 +124,10 @@ def export(checkpoint: str, out: Path, formats: Sequence[str] = FORMATS, images:
            count: int = 8, atol: float = 1e-4) -> dict:
     """Export and check; returns the summary written to export.json (summary["ok"] False when a check fails)."""
     from leukmodels.calibration import apply_temperature
-    from leukmodels.checkpoint import load_temperature
     from leukmodels.metrics import predict_proba
 
     model, config, ckpt_file = load_trial_model(checkpoint)
-    temperature = load_temperature(ckpt_file)
+    temperature = checkpoint_temperature(ckpt_file)
     wrapper = UInt8Classifier(model, temperature).eval()
     samples, origin = sample_images(images, config.image_size, count)
     # N P(ALL): the library's inference path, then the checkpoint's temperature as predict.py applies it

@@ -62,6 +62,13 @@ def load_trial_model(checkpoint, device=None):
     return model, config, storage.join(str(checkpoint), inside) if inside else str(checkpoint)
 
 
+def checkpoint_temperature(checkpoint) -> float:
+    """The temperature a checkpoint was calibrated with (1 without one), local or at a storage URI (its cached copy)."""
+    from leukmodels.checkpoint import load_temperature
+
+    return load_temperature(_fetched(str(checkpoint)))
+
+
 def _fetched(checkpoint: str) -> str:
     """The local path of a checkpoint (a URI's cached copy); FileNotFoundError naming the URI and what failed."""
     try:
@@ -124,8 +131,6 @@ def write_csv(rows, out) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from leukmodels.checkpoint import load_temperature
-
     parser = argparse.ArgumentParser(prog="search/predict.py", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         model, config, ckpt_file = load_trial_model(args.checkpoint, device=args.device)
-        temperature = 1.0 if args.uncalibrated else load_temperature(ckpt_file)
+        temperature = 1.0 if args.uncalibrated else checkpoint_temperature(ckpt_file)
     except (FileNotFoundError, ValueError) as err:
         print(f"predict: error: {err}", file=sys.stderr)
         return 2

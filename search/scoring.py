@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 
 from leukmodels.calibration import apply_temperature
-from leukmodels.checkpoint import load_temperature
 from search.heldout import TestSet
-from search.predict import load_trial_model
+from search.predict import checkpoint_temperature, load_trial_model
 
 ENSEMBLE_FAMILY = "ensemble"  # the `family` of an ensemble row; its trial_id is ensemble-top<K>
 TTA_MODES = {"both": (False, True), "on": (True,), "off": (False,)}  # --tta -> the modes evaluated
@@ -100,7 +99,7 @@ def evaluate_trial(rank: int, row: pd.Series, loaded: tuple, test_set: TestSet, 
     val_images = test_set.decoded_val(config.image_size).images
     scored = []
     for model_, retrained, file_, epochs in candidates:
-        temperature = load_temperature(file_)  # fitted on validation patients as it trained; 1 when it has none
+        temperature = checkpoint_temperature(file_)  # fitted on validation patients as it trained; 1 when it has none
         for tta in TTA_MODES[args.tta]:
             prob_all = predict_proba(model_, decoded.images, device=args.device, tta=tta)
             val_prob = predict_proba(model_, val_images, device=args.device, tta=tta)

@@ -5,7 +5,8 @@ Small validation sets make equal scores common, so two trials whose scores tie a
 trainable, callback and checkpoint settings as a search) and then through search/evaluate.py:
 - "tie-with-last": roc_auc is the same at every epoch, so Ray keeps only the last epoch's weights;
 - "best-in-middle": roc_auc ties over epochs 1-3 and drops at epoch 4, so the kept best is epoch 3, in the middle.
-Configs found on the tiny generated tree (lr 1e-9: frozen weights, so the scores tie exactly).
+Configs found on the tiny generated tree of generator version 2 (lr 1e-9: frozen weights, so the scores tie exactly;
+only batch-norm statistics move: seed 10 gives roc_auc 0.875, 0.875, 0.875, 0.797).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ EPOCHS = 4
 BASE = dict(family="resnet", filters=8, depth=1, stages=2, image_size=24, epochs=EPOCHS, batch_size=16,
             warmup_epochs=0.5)
 CONFIGS = {"tie-with-last": dict(lr=3e-3, optimizer="sgd", seed=0),
-           "best-in-middle": dict(lr=1e-9, optimizer="adamw", seed=1)}
+           "best-in-middle": dict(lr=1e-9, optimizer="adamw", seed=10)}
 EXPECTED_BEST = {"tie-with-last": EPOCHS, "best-in-middle": 3}
 
 
