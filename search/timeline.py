@@ -1,7 +1,7 @@
 """Timestamps of one trial's start-up and end, to find where a DDP trial's overhead goes (docs/ray-notes.md).
 
     LEUKTUNE_TIMELINE=/tmp/tl python search/run.py ... --workers-per-trial 2
-    python scripts/trial_timeline.py /tmp/tl            # one line per event, seconds from Tune's start of the trial
+    python search/trial_timeline.py /tmp/tl            # one line per event, seconds from Tune's start of the trial
 
 Inert unless $LEUKTUNE_TIMELINE names a folder (a local Ray's processes inherit it): every process of a trial (Tune's
 driver, the trial's actor, each Train worker) appends JSON lines {"trial", "event", "t", "pid", "rank"} to

@@ -2,7 +2,7 @@
 
     LEUKTUNE_TIMELINE=/tmp/tl python search/run.py --family resnet --workers-per-trial 2 --num-samples 4 \\
         --max-epochs 3 --grace-epochs 3 --results R --storage S
-    python scripts/trial_timeline.py /tmp/tl
+    python search/trial_timeline.py /tmp/tl
 
 Prints each phase per trial (seconds) and the median over trials; the phases add up to the trial's wall time as the
 search's driver saw it (Tune's start of the trial to Tune's end of it).
@@ -46,8 +46,15 @@ def points(events: list[dict]) -> dict[str, float]:
             "tune_trial_end": first("tune_trial_end", pick=max)}
 
 
-def main() -> None:
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python search/trial_timeline.py FOLDER (the LEUKTUNE_TIMELINE folder of a search)", file=sys.stderr)
+        return 2
     folder = Path(sys.argv[1])
+    if not any(folder.glob("*.jsonl")):
+        print(f"error: {folder}: no trial timelines (*.jsonl) there; run a search with LEUKTUNE_TIMELINE={folder}",
+              file=sys.stderr)
+        return 2
     table: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
     walls = []
     for path in sorted(folder.glob("*.jsonl")):
@@ -65,7 +72,8 @@ def main() -> None:
         if clean:
             median = statistics.median(clean)
             print(f"  {median:6.2f} s  {median / statistics.median(walls):5.1%}  {name}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

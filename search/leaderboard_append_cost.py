@@ -1,7 +1,7 @@
 """What one leaderboard append costs as the leaderboard grows (issue 18 point 8); a measurement, not a test.
 
-    python scripts/leaderboard_append_cost.py --repo /work/main --rows 1000 10000 100000   # the code before
-    python scripts/leaderboard_append_cost.py --rows 1000 10000 100000                     # this checkout
+    python search/leaderboard_append_cost.py --repo /work/main --rows 1000 10000 100000   # the code before
+    python search/leaderboard_append_cost.py --rows 1000 10000 100000                     # this checkout
 
 For each size: a leaderboard of that many rows in searches of --per-search rows each (written once, not timed), then
 the median of --repeat appends of one new row to one of those searches, as the driver does at every trial's end.
