@@ -2,7 +2,7 @@
 import datetime as dt
 
 from leukmodels.config import TrainConfig
-from search import leaderboard as lb
+from search.board import leaderboard as lb
 
 
 def make_row(trial_id: str, search: str = "s1", f1: float = 0.8, status: str = "finished", **changes) -> dict:

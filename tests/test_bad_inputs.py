@@ -1,6 +1,6 @@
-"""Bad input at the CLI: `search.run.main(argv)` must exit non-zero with ONE line naming the culprit, and start nothing.
+"""Bad input at the CLI: `search.cli.run.main(argv)` must exit non-zero with ONE line naming the culprit, and start nothing.
 
-Most rows are refused before Ray starts (search.preflight.check_before_launch), so these tests are fast. The rows whose
+Most rows are refused before Ray starts (search.cli.preflight.check_before_launch), so these tests are fast. The rows whose
 check needs Ray (an image that does not decode, a GPU request on a CPU-only cluster, the object store's size, a failure
 after Ray is up) are at the end, marked slow, and share one local Ray; a local Ray that cannot start runs as its own
 `python -m search.run`. Data-layer refusals of the same inputs are tested in tests/test_data_layout.py and
@@ -23,8 +23,8 @@ import pytest
 from cnmc_trees import LABELS_CSV, kaggle_tree, write_image
 from processes import kill_group
 from leukmodels.data import discover
-from search.paths import leaderboard_path
-from search.run import main
+from search.board.paths import leaderboard_path
+from search.cli.run import main
 
 
 def _refused(argv: list[str], tmp_path: Path, capsys, *, results: Path | None = None) -> str:
@@ -157,9 +157,9 @@ def test_read_only_leaderboard_is_refused_not_replaced(protected, tmp_path, caps
     move it into the folder) or the search's own file. Refused before training, naming it, and it keeps its bytes
     and its mode (it was replaced by a writable one). Holds under root too: the mode bits are read."""
     from board_rows import make_row
-    from search.board_files import board_files
-    from search.leaderboard import append_rows
-    from search.preflight import check_not_read_only
+    from search.board.files import board_files
+    from search.board.leaderboard import append_rows
+    from search.cli.preflight import check_not_read_only
 
     board = leaderboard_path(tmp_path / "results")
     files = board_files(board)
@@ -231,8 +231,8 @@ def test_more_gpus_per_worker_than_any_node_has(ray_2cpu, tmp_path, capsys):
 def test_image_size_beyond_the_object_store_is_refused_before_decoding(ray_2cpu, tmp_path, capsys, monkeypatch):
     """The object store's size is known once Ray is up: pick the size whose decoded train+val set just exceeds the
     smallest node's store (skipped where that set would not fit this machine's memory or disk anyway)."""
-    from search.plan import cluster_nodes
-    from search.sizes import available_memory
+    from search.tuning.plan import cluster_nodes
+    from search.cli.sizes import available_memory
 
     monkeypatch.setenv("LEUKTUNE_CACHE", str(tmp_path / "cache"))
     top = _tree(tmp_path)

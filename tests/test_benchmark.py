@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search import benchmark, benchmark_analysis
-from search import benchmark_report as report
-from search.benchmark_figures import on_grid
+from search.benchmark import runner as benchmark, analysis as benchmark_analysis
+from search.benchmark import tables as report
+from search.benchmark.figures import on_grid
 
 
 def _records(*reports: tuple) -> pd.DataFrame:

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from leukmodels.metrics import classification_metrics, predict_proba
-from search import leaderboard
-from search.paths import leaderboard_path
+from search.board import leaderboard
+from search.board.paths import leaderboard_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "kept"
@@ -32,12 +32,12 @@ EXPECTED_BEST = {"tie-with-last": EPOCHS, "best-in-middle": 3}
 def searched(ray_2cpu, tiny_cnmc, tmp_path_factory):
     from ray import tune
 
-    from search.data import prepare_data
-    from search.plan import TrialResources
-    from search.rows import LeaderboardCallback, SearchContext, rows_from_grid
-    from search.strategies import search_run
-    from search.trial import TrialSettings, checkpoint_config
-    from search.tuning import trainable_for
+    from search.tuning.data import prepare_data
+    from search.tuning.plan import TrialResources
+    from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_grid
+    from search.tuning.strategies import search_run
+    from search.tuning.trial import TrialSettings, checkpoint_config
+    from search.tuning.tuner import trainable_for
 
     tmp = tmp_path_factory.mktemp("kept")
     data = prepare_data(str(tiny_cnmc), [24], split_seed=0, progress=False)
@@ -69,7 +69,7 @@ def _case(rows: pd.DataFrame, case: str) -> pd.Series:
 
 @pytest.mark.parametrize("case", list(CONFIGS))
 def test_the_rows_checkpoint_exists_and_gives_back_its_validation_metric(searched, case):
-    from search.predict import load_trial_model
+    from search.evaluation.predict import load_trial_model
 
     row = _case(searched["rows"], case)
     history = [r for r in searched["grid"] if r.config["lr"] == CONFIGS[case]["lr"]][0].metrics_dataframe
@@ -86,7 +86,7 @@ def test_the_rows_checkpoint_exists_and_gives_back_its_validation_metric(searche
 
 
 def test_evaluate_loads_every_trial_of_the_search(searched, capsys):
-    from search.evaluate import main as evaluate
+    from search.evaluation.evaluate import main as evaluate
 
     code = evaluate(["--leaderboard", str(searched["board"]), "--search", NAME, "--top", "2"])
     err = capsys.readouterr().err

@@ -20,8 +20,10 @@ import pandas as pd
 import pytest
 
 from processes import kill_group
-from search import evaluate, leaderboard, predict, report, storage
-from search.search_files import FOLDER, ROWS
+from search.evaluation import evaluate, predict
+from search.board import leaderboard, storage
+from search.reporting import report
+from search.board.search_files import FOLDER, ROWS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 NAME = "cloud-e2e"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from search.run import main
-from search.plan import TrialResources, plan_concurrency
-from search.settings import PROFILES, apply_profile, choose_profile, gpu_node_types, nodes_to_plan_on
+from search.cli.run import main
+from search.tuning.plan import TrialResources, plan_concurrency
+from search.cli.profiles import PROFILES, apply_profile, choose_profile, gpu_node_types, nodes_to_plan_on
 
 REPO = Path(__file__).resolve().parents[1]
 

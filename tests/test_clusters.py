@@ -156,9 +156,9 @@ def test_setup_installs_project_next_to_the_pinned_ray(cluster_file):
 
 
 def test_head_alone_holds_the_trial_driver_resource(cluster_file):
-    """Trial drivers ask for a share of DRIVER_NODE_RESOURCE (search/plan.py): only the head may declare it, so a
+    """Trial drivers ask for a share of DRIVER_NODE_RESOURCE (search/tuning/plan.py): only the head may declare it, so a
     lost GPU node takes workers (which Train retries elsewhere) but never a trial's driver (which Tune would not)."""
-    from search.plan import DRIVER_NODE_RESOURCE
+    from search.tuning.plan import DRIVER_NODE_RESOURCE
 
     config = load(cluster_file)
     if config["provider"]["type"] == "local":

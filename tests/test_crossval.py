@@ -15,8 +15,8 @@ from leukmodels.crossval import FoldEnsemble, check_folds_array, fit_cv, pooled_
 from leukmodels.data import DataError, DecodedSet, discover
 from leukmodels.data.folds import patient_folds
 from leukmodels.metrics import classification_metrics, predict_log_proba, predict_proba
-from search import benchmark_selection as selection
-from search.flags import parse_args
+from search.benchmark import selection
+from search.cli.flags import parse_args
 
 
 def _rows(cells: dict[str, tuple[int, int, str]]) -> pd.DataFrame:
@@ -170,7 +170,7 @@ def test_winner_rank_and_regret_are_measured_on_the_test_patients():
 
 
 def test_rerank_winner_is_scored_as_the_one_split_trial_it_re_trains():
-    from search.benchmark import Search
+    from search.benchmark.runner import Search
 
     first = Search("random-fifo", 0, "b-random-fifo-s0", rerank=2)
     frame = pd.DataFrame({
@@ -190,7 +190,7 @@ def test_rerank_winner_is_scored_as_the_one_split_trial_it_re_trains():
 def test_official_folds_sharing_a_patient_are_refused_before_ray_starts(tiny_cnmc, tmp_path, capsys):
     import shutil
 
-    from search import run
+    from search.cli import run
 
     tree = Path(shutil.copytree(tiny_cnmc, tmp_path / "C-NMC_Leukemia"))
     moved = sorted((tree / "training_data" / "fold_0" / "all").glob("*.bmp"))[0]  # one cell of a fold_0 patient
@@ -209,8 +209,8 @@ def test_a_version_2_leaderboard_reads_with_empty_cv_columns_and_is_upgraded(tmp
     import pyarrow.parquet as pq
 
     from board_rows import make_row
-    from search import leaderboard as lb
-    from search import schema
+    from search.board import leaderboard as lb
+    from search.board import schema
 
     added = {"cv_folds", "fold_metrics", "stage", "reranked_from"}
     path = tmp_path / "leaderboard.parquet"

@@ -11,7 +11,9 @@ import pytest
 from leukmodels.crossval import FoldEnsemble
 from leukmodels.data import load_image
 from leukmodels.metrics import predict_proba
-from search import evaluate, leaderboard, predict, run
+from search.evaluation import evaluate, predict
+from search.board import leaderboard
+from search.cli import run
 
 
 def _argv(tiny_cnmc, tmp_path, name: str, *extra: str) -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.paths import LEGACY_LEADERBOARD, leaderboard_path
+from search.board.paths import LEGACY_LEADERBOARD, leaderboard_path
 from tiny_search import CONFIGS, ENSEMBLE, IMAGE_SIZE, SEARCH
 
 def test_rows_for_every_trial_tta_and_the_retrained_winner(evaluated):
@@ -60,7 +60,7 @@ def test_tta_changes_the_probabilities(evaluated):
 
 
 def test_rerun_replaces_rows_and_keeps_other_searches(tiny_search, evaluated, tmp_path):
-    from search import evaluate
+    from search.evaluation import evaluate
 
     out = tmp_path / "test_metrics.parquet"
     other = evaluated["metrics"].head(1).assign(search="another_search")
@@ -75,7 +75,7 @@ def test_rerun_replaces_rows_and_keeps_other_searches(tiny_search, evaluated, tm
 
 def test_a_split_that_is_not_the_searchs_is_refused(tiny_search, tmp_path):
     from leukmodels.data import DataError, discover
-    from search.heldout import held_out_test
+    from search.evaluation.heldout import held_out_test
 
     manifest = discover(tiny_search["root"])
     manifest = manifest[manifest["source"] != "prelim_test"]  # no official test: the split decides the test set
@@ -87,7 +87,7 @@ def test_a_split_that_is_not_the_searchs_is_refused(tiny_search, tmp_path):
 
 
 def test_unknown_trial_id_is_a_clear_error(tiny_search, capsys):
-    from search import evaluate
+    from search.evaluation import evaluate
 
     assert evaluate.main(["--leaderboard", str(tiny_search["leaderboard"]), "--trials", "nope"]) == 2
     err = capsys.readouterr().err
@@ -97,7 +97,7 @@ def test_unknown_trial_id_is_a_clear_error(tiny_search, capsys):
 def board_with_a_gone_checkpoint(tiny_search, folder: Path, gone: int = 1) -> tuple[Path, list[str]]:
     """A copy of the tiny leaderboard whose `gone` best trials point at a deleted checkpoint folder, as when Ray's
     num_to_keep removed it; returns (leaderboard, trial ids in validation order)."""
-    from search.leaderboard import append_rows, read
+    from search.board.leaderboard import append_rows, read
 
     rows = read(tiny_search["leaderboard"]).drop(columns=["rank", "schema_version"])
     order = list(rows.sort_values("weighted_f1", ascending=False)["trial_id"])
@@ -108,7 +108,7 @@ def board_with_a_gone_checkpoint(tiny_search, folder: Path, gone: int = 1) -> tu
 
 
 def test_a_trial_whose_checkpoint_is_gone_is_skipped_with_a_warning(tiny_search, tmp_path, capsys):
-    from search import evaluate
+    from search.evaluation import evaluate
 
     board, order = board_with_a_gone_checkpoint(tiny_search, tmp_path)
     out = tmp_path / "test_metrics.parquet"
@@ -119,7 +119,7 @@ def test_a_trial_whose_checkpoint_is_gone_is_skipped_with_a_warning(tiny_search,
 
 
 def test_an_ensemble_larger_than_the_trials_that_load_says_the_k_it_used(tiny_search, tmp_path, capsys):
-    from search import evaluate
+    from search.evaluation import evaluate
 
     board, order = board_with_a_gone_checkpoint(tiny_search, tmp_path)
     out = tmp_path / "test_metrics.parquet"
@@ -131,7 +131,7 @@ def test_an_ensemble_larger_than_the_trials_that_load_says_the_k_it_used(tiny_se
 
 
 def test_no_loadable_trial_is_exit_1_and_an_ensemble_of_one_is_refused(tiny_search, tmp_path, capsys):
-    from search import evaluate
+    from search.evaluation import evaluate
 
     board, _ = board_with_a_gone_checkpoint(tiny_search, tmp_path, gone=len(CONFIGS))
     args = ["--leaderboard", str(board), "--tta", "off", "--out", str(tmp_path / "m.parquet"),
@@ -163,7 +163,7 @@ def test_ensemble_probability_is_the_mean_of_its_members_per_image(evaluated):
 
 def test_ensemble_prob_is_a_plain_mean_called_all_above_one_half():
     from leukmodels.metrics import classification_metrics
-    from search.scoring import ensemble_prob
+    from search.evaluation.scoring import ensemble_prob
 
     prob = ensemble_prob([np.array([0.2, 0.9, 0.4]), np.array([0.6, 0.3, 0.6])])
     assert prob == pytest.approx([0.4, 0.6, 0.5])
@@ -173,7 +173,7 @@ def test_ensemble_prob_is_a_plain_mean_called_all_above_one_half():
 
 # -- bad input: one line naming it, exit 2 -------------------------------------------------------------------------
 def test_a_corrupt_leaderboard_is_one_line_and_exit_2(tmp_path, capsys):
-    from search import evaluate
+    from search.evaluation import evaluate
 
     board = tmp_path / LEGACY_LEADERBOARD
     board.write_text("not parquet\n")
@@ -183,7 +183,7 @@ def test_a_corrupt_leaderboard_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_a_missing_leaderboard_names_the_flag(tmp_path, capsys):
-    from search import evaluate
+    from search.evaluation import evaluate
 
     assert evaluate.main(["--leaderboard", str(tmp_path / "none.parquet")]) == 2
     err = capsys.readouterr().err.strip()
@@ -191,8 +191,8 @@ def test_a_missing_leaderboard_names_the_flag(tmp_path, capsys):
 
 
 def test_a_decode_cache_folder_that_is_a_file_is_one_line_and_exit_2(tiny_search, tmp_path, capsys, monkeypatch):
-    """The same pre-flight as search/run.py (search/preflight.py check_cli_inputs): it was a FileExistsError traceback."""
-    from search.evaluate import main
+    """The same pre-flight as search/run.py (search/board/checks.py check_cli_inputs): it was a FileExistsError traceback."""
+    from search.evaluation.evaluate import main
 
     (tmp_path / "a-file").write_text("not a folder")
     monkeypatch.setenv("LEUKTUNE_CACHE", str(tmp_path / "a-file"))

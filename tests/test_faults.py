@@ -6,7 +6,7 @@ It runs twice, once per kind of trial: one-worker trials that train inside their
 process is the Tune trial's actor, retried by Tune) and two-worker DDP trials over Ray Train (1 at once; the killed
 process is a Train worker, retried by Train). 3 trials at 24 px, 3 epochs, retries 1, ASHA grace = max epochs
 (nothing is stopped early, so every trial that is not faulted runs 3 epochs).
-`search/faults.py` (test-only, inert by default) numbers trials by their first report and:
+`search/tuning/faults.py` (test-only, inert by default) numbers trials by their first report and:
 - trial 0: its rank-0 worker parks after reporting epoch 1 (checkpoint persisted); the test SIGKILLs that pid;
 - trial 1: raises after reporting epoch 1 on every attempt (the retry resumes from the last committed checkpoint and
   raises again after its next epoch, before the last one: ASHA's stop at max epochs would otherwise end it) -> error;
@@ -29,8 +29,8 @@ import pandas as pd
 import pytest
 
 from processes import kill_group
-from search import leaderboard
-from search.paths import leaderboard_path
+from search.board import leaderboard
+from search.board.paths import leaderboard_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "faults"

@@ -54,3 +54,38 @@ def test_no_import_cycle():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+# Each room of search/ may import the rooms after it in this list, never one before it (search/__init__.py,
+# search/moved.py and the entry scripts at the top of search/ are outside the rooms). README "Map of search/" says why.
+ROOMS = ("benchmark", "cli", "reporting", "evaluation", "tuning", "board")
+
+
+def _room(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[0] == "search" and parts[1] in ROOMS else None
+
+
+def test_every_module_of_search_lives_in_a_room_or_is_an_entry_script():
+    top = {path.stem for path in (ROOT / "search").glob("*.py")}
+    assert top == {"__init__", "_script", "moved", "run", "evaluate", "leaderboard", "report", "predict", "export"}
+    assert {path.name for path in (ROOT / "search").iterdir() if path.is_dir() and path.name != "__pycache__"} == set(ROOMS)
+
+
+def test_rooms_import_only_the_rooms_below_them():
+    for name, path in _modules().items():
+        room = _room(name)
+        if room is None:
+            continue
+        below = ROOMS[ROOMS.index(room):]
+        upward = sorted(m for m in _imports(path) if _room(m) and _room(m) not in below)
+        assert not upward, f"{path.relative_to(ROOT)} (room {room}) imports {upward}: a room imports only {below}"
+
+
+def test_entry_scripts_only_hand_over_to_their_room():
+    """`python search/run.py` and the other scripts keep working as documented; each is a shim over its room's main."""
+    for script in ("run", "evaluate", "leaderboard", "report", "predict", "export"):
+        imported = {m for m in _imports(ROOT / "search" / f"{script}.py") if m.startswith("search.")}
+        mains = {m for m in imported if m.endswith(".main")}
+        assert len(mains) == 1 and imported == mains | {m.removesuffix(".main") for m in mains}, \
+            f"search/{script}.py imports {sorted(imported)}"

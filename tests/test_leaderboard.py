@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from leukmodels.config import config_fields
-from search import board_files as bf
-from search import leaderboard as lb
-from search import schema
-from search.paths import LEGACY_LEADERBOARD, leaderboard_path
+from search.board import files as bf
+from search.board import leaderboard as lb
+from search.board import schema
+from search.board.paths import LEGACY_LEADERBOARD, leaderboard_path
 from board_rows import make_row
 
 REPO = Path(__file__).resolve().parents[1]

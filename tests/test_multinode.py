@@ -32,8 +32,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from search import leaderboard, storage
-from search.paths import leaderboard_path
+from search.board import leaderboard, storage
+from search.board.paths import leaderboard_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "multinode"
@@ -41,7 +41,7 @@ PREFIX = "multinode"
 REPO = Path(__file__).resolve().parents[1]  # the search's --storage: s3://<bucket>/multinode
 MAX_EPOCHS = 4  # room for the node removal after the first checkpoint (an epoch here takes ~1.5 s)
 # 1 CPU: a trial's 2 workers must span two nodes. Next to no `memory` resource: a trial driver asks for 0 CPU and
-# 1 MiB of `memory` (search/plan.py), so drivers and their Train controllers fit only on the head, as on a real cluster
+# 1 MiB of `memory` (search/tuning/plan.py), so drivers and their Train controllers fit only on the head, as on a real cluster
 # whose stable head runs them; Train workers ask for CPU only.
 WORKER_NODE = dict(num_cpus=1, memory=1024)
 

@@ -1,4 +1,4 @@
-"""One driver per search name (search/namelock.py): a second driver of the same name is refused in one line before it
+"""One driver per search name (search/board/namelock.py): a second driver of the same name is refused in one line before it
 decodes anything, whoever holds the lock; a driver that ends, or dies, frees it. Fast: no Ray."""
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from search.flags import parse_args
-from search.namelock import claim_name, lock_path
-from search.run import main
-from search.settings import apply_profile, save_settings
+from search.cli.flags import parse_args
+from search.board.namelock import claim_name, lock_path
+from search.cli.run import main
+from search.cli.profiles import apply_profile
+from search.board.settings import save_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ def _argv(tmp_path, data, name="same"):
 
 def _holder(tmp_path, name="same") -> subprocess.Popen:
     """Another process that holds the name's lock until it is killed."""
-    code = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from search.namelock import claim_name; "
+    code = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from search.board.namelock import claim_name; "
             f"claim_name({str(tmp_path / 'results')!r}, {name!r}); print('held', flush=True); time.sleep(120)")
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"

@@ -9,12 +9,12 @@ import optuna
 import pytest
 
 from postgres_server import PASSWORD, postgres_server, why_not
-from search import study_storage
-from search.flags import parse_args
-from search.paths import OPTUNA_DB, settings_path
-from search.run import main
-from search.settings import load_settings, save_settings
-from search.study_storage import masked, open_storage, remember, resolved
+from search.board import study_storage
+from search.cli.flags import parse_args
+from search.board.paths import OPTUNA_DB, settings_path
+from search.cli.run import main
+from search.board.settings import load_settings, save_settings
+from search.board.study_storage import masked, open_storage, remember, resolved
 
 
 @pytest.fixture(autouse=True)

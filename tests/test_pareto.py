@@ -1,4 +1,4 @@
-"""Multi-objective search (search/pareto.py), without Ray: the front on fixed numbers, the flags on leaderboard rows,
+"""Multi-objective search (search/board/pareto.py), without Ray: the front on fixed numbers, the flags on leaderboard rows,
 the pick within one point, the --objectives flag, the leaderboard columns and the report section. The real search
 is in test_warm_and_pareto_e2e.py."""
 from __future__ import annotations
@@ -9,13 +9,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from search import leaderboard as lb
-from search.pareto import (check_objectives, front_lines, mark_front, marked_search, pareto_flags, pick_line,
+from search.board import leaderboard as lb
+from search.board.pareto import (check_objectives, front_lines, mark_front, marked_search, pareto_flags, pick_line,
                            searcher_objectives, smallest_within)
-from search.flags import parse_args
-from search.paths import leaderboard_path
-from search.run import main
-from search.settings import METRICS
+from search.cli.flags import parse_args
+from search.board.paths import leaderboard_path
+from search.cli.run import main
+from search.board.settings import METRICS
 from board_rows import make_row
 
 
@@ -122,8 +122,8 @@ def test_objectives_set_the_metric_and_a_different_metric_is_refused(tmp_path, c
 
 
 def test_a_multi_objective_searcher_gets_both_directions():
-    from search.spaces import SearchSpace
-    from search.strategies import make_searcher
+    from search.tuning.spaces import SearchSpace
+    from search.tuning.strategies import make_searcher
 
     searcher = make_searcher("tpe", search="mo", space=SearchSpace(["resnet"]), metric=["balanced_accuracy",
                              "num_parameters"], mode=["max", "min"], storage=None, seed=0, num_samples=4,
@@ -161,7 +161,7 @@ def test_a_version_2_file_written_before_the_new_columns_reads_with_them_empty(t
 
 # -- the report --------------------------------------------------------------------------------------------------------
 def test_report_draws_the_front_and_names_the_pick(tmp_path):
-    from search.report import build_report
+    from search.reporting.report import build_report
 
     rows = frame(("best", 0.81, 400_000, "finished"), ("mid", 0.805, 50_000, "finished"),
                  ("tiny", 0.70, 3_000, "stopped"), ("bad", 0.60, 60_000, "finished"))

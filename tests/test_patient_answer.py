@@ -69,7 +69,7 @@ def test_temperatures_come_from_training_and_calibration_is_measured(evaluated):
 def synthetic_test_set(test_labels_flipped: bool = False):
     """A TestSet of 6 test and 6 validation patients (3 ALL, 3 HEM each, 10 cells each) built in memory; the test
     patients separate best at a threshold near 0.75, the validation ones near 0.5."""
-    from search.heldout import TestSet
+    from search.evaluation.heldout import TestSet
 
     def frame(prefix: str, centres: list[float], labels: list[int]) -> pd.DataFrame:
         rows = [{"patient": f"{prefix}{i}", "label": lab, "image_id": f"{prefix}{i}_{j}", "path": "", "centre": c}
@@ -85,7 +85,7 @@ def synthetic_test_set(test_labels_flipped: bool = False):
 
 
 def scored_model(test_set, test_prob, val_prob):
-    from search.scoring import Scored, score
+    from search.evaluation.scoring import Scored, score
 
     rng = np.random.default_rng(0)
     test_prob = np.clip(test_prob + rng.normal(0, 0.02, test_prob.size), 0.01, 0.99)
@@ -97,7 +97,7 @@ def scored_model(test_set, test_prob, val_prob):
 @pytest.mark.parametrize("correction", [False, True])
 def test_the_patient_threshold_and_the_correction_never_read_test_labels(correction):
     from leukmodels.patients import choose_threshold, patient_table
-    from search.patient_scoring import patient_answers
+    from search.evaluation.patient_scoring import patient_answers
 
     answers = []
     for flipped in (False, True):  # poisoned test labels: every test patient's label turned around
@@ -117,7 +117,8 @@ def test_the_patient_threshold_and_the_correction_never_read_test_labels(correct
 # -- the opt-in transductive rows ----------------------------------------------------------------------------------
 def test_patient_correction_adds_transductive_rows_apart_from_the_plain_ones(tiny_search, tmp_path):
     from leukmodels.patients import shrink_to_patient
-    from search import evaluate, report
+    from search.evaluation import evaluate
+    from search.reporting import report
 
     out = tmp_path / "test_metrics.parquet"
     assert evaluate.main(["--leaderboard", str(tiny_search["leaderboard"]), "--top", "1", "--tta", "off",
@@ -147,7 +148,7 @@ def test_patient_correction_adds_transductive_rows_apart_from_the_plain_ones(tin
 
 
 def test_a_file_written_before_the_method_key_is_read_as_plain(tmp_path):
-    from search.evaluate import KEY_COLUMNS, write_parquet_atomic
+    from search.evaluation.evaluate import KEY_COLUMNS, write_parquet_atomic
 
     path = tmp_path / "test_metrics.parquet"
     key = {"search": "s", "tta": False, "retrained": False}

@@ -15,13 +15,13 @@ import torch
 from leukmodels.checkpoint import load_checkpoint
 from leukmodels.config import TrainConfig
 from leukmodels.train import EXPLOIT_CHANGES, fit
-from search import leaderboard
-from search.paths import leaderboard_path
-from search.pbt import clip_to_space, make_pbt, perturbation_interval, population
-from search.rows import SearchContext, build_row
-from search.run import main
-from search.spaces import SearchSpace
-from search.trial import ORIGIN_FILE, donor_of
+from search.board import leaderboard
+from search.board.paths import leaderboard_path
+from search.tuning.pbt import clip_to_space, make_pbt, perturbation_interval, population
+from search.tuning.rows import SearchContext, build_row
+from search.cli.run import main
+from search.tuning.spaces import SearchSpace
+from search.tuning.trial import ORIGIN_FILE, donor_of
 from cell_sets import cell_set, tiny_config
 
 
@@ -205,11 +205,11 @@ def test_pbt_search_exploited_trial_continues_the_donor_weights_with_its_mutated
     """4 trials of 3 epochs: synchronous rounds at epochs 1 and 2, where the bottom trial of 4 takes a top one's
     checkpoint, so every run exploits at least once. The search's final pruning of checkpoints is held back until
     the checks have read the donor's."""
-    import search.pbt
-    from search.data import prepare_data
+    import search.tuning.pbt
+    from search.tuning.data import prepare_data
 
-    held, prune = [], search.pbt.prune_checkpoints
-    monkeypatch.setattr(search.pbt, "prune_checkpoints", lambda grid, rows: held.append((grid, rows)) or (0, 0))
+    held, prune = [], search.tuning.pbt.prune_checkpoints
+    monkeypatch.setattr(search.tuning.pbt, "prune_checkpoints", lambda grid, rows: held.append((grid, rows)) or (0, 0))
     name = "pbt-e2e"
     code = main(["--family", "resnet", "--data", str(tiny_cnmc), "--image-sizes", "24", "--scheduler", "pbt",
                  "--num-samples", "4", "--max-epochs", "3", "--seed", "0", "--results", str(tmp_path / "results"),

@@ -1,7 +1,7 @@
 """Concurrency planning on declared (logical) resources: pure arithmetic, plus one slow check against a real Ray."""
 import pytest
 
-from search.plan import TrialResources, driver_resources, plan_concurrency
+from search.tuning.plan import TrialResources, driver_resources, plan_concurrency
 
 
 def test_four_nodes_of_four_gpus_two_gpu_workers_per_trial_run_eight_trials():
@@ -104,7 +104,7 @@ def test_driver_resources_are_not_all_zero_for_tune():
 
 
 def test_drivers_are_pinned_to_the_node_that_declares_the_driver_resource():
-    from search.plan import DRIVER_NODE_RESOURCE
+    from search.tuning.plan import DRIVER_NODE_RESOURCE
 
     head, gpu_node = {"CPU": 8, DRIVER_NODE_RESOURCE: 1000}, {"CPU": 48, "GPU": 4}
     assert DRIVER_NODE_RESOURCE not in driver_resources(nodes=[gpu_node])  # a local Ray declares none
@@ -118,7 +118,7 @@ def test_cluster_nodes_and_zero_cpu_drivers_on_a_real_ray(tmp_path):
     once next to a 2-CPU job, so a driver really takes no CPU from the workers."""
     ray = pytest.importorskip("ray")
     from ray import tune
-    from search.plan import cluster_nodes, plan_for_cluster
+    from search.tuning.plan import cluster_nodes, plan_for_cluster
 
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False)
     try:

@@ -14,7 +14,7 @@ def trained(tiny_search):
     """A trial's checkpoint, its model, and the held-out test images decoded by the training decoder."""
     from leukmodels.checkpoint import load_model, load_temperature
     from leukmodels.data import decode, discover
-    from search.leaderboard import read
+    from search.board.leaderboard import read
 
     checkpoint = read(tiny_search["leaderboard"]).sort_values("trial_id")["checkpoint"].iloc[-1]
     model, config = load_model(checkpoint)
@@ -36,7 +36,7 @@ def read_csv(path: Path) -> list[dict]:
 def test_prediction_csv_matches_the_models_own_outputs(trained, tmp_path, tta, capsys):
     from leukmodels.calibration import apply_temperature
     from leukmodels.metrics import predict_proba
-    from search import predict
+    from search.evaluation import predict
 
     out = tmp_path / "preds.csv"
     args = ["--checkpoint", trained["checkpoint"], "--out", str(out), *trained["paths"]] + (["--tta"] if tta else [])
@@ -51,7 +51,7 @@ def test_prediction_csv_matches_the_models_own_outputs(trained, tmp_path, tta, c
 
 
 def test_unreadable_images_are_reported_and_the_rest_predicted(trained, tmp_path, capsys):
-    from search import predict
+    from search.evaluation import predict
 
     folder = tmp_path / "cells"
     folder.mkdir()
@@ -73,7 +73,7 @@ def test_unreadable_images_are_reported_and_the_rest_predicted(trained, tmp_path
 
 
 def test_nothing_readable_exits_non_zero(trained, tmp_path, capsys):
-    from search import predict
+    from search.evaluation import predict
 
     broken = tmp_path / "broken.png"
     broken.write_text("not an image")
@@ -82,7 +82,7 @@ def test_nothing_readable_exits_non_zero(trained, tmp_path, capsys):
 
 
 def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path, capsys):
-    from search import predict
+    from search.evaluation import predict
 
     bogus = tmp_path / "model.pt"
     bogus.write_text("hello")
@@ -97,7 +97,7 @@ def test_exported_torchscript_and_onnx_agree_with_pytorch(trained, tmp_path, cap
 
     from leukmodels.calibration import apply_temperature
     from leukmodels.metrics import predict_proba
-    from search import export
+    from search.evaluation import export
 
     out = tmp_path / "export"
     assert export.main(["--checkpoint", trained["checkpoint"], "--out", str(out), "--images",
@@ -122,7 +122,7 @@ def test_exported_torchscript_and_onnx_agree_with_pytorch(trained, tmp_path, cap
 
 
 def test_export_check_fails_loudly_on_a_mismatch(trained, tmp_path, monkeypatch, capsys):
-    from search import export
+    from search.evaluation import export
 
     monkeypatch.setattr(export, "run_onnx", lambda path, images: np.tile([[0.9, 0.1]], (len(images), 1)))
     code = export.main(["--checkpoint", trained["checkpoint"], "--out", str(tmp_path), "--format", "onnx"])
@@ -131,7 +131,7 @@ def test_export_check_fails_loudly_on_a_mismatch(trained, tmp_path, monkeypatch,
 
 def test_a_decompression_bomb_is_one_line_and_the_rest_are_predicted(trained, tmp_path, capsys):
     from cnmc_trees import write_bomb_png
-    from search import predict
+    from search.evaluation import predict
 
     bomb = write_bomb_png(tmp_path / "bomb.png", 20000)  # 400M pixels in a few dozen bytes
     out = tmp_path / "preds.csv"
@@ -150,7 +150,7 @@ def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_one_line_naming_i
     import torch
 
     from leukmodels.checkpoint import load_checkpoint
-    from search import predict
+    from search.evaluation import predict
 
     payload = load_checkpoint(trained["checkpoint"])
     config = payload["config"]
@@ -168,7 +168,7 @@ def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_one_line_naming_i
 # -- calibration and the per-patient answer (issue 21) -------------------------------------------------------------
 def test_the_checkpoint_carries_a_temperature_that_predict_applies_and_uncalibrated_skips(trained, tmp_path):
     from leukmodels.metrics import predict_proba
-    from search import predict
+    from search.evaluation import predict
 
     assert trained["temperature"] != 1.0  # fitted on the tiny search's validation patients as it trained
     out = tmp_path / "raw.csv"
@@ -195,7 +195,7 @@ def test_a_checkpoint_without_a_temperature_means_one(trained, tmp_path):
 def test_per_patient_output_beside_the_per_cell_one(trained, tmp_path, capsys):
     import pandas as pd
 
-    from search import predict
+    from search.evaluation import predict
 
     mapping = tmp_path / "patients.csv"
     pd.DataFrame({"image": [Path(p).name for p in trained["paths"]], "patient": trained["patients"]}).to_csv(

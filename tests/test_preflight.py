@@ -1,4 +1,4 @@
-"""The pure parts of search/sizes.py and search/preflight.py: the size arithmetic on numbers, the frames' size from
+"""The pure parts of search/cli/sizes.py and search/cli/preflight.py: the size arithmetic on numbers, the frames' size from
 headers, Ray's start-up failure as one line, the settings file of a search that never launched. The CLI rows (exit
 2, one line, nothing started) are in tests/test_bad_inputs.py."""
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 from cnmc_trees import write_image
-from search.preflight import forget_unlaunched, ray_start_error
-from search.sizes import footprint, frame_size, frame_warnings, gb, judge
+from search.cli.preflight import forget_unlaunched, ray_start_error
+from search.cli.sizes import footprint, frame_size, frame_warnings, gb, judge
 
 CNMC_TRAINING = 10_661  # C-NMC 2019 training images: a search's train + val (the prelim test is the held-out test)
 

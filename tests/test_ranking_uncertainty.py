@@ -8,9 +8,9 @@ import pandas as pd
 
 from leukmodels.data import splits as splits_module
 from leukmodels.metrics import classification_metrics, patient_interval, tied_with
-from search.data import MIN_VAL_IMAGES, MIN_VAL_PATIENTS, SearchData, class_makeup, validation_warning
-from search.rows import SearchContext, build_row
-from search.uncertainty import interval_text, tie_line
+from search.tuning.data import MIN_VAL_IMAGES, MIN_VAL_PATIENTS, SearchData, class_makeup, validation_warning
+from search.tuning.rows import SearchContext, build_row
+from search.tuning.uncertainty import interval_text, tie_line
 
 
 # ---- the size floor of a held-out draw -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from search.paths import LEGACY_LEADERBOARD, leaderboard_path
+from search.board.paths import LEGACY_LEADERBOARD, leaderboard_path
 from tiny_search import ENSEMBLE, SEARCH
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,7 +35,7 @@ needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromi
 
 @pytest.fixture(scope="module")
 def report(tiny_search, evaluated, tmp_path_factory) -> Path:
-    from search import report as report_cli
+    from search.reporting import report as report_cli
 
     out = tmp_path_factory.mktemp("report") / "report.html"
     assert report_cli.main(["--leaderboard", str(tiny_search["leaderboard"]), "--search", SEARCH,
@@ -83,7 +83,7 @@ def test_page_references_nothing_outside_itself(report):
 def test_fewer_than_two_completed_trials_gives_a_note_not_a_crash(tiny_search, tmp_path):
     import optuna
 
-    from search.report_sections import optuna_section
+    from search.reporting.sections import optuna_section
 
     storage = f"sqlite:///{tmp_path / 'one.db'}"
     study = optuna.create_study(study_name="one", storage=storage, direction="maximize")
@@ -134,8 +134,8 @@ def test_report_renders_in_headless_chromium_without_network(report, tmp_path):
 
 
 def test_learning_curves_come_from_the_whole_history(tiny_search):
-    from search.leaderboard import read
-    from search.report_sections import trial_history
+    from search.board.leaderboard import read
+    from search.reporting.sections import trial_history
 
     for _, row in read(tiny_search["leaderboard"]).iterrows():
         history = trial_history(row["checkpoint"])
@@ -145,7 +145,7 @@ def test_learning_curves_come_from_the_whole_history(tiny_search):
 
 
 def test_report_before_evaluation_says_so(tiny_search, tmp_path):
-    from search import report as report_cli
+    from search.reporting import report as report_cli
 
     out = tmp_path / "report.html"
     assert report_cli.main(["--leaderboard", str(tiny_search["leaderboard"]), "--test-metrics",
@@ -169,7 +169,7 @@ def test_report_shows_the_ensemble_beside_the_winner(report, evaluated):
 
 
 def test_a_corrupt_test_metrics_file_is_one_line_and_exit_2(tiny_search, tmp_path, capsys):
-    from search import report as report_cli
+    from search.reporting import report as report_cli
 
     metrics = tmp_path / "test_metrics.parquet"
     metrics.write_bytes(b"PAR1 truncated")
@@ -181,7 +181,7 @@ def test_a_corrupt_test_metrics_file_is_one_line_and_exit_2(tiny_search, tmp_pat
 
 
 def test_a_corrupt_leaderboard_is_one_line_and_exit_2(tmp_path, capsys):
-    from search import report as report_cli
+    from search.reporting import report as report_cli
 
     board = tmp_path / LEGACY_LEADERBOARD
     board.write_text("not parquet\n")
@@ -191,10 +191,10 @@ def test_a_corrupt_leaderboard_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_an_optuna_db_that_is_not_sqlite_is_one_line_and_exit_2(tiny_search, tmp_path, capsys):
-    """The same pre-flight as search/run.py (search/preflight.py check_cli_inputs): it was an 82-line SQLAlchemy traceback."""
+    """The same pre-flight as search/run.py (search/board/checks.py check_cli_inputs): it was an 82-line SQLAlchemy traceback."""
     import shutil
 
-    from search.report import main
+    from search.reporting.report import main
 
     results = tmp_path / "results"
     results.mkdir()

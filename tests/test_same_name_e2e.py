@@ -17,7 +17,7 @@ import ray  # noqa: F401 - puts Ray's bundled psutil on the path
 import psutil
 
 from processes import checkout_env, kill_group
-from search import leaderboard
+from search.board import leaderboard
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "same"

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 
 from processes import checkout_env, kill_group
-from search import leaderboard
-from search.paths import leaderboard_path
-from search.run import main
+from search.board import leaderboard
+from search.board.paths import leaderboard_path
+from search.cli.run import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[1]

@@ -12,14 +12,14 @@ import pytest
 
 from leukmodels.config import TrainConfig
 from leukmodels.models import list_families
-from search import leaderboard
-from search.history import best_report
-from search.rows import SearchContext, build_row, is_over, rows_from_grid
-from search.flags import parse_args
-from search.run import main
-from search.settings import PROFILES, apply_profile, choose_profile
-from search.strategies import early_stops, search_run
-from search.spaces import SearchSpace, check_buildable, resolve_families, sample_configs, train_config
+from search.board import leaderboard
+from search.tuning.history import best_report
+from search.tuning.rows import SearchContext, build_row, is_over, rows_from_grid
+from search.cli.flags import parse_args
+from search.cli.run import main
+from search.cli.profiles import PROFILES, apply_profile, choose_profile
+from search.tuning.strategies import early_stops, search_run
+from search.tuning.spaces import SearchSpace, check_buildable, resolve_families, sample_configs, train_config
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_unknown_config_key_is_refused():
 # -- data -----------------------------------------------------------------------------------------------------------
 def test_prepare_data_uses_train_and_val_patients_only(tiny_cnmc, tmp_path):
     from leukmodels.data import discover, split_by_patient
-    from search.data import prepare_data
+    from search.tuning.data import prepare_data
 
     data = prepare_data(str(tiny_cnmc), image_sizes=[16, 24], split_seed=0, progress=False)
     assert data.generated and set(data.sets) == {16, 24}
@@ -170,8 +170,8 @@ def test_prepare_data_uses_train_and_val_patients_only(tiny_cnmc, tmp_path):
 def test_split_record_is_what_evaluation_reads_back(tiny_cnmc, tmp_path):
     import pandas as pd
 
-    from search.data import prepare_data
-    from search.heldout import recorded_split
+    from search.tuning.data import prepare_data
+    from search.evaluation.heldout import recorded_split
 
     data = prepare_data(str(tiny_cnmc), image_sizes=[16], split_seed=3, progress=False)
     data.write_split(tmp_path / "s1" / "split.json")
@@ -287,7 +287,7 @@ def test_a_list_flag_given_twice_is_merged_and_a_single_value_flag_twice_is_refu
 
 
 def _saved_search(tmp_path, *extra):
-    from search.settings import save_settings
+    from search.board.settings import save_settings
 
     args = _resolved(["--family", "resnet", "--name", "saved", "--results", str(tmp_path), *extra])
     save_settings(args)
@@ -304,7 +304,7 @@ def test_resume_refuses_flags_that_contradict_the_saved_search(tmp_path, capsys)
 
 
 def test_resume_applies_a_new_time_budget_and_keeps_every_other_saved_setting(tmp_path):
-    from search.settings import load_settings
+    from search.board.settings import load_settings
 
     saved = _saved_search(tmp_path, "--num-samples", "5", "--time-budget", "60")
     args = parse_args(["--resume", "--name", "saved", "--results", str(tmp_path), "--time-budget", "600",
@@ -324,8 +324,8 @@ def test_a_trial_the_budget_ends_before_its_first_report_keeps_its_sampled_setti
     from ray.tune.result_grid import ResultGrid
 
     from leukmodels.config import TrainConfig
-    from search.rows import SearchContext, rows_from_grid
-    from search.strategies import search_run
+    from search.tuning.rows import SearchContext, rows_from_grid
+    from search.tuning.strategies import search_run
 
     sampled = {"family": "resnet", "filters": 27, "lr": 0.02, "batch_size": 32, "image_size": 24, "epochs": 4}
     storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="cut",
@@ -349,7 +349,7 @@ def test_a_trial_the_budget_ends_before_its_first_report_keeps_its_sampled_setti
                                                      (["--max-epochs", "5"], 5, PROFILES["cpu"]["grace_epochs"])])
 def test_a_default_grace_follows_the_users_max_epochs(argv, max_epochs, grace):
     """`--max-epochs 1` alone was refused (once Ray was up) for a --grace-epochs 2 the user never gave (issue 20.10)."""
-    from search.flags import validate
+    from search.cli.flags import validate
 
     args = _resolved(["--family", "resnet", *argv])
     validate(args)  # what resolve_for_cluster checks once the profile filled the rest

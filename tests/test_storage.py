@@ -10,9 +10,9 @@ import pytest
 
 from board_rows import make_row
 from s3_server import S3Server, free_port
-from search import leaderboard, search_files, storage
-from search.paths import leaderboard_path, settings_path, split_path
-from search.run import main
+from search.board import leaderboard, search_files, storage
+from search.board.paths import leaderboard_path, settings_path, split_path
+from search.cli.run import main
 
 
 def _put(s3, key: str, data: bytes) -> None:
@@ -44,7 +44,7 @@ def test_a_checkpoint_uri_is_checked_fetched_once_and_named_in_errors(s3, tmp_pa
 
 def test_predict_names_a_checkpoint_uri_that_holds_no_checkpoint(s3, capsys):
     _put(s3, "bad/checkpoint_000001/checkpoint.pt", b"not a checkpoint")
-    from search import predict
+    from search.evaluation import predict
 
     assert predict.main(["--checkpoint", s3.uri("bad/checkpoint_000001"), "cell.bmp"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -136,8 +136,8 @@ def test_a_study_restored_older_than_tunes_state_does_not_stop_the_search(tmp_pa
 
     import optuna
 
-    from search.spaces import SearchSpace
-    from search.strategies import make_searcher
+    from search.tuning.spaces import SearchSpace
+    from search.tuning.strategies import make_searcher
 
     db = tmp_path / "optuna.db"
     searcher = make_searcher("tpe", search="lag", space=SearchSpace(["resnet"]), metric="balanced_accuracy",

@@ -8,8 +8,8 @@ import sys
 import pytest
 from processes import checkout_env, kill_group
 
-from search import leaderboard
-from search.paths import leaderboard_path
+from search.board import leaderboard
+from search.board.paths import leaderboard_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "full"

@@ -14,8 +14,8 @@ import optuna
 import pytest
 
 from processes import kill_group
-from search import leaderboard
-from search.paths import leaderboard_path
+from search.board import leaderboard
+from search.board.paths import leaderboard_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

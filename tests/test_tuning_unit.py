@@ -11,16 +11,16 @@ import optuna
 import pandas as pd
 import pytest
 
-from search.paths import leaderboard_path, optuna_url
-from search.plan import DRIVER_MEMORY_BYTES, DRIVER_NODE_RESOURCE, DRIVER_NODE_SHARE, Plan, TrialResources
-from search.rows import SearchContext, ending
-from search.strategies import search_run
-from search.trial import ORIGIN_FILE, TrialSettings, _Reporter, run_trial
-from search.tuning import close_open_optuna_trials, next_steps, run_config, summary_line, trial_request, tune_config
+from search.board.paths import leaderboard_path, optuna_url
+from search.tuning.plan import DRIVER_MEMORY_BYTES, DRIVER_NODE_RESOURCE, DRIVER_NODE_SHARE, Plan, TrialResources
+from search.tuning.rows import SearchContext, ending
+from search.tuning.strategies import search_run
+from search.tuning.trial import ORIGIN_FILE, TrialSettings, _Reporter, run_trial
+from search.tuning.tuner import close_open_optuna_trials, next_steps, run_config, summary_line, trial_request, tune_config
 
 
 def settings(**changes) -> argparse.Namespace:
-    """The resolved settings of a search (what search/run.py hands search/tuning.py)."""
+    """The resolved settings of a search (what search/run.py hands search/tuning/tuner.py)."""
     base = dict(name=f"unit-{uuid.uuid4().hex[:8]}", storage="/storage/ray", results=str(Path("results").resolve()),
                 metric="balanced_accuracy", max_failures=2, num_samples=6, scheduler="asha")
     return argparse.Namespace(**{**base, **changes})
@@ -164,7 +164,9 @@ def test_next_steps_paste_into_a_shell_whatever_the_folders_are_called(tmp_path)
     results folder `A2 ü x` gave `unrecognized arguments: x ü x/leaderboard.parquet`)."""
     import shlex
 
-    from search import evaluate, report
+    from search.evaluation import evaluate
+
+    from search.reporting import report
 
     results = tmp_path / "A2 ü x"
     here = settings(name="my search", results=str(results), storage=str(results / "ray"))
@@ -182,8 +184,8 @@ def test_next_steps_paste_into_a_shell_whatever_the_folders_are_called(tmp_path)
 def test_the_console_table_of_one_search_ranks_within_that_search(tmp_path):
     from board_rows import make_row
 
-    from search import leaderboard
-    from search.tuning import ranked_within
+    from search.board import leaderboard
+    from search.tuning.tuner import ranked_within
 
     rows = [make_row("a1", search="old", f1=0.9), make_row("a2", search="old", f1=0.8),
             make_row("b1", search="new", f1=0.7), make_row("b2", search="new", f1=0.85)]

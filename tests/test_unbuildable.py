@@ -5,8 +5,8 @@ import pytest
 from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 
-from search.trial import run_trial
-from search.unbuildable import NoRetryForUnbuildable, build_error
+from search.tuning.trial import run_trial
+from search.tuning.unbuildable import NoRetryForUnbuildable, build_error
 
 UNBUILDABLE = {"family": "baseline", "depth": 5, "filters": 8, "image_size": 24, "epochs": 2}  # 24 px halved 5 times
 BUILDABLE = {"family": "baseline", "depth": 2, "filters": 8, "image_size": 24, "epochs": 2}

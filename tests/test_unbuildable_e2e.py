@@ -7,8 +7,8 @@ import pytest
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from search.trial import run_trial
-from search.unbuildable import NoRetryForUnbuildable
+from search.tuning.trial import run_trial
+from search.tuning.unbuildable import NoRetryForUnbuildable
 
 pytestmark = pytest.mark.slow
 

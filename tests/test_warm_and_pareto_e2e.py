@@ -9,10 +9,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from search import leaderboard
-from search.pareto import pareto_flags
-from search.paths import leaderboard_path
-from search.run import main
+from search.board import leaderboard
+from search.board.pareto import pareto_flags
+from search.board.paths import leaderboard_path
+from search.cli.run import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 OBJECTIVES = ["balanced_accuracy", "num_parameters"]
@@ -84,7 +84,7 @@ def test_the_first_trials_of_a_warm_started_search_are_the_earlier_best(searches
 
 
 def test_the_report_of_the_multi_objective_search_draws_its_front_and_its_study(searches, tmp_path):
-    from search import report
+    from search.reporting import report
 
     tmp, _ = searches
     out = tmp_path / "report.html"

@@ -1,4 +1,4 @@
-"""Warm start (search/warmstart.py), without Ray: an earlier search's leaderboard rows mapped onto a new space
+"""Warm start (search/tuning/warmstart.py), without Ray: an earlier search's leaderboard rows mapped onto a new space
 (dropped, clipped, moved to the nearest offered, prefixed), how many are carried, and the CLI's one-line refusals.
 The real search that runs them first is in test_warm_and_pareto_e2e.py."""
 from __future__ import annotations
@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from leukmodels.config import TrainConfig
-from search import leaderboard
-from search.flags import parse_args
-from search.paths import leaderboard_path
-from search.run import main
-from search.spaces import SearchSpace
-from search.warmstart import NotCarried, carried_limit, map_config, points_from_rows, ranked_rows, row_config
+from search.board import leaderboard
+from search.cli.flags import parse_args
+from search.board.paths import leaderboard_path
+from search.cli.run import main
+from search.tuning.spaces import SearchSpace
+from search.tuning.warmstart import NotCarried, carried_limit, map_config, points_from_rows, ranked_rows, row_config
 
 
 def row(trial_id: str, score: float, search: str = "old", status: str = "finished", **config) -> dict:
@@ -124,7 +124,7 @@ def test_rows_are_carried_best_first_skipping_errors_other_families_duplicates_a
     assert list(ranked["trial_id"])[:2] == ["best", "same-as-best"] and "error" not in set(ranked["trial_id"])
     space = SearchSpace(["resnet"], image_sizes=[16], batch_sizes=[32])  # 4 stages do not fit 16 px
     points, lines = points_from_rows(ranked, space, limit=2)
-    # best, then deep: with one image size the space offers only the stages that build (search/feasible.py), so
+    # best, then deep: with one image size the space offers only the stages that build (search/tuning/feasible.py), so
     # deep's 4 stages are clipped to 3 like any value outside the space, instead of dropped as unbuildable
     assert [(p["lr"], p["stages"]) for p in points] == [(pytest.approx(3e-3), 3), (pytest.approx(1e-3), 3)]
     assert "deep (resnet, balanced_accuracy 0.770): stages 4 -> 3 (outside [2, 3]: clipped)" in lines
@@ -157,7 +157,8 @@ def test_a_warm_start_without_a_scored_trial_is_refused(tmp_path, capsys):
 
 
 def test_the_warm_start_and_the_objectives_are_saved_and_resume_keeps_them(tmp_path, capsys):
-    from search.settings import PROFILES, apply_profile, load_settings, save_settings
+    from search.cli.profiles import PROFILES, apply_profile
+    from search.board.settings import load_settings, save_settings
 
     args = apply_profile(parse_args(["--family", "resnet", "--name", "new", "--results", str(tmp_path),
                                      "--warm-start", "old", "--objectives", "roc_auc", "num_parameters"]),

@@ -1,7 +1,7 @@
 """A tiny generated search built without Ray, for the post-search commands' tests (evaluate, report, predict, export).
 
 `build_tiny_search` writes a small generated C-NMC tree, trains the CONFIGS for 2 epochs with leukmodels.train.fit on
-the search's train/val split (prepared by search.data.prepare_data exactly as the Ray search does), appends their
+the search's train/val split (prepared by search.tuning.data.prepare_data exactly as the Ray search does), appends their
 leaderboard rows and records the trials (and a fourth, for parameter importances) in an Optuna study in SQLite, all
 under one folder. conftest.py builds it once per session (`tiny_search`) and runs evaluate on it (`evaluated`).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from search.paths import leaderboard_path
+from search.board.paths import leaderboard_path
 
 SEARCH = "tiny"
 IMAGE_SIZE = 32
@@ -32,8 +32,8 @@ def build_tiny_search(base: Path) -> dict:
     from leukmodels.data import discover, split_by_patient
     from leukmodels.synthetic import generate
     from leukmodels.train import fit
-    from search.data import prepare_data
-    from search.leaderboard import append_rows
+    from search.tuning.data import prepare_data
+    from search.board.leaderboard import append_rows
 
     root = generate(base / "data", n_all=6, n_hem=4, images_per_patient=8, n_prelim=4, n_final=1, seed=0,
                     workers=1, cell_skew=0.0, difficulty=0.0)
@@ -79,7 +79,7 @@ def build_tiny_search(base: Path) -> dict:
 def evaluate_tiny_search(tiny: dict) -> dict:
     """evaluate.main run on the tiny search: top 2, the ensemble of the top 3 (so all 3 trials are evaluated), TTA
     both ways, the best retrained."""
-    from search import evaluate
+    from search.evaluation import evaluate
 
     out = tiny["results"] / "test_metrics.parquet"
     code = evaluate.main(["--leaderboard", str(tiny["leaderboard"]), "--top", "2", "--ensemble", "3", "--tta", "both",

@@ -1,0 +1,323 @@
+"""`python -m search.benchmark`: how much training each search strategy needs to find a good model, and how far the
+validation patients predict unseen ones.
+
+    python -m search.benchmark                  # random/TPE x FIFO/ASHA, seeds 0 1 2, 12 trials x 8 epochs, 32 px
+    python -m search.benchmark --smoke-test     # random-fifo and tpe-asha, seed 0, 3 trials x 2 epochs, 24 px
+
+Every search is a real `search.cli.run.main` call with the same family, space, data, trial count and maximum epochs; only
+the sampler, the scheduler and the seed change, and all share one Ray start. Then every trial's best-epoch checkpoint
+predicts the held-out test patients (search/benchmark/analysis.py). Everything goes under
+results/benchmarks/<name>/; rerunning a --name reuses its finished searches and resumes an interrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+
+from search.benchmark import tables as report
+from search.board.paths import RESULTS, leaderboard_path, settings_path
+from search.tuning.strategies import SCHEDULERS, SEARCHERS
+
+BASELINE = "random-fifo"  # every strategy is measured against random sampling without early stopping
+STRATEGIES = tuple(f"{searcher}-{scheduler}" for searcher in SEARCHERS for scheduler in SCHEDULERS)
+DEFAULTS = dict(family=["resnet"], strategies=[BASELINE, "random-asha", "tpe-fifo", "tpe-asha"], seeds=[0, 1, 2],
+                num_samples=12, max_epochs=8, image_sizes=[32])
+SMOKE = dict(strategies=[BASELINE, "tpe-asha"], seeds=[0], num_samples=3, max_epochs=2, image_sizes=[24])
+SETTINGS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "reduction_factor", "strategies", "seeds",
+            "image_sizes", "metric", "cv", "rerank_top", "rerank_strategies", "batch_sizes")  # a rerun must match
+HEARTBEAT_S = 20.0  # a progress line this often while a search runs
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line for `main`, not argparse's usage text and exit
+        raise ValueError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from search.board.settings import DEFAULT_METRIC, METRICS
+
+    p = _Parser(prog="python -m search.benchmark", description="How much training each search strategy (sampler x "
+                "scheduler) needs to reach random sampling's best, over several seeds, and how well validation "
+                "metrics rank trials for unseen test patients. Writes RESULTS/benchmarks/NAME/.")
+    p.add_argument("--family", nargs="+", help="model family searched by every strategy (default resnet)")
+    p.add_argument("--data", help="C-NMC folder (default: the generated C-NMC-like set)")
+    p.add_argument("--num-samples", type=int, help="trials per search (default 12)")
+    p.add_argument("--max-epochs", type=int, help="epochs of a trial never stopped (default 8)")
+    p.add_argument("--grace-epochs", type=int, help="passed to every search (default: its profile's, 2 on CPUs)")
+    p.add_argument("--reduction-factor", type=int, help="passed to every search (default: search/run.py's, 2)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds per strategy: sampler, patient split, trials "
+                   "(default 0 1 2)")
+    p.add_argument("--strategies", nargs="+", metavar="SEARCHER-SCHEDULER", help=f"from {', '.join(STRATEGIES)}; "
+                   f"must include {BASELINE} (default {' '.join(DEFAULTS['strategies'])})")
+    p.add_argument("--image-sizes", type=int, nargs="+", metavar="S", help="candidate image sizes (default 32)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", metavar="B", help="candidate batch sizes (default: the "
+                   "profile's; smaller ones train more steps per epoch on a small set)")
+    p.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS, help="validation metric every search "
+                   "maximises (default balanced_accuracy)")
+    p.add_argument("--name", help="benchmark name (default <family>-<YYYYmmdd-HHMMSS>); a rerun reuses finished "
+                   "searches")
+    p.add_argument("--results", default=RESULTS, help="outputs go to RESULTS/benchmarks/NAME (default results)")
+    p.add_argument("--cv", type=int, metavar="K", help="also run every strategy with --cv K (cross-validated "
+                   "selection), compared with the baseline on the same selection rule")
+    p.add_argument("--rerank-top", type=int, metavar="N", help="every one-split search also re-ranks its top N "
+                   "trials with K-fold cross-validation (K: --cv, else 3): the two-stage selection rule")
+    p.add_argument("--rerank-strategies", nargs="+", metavar="SEARCHER-SCHEDULER", help="the strategies whose "
+                   "one-split searches --rerank-top re-ranks (default: every strategy)")
+    p.add_argument("--smoke-test", action="store_true", help="2 strategies x 1 seed x 3 trials x 2 epochs at 24 px")
+    return p
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The flags with defaults filled (the smoke test's for flags not given); ValueError naming a bad flag."""
+    args = build_parser().parse_args(argv)
+    for key, value in {**DEFAULTS, **(SMOKE if args.smoke_test else {})}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, list(value) if isinstance(value, list) else value)
+    bad = [s for s in args.strategies if s not in STRATEGIES]
+    if bad:
+        raise ValueError(f"--strategies {bad[0]}: choose from {', '.join(STRATEGIES)}")
+    if BASELINE not in args.strategies:
+        raise ValueError(f"--strategies must include {BASELINE}: the headline measures every strategy against it")
+    for flag in ("strategies", "seeds"):
+        values = getattr(args, flag)
+        if len(set(values)) != len(values):
+            raise ValueError(f"--{flag} {' '.join(map(str, values))}: give each once")
+    if min(args.seeds) < 0:
+        raise ValueError(f"--seeds {min(args.seeds)} must be >= 0")
+    if args.cv is not None and args.cv < 2:
+        raise ValueError(f"--cv {args.cv} must be >= 2 folds")
+    if args.rerank_top is not None and args.rerank_top < 2:
+        raise ValueError(f"--rerank-top {args.rerank_top} must be >= 2")
+    args.name = args.name or f"{'+'.join(args.family)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in args.name or args.name.startswith("."):
+        raise ValueError(f"--name {args.name!r}: use a plain folder name")
+    args.folder = Path(args.results).expanduser().resolve() / "benchmarks" / args.name
+    args.runs = args.folder / "runs"  # --results of every search
+    args.storage = args.runs / "ray"  # --storage of every search: its Tune folders are runs/ray/<search>/
+    return args
+
+
+@dataclass(frozen=True)
+class Search:
+    strategy: str
+    seed: int
+    name: str
+    cv: int = 0  # --cv K of this search (0: one validation split)
+    rerank: int = 0  # --rerank-top N of this one-split search (its second stage is the search <name>-rerank)
+    rerank_folds: int = 3
+
+    @property
+    def label(self) -> str:
+        """The strategy as tables show it: 'tpe-asha', or 'tpe-asha+cv3' for a cross-validated search."""
+        return f"{self.strategy}+cv{self.cv}" if self.cv else self.strategy
+
+    def argv(self, args: argparse.Namespace) -> list[str]:
+        """search/run.py's flags for this search: the benchmark's shared settings plus its strategy and seed."""
+        searcher, scheduler = self.strategy.split("-")
+        given = {"--data": args.data, "--grace-epochs": args.grace_epochs, "--reduction-factor": args.reduction_factor}
+        return ["--family", *args.family, "--num-samples", str(args.num_samples), "--max-epochs",
+                str(args.max_epochs), "--image-sizes", *map(str, args.image_sizes), "--metric", args.metric,
+                "--searcher", searcher, "--scheduler", scheduler, "--seed", str(self.seed), "--name", self.name,
+                "--results", str(args.runs), "--storage", str(args.storage),
+                *[item for flag, value in given.items() if value is not None for item in (flag, str(value))],
+                *(["--cv", str(self.cv)] if self.cv else []),
+                *(["--batch-sizes", *map(str, args.batch_sizes)] if args.batch_sizes else []),
+                *(["--rerank-top", str(self.rerank), "--rerank-folds", str(self.rerank_folds)] if self.rerank else [])]
+
+
+def plan_searches(args: argparse.Namespace) -> list[Search]:
+    """Every (strategy, seed), seed-major so an interrupted benchmark has every strategy on its first seeds. Each
+    search's flags are checked by search/run.py's own parser now, before Ray starts, and the data, sizes and storage
+    by its pre-launch checks once per seed (the seed draws the patient split)."""
+    from search.cli.flags import parse_args
+    from search.cli.preflight import check_before_launch
+
+    searches = []
+    for seed in args.seeds:
+        for cv in ([0, args.cv] if args.cv else [0]):
+            searches += [Search(s, seed, f"{args.name}-{s}{f'-cv{cv}' if cv else ''}-s{seed}", cv=cv,
+                                rerank=0 if cv or s not in (args.rerank_strategies or [s]) else (args.rerank_top or 0),
+                                rerank_folds=args.cv or 3)
+                         for s in args.strategies]
+    checked = set()
+    for search in searches:
+        parsed = parse_args(search.argv(args))
+        if search.seed not in checked:
+            check_before_launch(parsed)
+            checked.add(search.seed)
+    return searches
+
+
+def prepare_folder(args: argparse.Namespace, command: str) -> dict:
+    """Write (or check) benchmark.json; returns what earlier runs of this --name recorded per search (runs.json)."""
+    from leukmodels.atomic import atomic_path
+
+    settings = {key: getattr(args, key) for key in SETTINGS}
+    saved_path, runs_path = args.folder / "benchmark.json", args.folder / "runs.json"
+    if saved_path.is_file():
+        saved = json.loads(saved_path.read_text())["settings"]
+        clash = [f"--{k.replace('_', '-')} {saved.get(k)} (now {settings[k]})" for k in SETTINGS if saved.get(k) !=
+                 settings[k]]
+        if clash:
+            raise ValueError(f"--name {args.name}: that benchmark ran with {'; '.join(clash)}; use a new --name")
+    with atomic_path(saved_path) as tmp:
+        tmp.write_text(json.dumps({"settings": settings, "command": command}, indent=1))
+    return json.loads(runs_path.read_text()) if runs_path.is_file() else {}
+
+
+@contextlib.contextmanager
+def output_to(path: Path) -> Iterator[int]:
+    """Everything this process writes to file descriptors 1 and 2 (Tune's tables, Ray's worker logs, progress bars)
+    goes to `path`; yields a descriptor of the console for progress lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(), sys.stderr.flush()
+    console, errors = os.dup(1), os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+        try:
+            yield console
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(console, 1), os.dup2(errors, 2)
+            os.close(console), os.close(errors)
+
+
+@contextlib.contextmanager
+def heartbeat(folder: Path, label: str, console: int) -> Iterator[None]:
+    """A line every HEARTBEAT_S seconds: epochs the search has reported so far (lines of its result.json files)."""
+    stop, started = threading.Event(), time.time()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):  # a file Tune is replacing: count it next time
+                epochs = sum(len(p.read_bytes().splitlines()) for p in folder.glob("*/result.json"))
+                os.write(console, f"    {label}: {epochs} epochs trained, {time.time() - started:.0f} s\n".encode())
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+class Stop(Exception):
+    """The benchmark cannot go on: a search refused its input (code 2) or was interrupted (code 1)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def run_searches(args: argparse.Namespace, searches: list[Search], runs: dict, say=print) -> dict:
+    """Run (or reuse, or resume) every search in this process's Ray; runs.json after each. Raises Stop when a search
+    refused its input or was interrupted (Ctrl-C: Tune stops the search, which returns 1 saying so)."""
+    from leukmodels.atomic import atomic_path
+    from search.board import leaderboard
+    from search.cli import run
+
+    for index, search in enumerate(searches, start=1):
+        label, before = f"[{index}/{len(searches)}] {search.label} seed {search.seed}", runs.get(search.name, {})
+        if before.get("exit_code") == 0:
+            say(f"{label}: finished earlier ({before['wall_seconds']:.0f} s), reused")
+            continue
+        resume = settings_path(args.runs, search.name).is_file()
+        argv = (["--resume", "--name", search.name, "--results", str(args.runs), "--storage", str(args.storage)]
+                if resume else search.argv(args))
+        log = args.folder / "logs" / f"{search.name}.log"
+        say(f"{label}: {'resuming' if resume else 'running'} search {search.name} (log {log})")
+        started = time.time()
+        with output_to(log) as console, heartbeat(args.storage / search.name, label, console):
+            code = run.main(argv)
+        runs[search.name] = {"exit_code": code, "resumed": resume,
+                             "wall_seconds": time.time() - started + (before.get("wall_seconds") or 0.0)}
+        with atomic_path(args.folder / "runs.json") as tmp:
+            tmp.write_text(json.dumps(runs, indent=1))
+        said = log.read_text(errors="replace").splitlines()
+        if code == 2:
+            error = next((line for line in reversed(said) if line.startswith("error:")), "error: input refused")
+            raise Stop(f"{label}: {error[len('error: '):]} (log {log})", 2)
+        if code and any(line.startswith("search interrupted") for line in said):
+            raise Stop(f"{label}: interrupted; run the same command again to continue (finished searches are "
+                       f"reused, this one resumed)", 1)
+        board = leaderboard.read(leaderboard_path(args.runs))
+        mine = board[board["search"] == search.name]
+        say(f"{label}: exit {code} after {runs[search.name]['wall_seconds']:.0f} s: {len(mine)} trials, "
+            f"{int(mine['epochs_run'].fillna(0).sum())} epochs, best val {args.metric} {mine[args.metric].max():.4f}")
+    return runs
+
+
+def start_ray() -> bool:
+    """One local Ray for every search of the benchmark (search/run.py's own start); True if it was started here."""
+    import ray
+
+    from search.cli.run import start_ray as start
+
+    if ray.is_initialized():
+        return False
+    start(argparse.Namespace(address=None))
+    return True
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(argv)
+        searches = plan_searches(args)
+        command = " ".join(["python -m search.benchmark", *argv])
+        runs = prepare_folder(args, command)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rules = " x (one split" + (f", --cv {args.cv}" if args.cv else "") + (
+        f"; one split re-ranked with --rerank-top {args.rerank_top}" if args.rerank_top else "") + ")"
+    print(f"benchmark {args.name}: {len(args.strategies)} strategies x {len(args.seeds)} seed(s)"
+          f"{rules if args.cv or args.rerank_top else ''} = {len(searches)} searches of {args.num_samples} trials x "
+          f"up to {args.max_epochs} epochs ({' '.join(args.family)}, "
+          f"{' '.join(map(str, args.image_sizes))} px, val {args.metric}) on {args.data or 'the generated set'}")
+    import ray
+
+    done = [s for s in searches if runs.get(s.name, {}).get("exit_code") == 0]
+    own_ray = start_ray() if len(done) < len(searches) else False  # a rerun with every search finished: no Ray
+    try:
+        runs = run_searches(args, searches, runs)
+    except Stop as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        return stop.code
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue (finished searches are reused)", file=sys.stderr)
+        return 1
+    finally:
+        if own_ray and ray.is_initialized():
+            with output_to(args.folder / "logs" / "ray.log"):  # worker lines Ray forwards late land here too
+                ray.shutdown()
+    from leukmodels.data import DataError
+    from search.benchmark.analysis import analyse, write_outputs
+    from search.board.leaderboard import LeaderboardError
+
+    try:
+        results = analyse(args, searches, runs, command, BASELINE)
+        written = write_outputs(args, results)
+    except (DataError, LeaderboardError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for line in report.console_lines(results, written):
+        print(line)
+    return 0 if all(runs[s.name]["exit_code"] == 0 for s in searches) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main", "parse_args", "plan_searches", "Search", "BASELINE", "STRATEGIES", "DEFAULTS", "SMOKE"]

@@ -1,0 +1,195 @@
+"""Search strategies: which Optuna sampler proposes configs and which Tune scheduler stops trials early.
+
+    sampler = make_sampler("tpe", seed=0, num_samples=12)
+    scheduler = make_scheduler("asha", search="resnet-1", metric="balanced_accuracy", max_epochs=8, grace_epochs=1)
+
+Schedulers record which trials they stopped before max_epochs, so a leaderboard row can say "stopped early" (a STOP
+at max_epochs is only the end of training), and `BudgetStopper` ends the search at its deadline. What they share lives
+in a registry keyed by search name (`search_run`), not in attributes: `--resume` restores pickled copies of them.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ray.tune import Stopper
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
+
+from search.tuning.trial import TIME_ATTR
+
+SEARCHERS = ("tpe", "random")
+SCHEDULERS = ("asha", "median", "fifo", "pbt")
+
+
+
+@dataclass
+class SearchRun:
+    """What this driver process knows about a running search."""
+
+    early_stops: set = field(default_factory=set)  # trial ids the scheduler stopped before max_epochs
+    deadline: Optional[float] = None  # wall-clock time (time.time()) at which the time budget ends the search
+    launched: float = field(default_factory=time.time)  # when this process launched (or resumed) the search
+    trial_started: dict = field(default_factory=dict)  # trial id -> when this process saw it start
+    trial_walls: dict = field(default_factory=dict)  # trial id -> seconds from its start to its end, seen here
+
+    def budget_spent(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+
+_RUNS: dict[str, SearchRun] = {}
+
+
+def search_run(search: str) -> SearchRun:
+    return _RUNS.setdefault(search, SearchRun())
+
+
+def early_stops(search: str) -> set:
+    """Trial ids of `search` that its scheduler stopped before max_epochs, as recorded in this process."""
+    return search_run(search).early_stops
+
+
+class BudgetStopper(Stopper):
+    """Ends the whole search at `search_run(search).deadline` (set anew by each run, so `--resume` may give a new
+    budget); Tune then stops every running trial."""
+
+    def __init__(self, search: str) -> None:
+        self.search = search
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return search_run(self.search).budget_spent()
+
+
+def make_sampler(name: str, seed: int, num_samples: int):
+    """The Optuna sampler behind OptunaSearch. TPE starts with a few random trials (a third of the budget, 2 to 10)
+    before it models the space; `random` is the baseline every strategy is measured against."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, num_samples // 3)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"--searcher {name!r}: choose from {SEARCHERS}")
+
+
+class _RecordsEarlyStops:
+    """Mixin for a Tune scheduler: remember each STOP decided before `max_epochs`."""
+
+    search: str = ""
+    max_epochs: float = math.inf
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
+        if decision != TrialScheduler.STOP:
+            return decision
+        if result.get(TIME_ATTR, math.inf) >= self.max_epochs:
+            # the last epoch: the trial returns by itself. A STOP would kill it while a DDP trial's Train run is
+            # still closing, and its controller would retry the workers whose placement group is being freed
+            return TrialScheduler.CONTINUE
+        early_stops(self.search).add(trial.trial_id)
+        return decision
+
+
+class RecordingASHA(_RecordsEarlyStops, ASHAScheduler):
+    pass
+
+
+class RecordingMedian(_RecordsEarlyStops, MedianStoppingRule):
+    pass
+
+
+def make_scheduler(name: str, *, search: str, metric: str, max_epochs: int, grace_epochs: int,
+                   reduction_factor: int = 2, mode: str = "max", seed: int = 0) -> Optional[TrialScheduler]:
+    """ASHA (stops a trial at epoch grace x factor^k unless it is in the top 1/factor there), the median stopping
+    rule (stops a trial whose running mean falls below the median of the others at the same epoch, after the grace
+    epochs), FIFO (every trial runs max_epochs), or population-based training (every trial runs max_epochs; the
+    worst copy the best's weights and perturb their lr, weight decay and augmentation: search/tuning/pbt.py)."""
+    if name == "pbt":
+        from search.tuning.pbt import make_pbt
+
+        return make_pbt(metric=metric, mode=mode, max_epochs=max_epochs, seed=seed)
+    if name == "asha":
+        scheduler = RecordingASHA(time_attr=TIME_ATTR, max_t=max_epochs, grace_period=grace_epochs,
+                                  reduction_factor=reduction_factor, metric=metric, mode=mode)
+    elif name == "median":
+        scheduler = RecordingMedian(time_attr=TIME_ATTR, metric=metric, mode=mode, grace_period=grace_epochs,
+                                    min_samples_required=3)
+    elif name == "fifo":
+        return FIFOScheduler()
+    else:
+        raise ValueError(f"--scheduler {name!r}: choose from {SCHEDULERS}")
+    scheduler.search, scheduler.max_epochs = search, max_epochs
+    return scheduler
+
+
+class BudgetAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that closes a trial the time budget cut short as PRUNED at its last value (FAIL when it trained
+    no epoch), not as COMPLETE: the study then holds the same ending as the leaderboard row."""
+
+    def __init__(self, *args: Any, search: str = "", max_epochs: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.search, self.max_epochs = search, max_epochs
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        if trial_id in self._unrecorded():
+            return
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # a trial that ended just before the driver died: the study has its end, Tune's saved state did not, so
+            # --resume restored it and it re-reports its last epoch. The study keeps what it has.
+            self._completed_trials.add(trial_id)
+        except KeyError as missing:  # optuna's "Record does not exist.": see _unrecorded
+            self._note_unrecorded(trial_id, missing)
+
+    def _note_unrecorded(self, trial_id: str, missing: KeyError) -> None:
+        if "Record does not exist" not in str(missing):
+            raise missing
+        self._unrecorded().add(trial_id)
+
+    def _unrecorded(self) -> set:
+        """Trials the study does not hold: a study restored from the bucket on a new head (search/board/search_files.py)
+        can be older than Tune's saved state, which names trials asked after the study's last copy. They still train
+        and get their rows; the study hears nothing of them. (Kept in __dict__: a pickled searcher may predate it.)"""
+        return self.__dict__.setdefault("_unrecorded_trials", set())
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        run = search_run(self.search)
+        epochs = int((result or {}).get(TIME_ATTR) or 0)
+        cut = not error and run.budget_spent() and trial_id not in run.early_stops and epochs < self.max_epochs
+        if trial_id in self._unrecorded():
+            return None
+        if not cut or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            try:
+                return super().on_trial_complete(trial_id, result=result, error=error)
+            except KeyError as missing:  # not in the study: see _unrecorded
+                self._note_unrecorded(trial_id, missing)
+                return None
+        import optuna
+
+        state = optuna.trial.TrialState.PRUNED if epochs else optuna.trial.TrialState.FAIL
+        self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        self._completed_trials.add(trial_id)
+
+
+def make_searcher(sampler_name: str, *, search: str, space: Any, metric: Any, mode: Any, storage: Any,
+                  seed: int, num_samples: int, max_epochs: int,
+                  points_to_evaluate: Optional[list[dict]] = None) -> BudgetAwareOptunaSearch:
+    """OptunaSearch over `space` with the named sampler; its study is stored under the search's name. `metric` and
+    `mode` are lists for a multi-objective search (the sampler then proposes for all of them); `points_to_evaluate`
+    (a warm start) are enqueued in the study, so they are the first trials."""
+    return BudgetAwareOptunaSearch(space=space, metric=metric, mode=mode, study_name=search, storage=storage,
+                                   sampler=make_sampler(sampler_name, seed, num_samples), search=search,
+                                   max_epochs=max_epochs, points_to_evaluate=points_to_evaluate or None)
+
+
+__all__ = ["SEARCHERS", "SCHEDULERS", "make_sampler", "make_scheduler", "early_stops", "search_run", "SearchRun",
+           "BudgetStopper", "BudgetAwareOptunaSearch", "make_searcher", "RecordingASHA",
+           "RecordingMedian"]

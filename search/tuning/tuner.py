@@ -1,0 +1,323 @@
+"""The Ray side of `search/run.py`: prepare the data, build the Tuner (or restore it), fit, write the leaderboard.
+
+    code = run_search(args, plan, console)   # args resolved by search.cli.run; Ray already initialised
+
+The data are decoded and `ray.put` once, then Tune runs with a leaderboard row per ended trial; at the end every
+trial of the ResultGrid is written again (same (search, trial_id) key: replaced, never duplicated).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from shlex import quote
+from pathlib import Path
+from typing import Any, Optional
+
+from ray import tune
+
+from leukmodels.metrics import SINGLE_CLASS_SHARE
+from search.board import leaderboard, search_files
+from search.tuning import timeline
+from search.tuning.console import Console, ConsoleCallback
+from search.tuning.crossval import search_refs
+from search.tuning.data import SearchData, prepare_data
+from search.board.pareto import direction, front_lines, marked_search, searcher_objectives
+from search.board.paths import RESULTS, REPORT, in_storage, leaderboard_path, optuna_url, split_path
+from search.tuning.plan import Plan, cluster_nodes, driver_resources
+from search.tuning.history import result_trial_id
+from search.tuning.resume_guard import MissingCheckpointGuard
+from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_grid
+from search.board.settings import save_settings
+from search.tuning.storage_full import fit_or_full
+from search.tuning.spaces import SearchSpace
+from search.tuning.strategies import BudgetStopper, make_scheduler, make_searcher, search_run
+from search.tuning.timeline_tune import TimelineCallback
+from search.board.study_storage import dashboard_target, open_storage as optuna_storage
+from search.tuning.uncertainty import tie_line
+from search.tuning.unbuildable import NoRetryForUnbuildable
+from search.tuning.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config, run_trial
+
+
+def study_url(args: argparse.Namespace) -> str:
+    """--optuna-storage (without its password), or the default SQLite file in results/ (a study per search)."""
+    return getattr(args, "optuna_storage", None) or optuna_url(args.results)
+
+
+def trial_settings(args: argparse.Namespace, plan: Plan) -> TrialSettings:
+    return TrialSettings(resources=plan.per_trial, train_storage=in_storage(args.storage, args.name, TRAIN_RUNS_DIR),
+                         max_failures=args.max_failures, metric=args.metric, mode="max",
+                         cv=bool(getattr(args, "cv", None)))
+
+
+def trial_request(settings: TrialSettings, nodes: list[dict]) -> dict[str, float]:
+    """What Tune reserves for one trial's actor: the worker's CPUs and GPUs when it trains in place; for a DDP trial
+    only its driver (the workers get their own placement group from Ray Train), pinned to the node of `nodes` that
+    declares the driver resource (the head of clusters/*.yaml)."""
+    return settings.resources.worker_resources() if settings.in_process else driver_resources(nodes=nodes)
+
+
+def trainable_for(settings: TrialSettings, refs: dict) -> Any:
+    """`run_trial` with the shared data and settings bound, asking Tune for `trial_request`."""
+    nodes = [] if settings.in_process else cluster_nodes()
+    return tune.with_resources(tune.with_parameters(run_trial, data_refs=refs, settings=settings),
+                               trial_request(settings, nodes))
+
+
+def search_space(args: argparse.Namespace) -> SearchSpace:
+    return SearchSpace(args.family, image_sizes=args.image_sizes, batch_sizes=args.batch_sizes,
+                       epochs=args.max_epochs, seed=args.seed)
+
+
+def build_tuner(args: argparse.Namespace, plan: Plan, trainable: Any, callbacks: list) -> tune.Tuner:
+    """A new Tuner, or the search's own restored from its storage with `--resume`."""
+    experiment = in_storage(args.storage, args.name)
+    if args.resume:
+        if not tune.Tuner.can_restore(experiment):
+            raise ValueError(f"--resume: no Tune experiment at {experiment}")
+        return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    searcher, param_space = _searcher(args)
+    scheduler = make_scheduler(args.scheduler, search=args.name, metric=args.metric, max_epochs=args.max_epochs,
+                               grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor, seed=args.seed)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config(args, plan, searcher, scheduler),
+                      run_config=run_config(args, plan, callbacks))
+
+
+def _searcher(args: argparse.Namespace) -> tuple[Any, Optional[dict]]:
+    """(search algorithm, param_space): OptunaSearch over the define-by-run space (no param_space), or for PBT, which
+    refuses a searcher, Tune's generator over a population drawn at random from the same space (search/tuning/pbt.py)."""
+    if args.scheduler == "pbt":
+        from search.tuning.pbt import population
+
+        return population(search_space(args), args.num_samples, seed=args.seed)
+    metric, mode = searcher_objectives(args)  # lists with --objectives; the scheduler uses the first
+    return make_searcher(args.searcher, search=args.name, space=search_space(args), metric=metric, mode=mode,
+                         storage=optuna_storage(study_url(args)), seed=args.seed, num_samples=args.num_samples,
+                         max_epochs=args.max_epochs, points_to_evaluate=getattr(args, "warm_start_points", None)), None
+
+
+def tune_config(args: argparse.Namespace, plan: Plan, searcher: Any, scheduler: Any) -> tune.TuneConfig:
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
+                           # PBT: the whole population must exist at once (paused trials free their slot); a
+                           # one-worker trial's actor holds its resources, so they bound it
+                           max_concurrent_trials=None if args.scheduler == "pbt" else plan.max_concurrent_trials,
+                           # a one-worker trial's actor is its training process: the next trial reuses it (torch
+                           # imported, data fetched); a DDP trial's actor holds a Train controller that must die
+                           # with it when the scheduler stops the trial
+                           reuse_actors=plan.per_trial.in_process)
+
+
+def run_config(args: argparse.Namespace, plan: Plan, callbacks: list) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=args.name, storage_path=args.storage, verbose=1, callbacks=callbacks, stop=BudgetStopper(args.name),
+        # one-worker trials are retried by Tune from their last checkpoint; DDP trials by Ray Train
+        failure_config=tune.FailureConfig(max_failures=args.max_failures if plan.per_trial.in_process else 0),
+        checkpoint_config=checkpoint_config(args.metric, "max", for_tune=True, keep_all=args.scheduler == "pbt"))
+
+
+def search_context(args: argparse.Namespace, data: SearchData) -> SearchContext:
+    return SearchContext(search=args.name, metric=args.metric, max_epochs=args.max_epochs,
+                         data_fingerprint=data.fingerprint, data_generated=data.generated, data_root=data.root,
+                         code_version=leaderboard.code_version(), searcher=args.searcher, scheduler=args.scheduler,
+                         objectives=",".join(args.objectives or []), storage=args.storage)
+
+
+def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
+    """Decode, launch (or resume) the Tune experiment, write and show the rows; returns the CLI's exit code."""
+    started = getattr(args, "started", time.time())
+    if not args.resume:
+        if args.warm_start:  # the earlier search's best configs, mapped onto this space: the first trials
+            from search.tuning.warmstart import warm_start_points
+
+            args.warm_start_points = warm_start_points(args, search_space(args), console.say)
+        save_settings(args)  # results/searches/<name>.json, read back by --resume
+    data = prepare_data(args.data, args.image_sizes, split_seed=args.seed, val_fraction=args.val_fraction,
+                        progress=console.out)
+    console.say(data.describe())
+    data.write_split(split_path(args.results, args.name))  # read by search/evaluate.py
+    recorder = LeaderboardCallback(search_context(args, data), str(leaderboard_path(args.results)))
+    progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
+                               max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
+    refs = search_refs(args, data, console.say)  # with --cv: the pooled train+val set and its folds
+    callbacks = [recorder, progress, MissingCheckpointGuard()]  # the guard: a resumed trial never errors for a
+    # checkpoint Tune's saved state names but the storage lost (search/tuning/resume_guard.py)
+    callbacks.append(NoRetryForUnbuildable())  # a config that cannot be built fails once (search/tuning/unbuildable.py)
+    tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), refs),
+                        callbacks + ([TimelineCallback()] if timeline.enabled() else []))
+    _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # a new head can resume
+    run = search_run(args.name)
+    run.launched, run.deadline = time.time(), (time.time() + args.time_budget if args.time_budget else None)
+    console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "
+                f"each, {plan.max_concurrent_trials} at once ({args.searcher} + {args.scheduler}, {goal(args)} "
+                f"on {'the pooled out-of-fold predictions' if getattr(args, 'cv', None) else 'the validation patients'}"
+                f")")
+    if args.scheduler == "pbt":
+        from search.tuning.pbt import describe
+
+        console.say(describe(args.max_epochs, args.num_samples))
+    fit_started = time.time()
+    grid, full = fit_or_full(tuner, args)  # full: the storage filled up; the rows are in the leaderboard already
+    slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
+    mine = write_rows(args, recorder.context, grid, console)
+    code = finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
+    if full:
+        console.error(full)
+        code = code or 1
+    _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # ended or interrupted
+    if code == 0 and getattr(args, "rerank_top", None):  # the second stage: the top trials re-trained with K folds
+        from search.tuning.rerank import rerank
+
+        code = rerank(args, plan, console, mine, data, search_context(args, data), trial_settings(args, plan),
+                      trainable_for)
+    return code
+
+
+def _say_failure(console: Console, warning: Optional[str]) -> None:
+    if warning:
+        console.say(warning)
+
+
+def write_rows(args: argparse.Namespace, context: SearchContext, grid: Any, console: Console) -> Any:
+    """Every ended trial of the ResultGrid into the leaderboard again (the Pareto flags set over the whole search,
+    PBT's exploit-only checkpoints pruned once it finished); returns the search's ranked rows."""
+    board = leaderboard_path(args.results)
+    rows = rows_from_grid(context, grid, walls=search_run(args.name).trial_walls)
+    if args.objectives:  # the front over every ended trial of the search, this run's and a resumed one's earlier
+        rows = marked_search(board, args.name, rows, args.objectives)
+    table = leaderboard.append_rows(board, rows) if rows else leaderboard.search_rows(board, args.name)
+    if args.scheduler == "pbt" and rows and len(rows) == len(grid):  # finished: no exploit needs the donors' now
+        from search.tuning.pbt import prune_checkpoints
+
+        removed, freed = prune_checkpoints(grid, rows)
+        console.say(f"pbt: removed {removed} checkpoint(s) kept for exploits ({freed / 2**20:.0f} MiB); each trial "
+                    f"keeps its best and its latest")
+    return ranked_within(table, args.name)
+
+
+def ranked_within(table: Any, search: str) -> Any:
+    """The search's rows, best first, ranked 1, 2, ... among themselves: the file's rank spans every search of the
+    leaderboard (its console table showed ranks 3 and 4 for a search of 2 trials)."""
+    mine = leaderboard.rank_table(table, search=search)
+    return mine.assign(rank=range(1, len(mine) + 1))
+
+
+BOARD_COLUMNS = ["rank", "trial_id", "family", "status", "epochs_run", "balanced_accuracy", "weighted_f1", "roc_auc",
+                 "metric_lo", "metric_hi",  # the ranking metric's patient-bootstrap interval
+                 "filters", "depth", "lr", "batch_size", "image_size", "optimizer", "train_seconds"]
+
+
+def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, summary: str) -> int:
+    """Show the search's rows, timing and what to run next; tidy the Optuna study; the exit code says whether
+    anything trained."""
+    say = console.say
+    where = "pooled out-of-fold predictions" if getattr(args, "cv", None) else "validation patients"
+    say(f"\nleaderboard of {args.name} ({len(mine)} trials, ranked by {args.metric} on the {where}):")
+    if len(mine):
+        say(leaderboard.render(mine, [c for c in BOARD_COLUMNS if c in mine.columns]))
+        say(f"(every column: python search/leaderboard.py --search {quote(args.name)} --columns all"
+            f"{_board_flag(args, '--path')})")
+    for line in front_lines(mine):  # multi-objective searches only
+        say(line)
+    if tie_line(mine):  # the trials the validation patients cannot tell from the winner
+        say(tie_line(mine))
+    say(summary)
+    for warning in single_class_warnings(mine):
+        say(warning)
+    pending = len({result_trial_id(result) for result in grid} - set(mine["trial_id"]))
+    if pending and not search_run(args.name).budget_spent():  # an interrupt left trials to --resume
+        say(f"search interrupted with {pending} trial(s) unfinished; continue it with: python search/run.py "
+            f"--resume --name {quote(args.name)} --results {quote(args.results)} --storage {quote(args.storage)}")
+        return 1
+    try:
+        if args.scheduler != "pbt":  # a PBT search has no Optuna study
+            close_open_optuna_trials(args, say)
+    except Exception as failure:  # noqa: BLE001 - tidying the study must not fail a finished search
+        say(f"warning: could not check the Optuna study {args.name} for open trials: {failure}")
+    if not (mine["epochs_run"].fillna(0) > 0).any():
+        budget = f" within --time-budget {args.time_budget:g} s" if args.time_budget else ""
+        console.error(f"no trial of {args.name} trained a single epoch{budget}")
+        return 1
+    say(next_steps(args))
+    return 0 if (mine["status"] != "error").any() else 1
+
+
+def goal(args: argparse.Namespace) -> str:
+    """What the sampler optimises, in words: "maximising balanced_accuracy", or with several objectives
+    "maximising balanced_accuracy and minimising num_parameters" (the scheduler stops on the first)."""
+    words = {"max": "maximising", "min": "minimising"}
+    return " and ".join(f"{words[direction(o)]} {o}" for o in (args.objectives or [args.metric]))
+
+
+def single_class_warnings(mine: Any) -> list[str]:
+    """Lines about trials that call (almost) every validation cell one class, the winner's first."""
+    flagged = mine[mine["single_class"].fillna(False).astype(bool)] if len(mine) else mine
+    if not len(flagged):
+        return []
+    lines = [f"note: {len(flagged)} of {len(mine)} trials call {SINGLE_CLASS_SHARE:.0%} or more of the validation "
+             f"cells one class (column single_class): they learnt the class ratio, not the cells"]
+    winner = mine.iloc[0]
+    if bool(winner.get("single_class")):
+        lines.append(f"warning: the winner {winner['trial_id']} is one of them (it calls "
+                     f"{winner['predicted_all']:.0%} of the validation cells ALL): do not trust its ranking")
+    return lines
+
+
+def _board_flag(args: argparse.Namespace, flag: str) -> str:
+    """` <flag> <leaderboard>` for a command that reads the leaderboard, unless it is the default one."""
+    results = Path(args.results)
+    return "" if results == Path(RESULTS).resolve() else f" {flag} {quote(str(leaderboard_path(results)))}"
+
+
+def next_steps(args: argparse.Namespace) -> str:
+    """The commands that come next, with this search's own name and folders filled in, shell-quoted: each line pastes
+    into a shell as it is, whatever the folders are called."""
+    results, board, name = Path(args.results), _board_flag(args, "--leaderboard"), quote(args.name)
+    return "\n".join([
+        "next:",
+        f"  python search/evaluate.py --search {name} --top 3{board}   # the top trials on unseen test patients",
+        f"  python search/report.py --search {name}{board}   # HTML report: {results / args.name / REPORT}",
+        *([] if args.scheduler == "pbt" else [
+            f"  optuna-dashboard {quote(dashboard_target(study_url(args)))}   # the study '{args.name}'"]),
+        f"  tensorboard --logdir {quote(in_storage(args.storage, args.name))}   # learning curves of every trial"])
+
+
+def close_open_optuna_trials(args: argparse.Namespace, say=print) -> int:
+    """Once every Tune trial of the search has ended, a trial still RUNNING in its Optuna study is one Tune never
+    reported back: cut by the time budget (Tune ends such trials without telling the searcher; PRUNED at its last
+    value when it trained, as the row's time_budget), never started, or left by a driver killed between Optuna's
+    ask and Tune's state save (FAIL). The study then shows no live trials."""
+    import optuna
+
+    study = optuna.load_study(study_name=args.name, storage=optuna_storage(study_url(args)))
+    spent = search_run(args.name).budget_spent()
+    closed = {"PRUNED": [], "FAIL": []}
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        state = optuna.trial.TrialState.PRUNED if spent and trial.intermediate_values else optuna.trial.TrialState.FAIL
+        study.tell(trial.number, state=state)
+        closed[state.name].append(trial.number)
+    if closed["PRUNED"]:
+        say(f"closed Optuna trial(s) {closed['PRUNED']} of study {args.name} as PRUNED: cut by the time budget")
+    if closed["FAIL"]:
+        why = "the time budget ended the search before they trained" if spent else "orphans of an interrupted driver"
+        say(f"closed Optuna trial(s) {closed['FAIL']} of study {args.name} as FAIL: {why}")
+    return len(closed["PRUNED"]) + len(closed["FAIL"])
+
+
+def summary_line(rows: Any, wall_s: float, slot_seconds: float) -> str:
+    """Wall time; per trial the time in the training function against the rest of its time as the driver saw it
+    (the trial's overhead); and the share of the trial slots' time (Tune's wall time x trials at once) not spent
+    training: start-ups, scheduling gaps and slots left idle, everything the user waits for."""
+    timed = rows.dropna(subset=["train_seconds"]) if len(rows) else rows
+    if not len(timed):
+        return f"wall time {wall_s:.0f} s; no trial reported"
+    train = timed["train_seconds"].astype(float)
+    overhead = timed["overhead_seconds"].dropna().astype(float)
+    share = overhead.sum() / max(1e-9, train.sum() + overhead.sum())
+    idle = max(0.0, 1.0 - train.sum() / max(1e-9, slot_seconds))
+    per_trial = (f"{overhead.median():.1f} s overhead ({share:.0%} of trial time)" if len(overhead) else
+                 "overhead not measured (no trial ended on its own)")
+    return (f"wall time {wall_s:.0f} s for {len(rows)} trials; per trial median {train.median():.1f} s training and "
+            f"{per_trial}; {idle:.0%} of the trial slots' time was not training")
+
+
+__all__ = ["run_search", "build_tuner", "tune_config", "run_config", "trainable_for", "trial_request", "optuna_storage", "study_url",
+           "summary_line", "next_steps", "close_open_optuna_trials"]
