@@ -19,8 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _args(**given) -> argparse.Namespace:
+    """Parsed flags that give none of the profile's settings, except `given`."""
     defaults = dict(smoke_test=False, gpus_per_worker=None, cpus_per_worker=None)
     return argparse.Namespace(**{**defaults, **{key: None for key in PROFILES["cpu"]}, **given})
+
+
+def _filled(flags: argparse.Namespace, profile: str, nodes: list, types=None) -> argparse.Namespace:
+    return argparse.Namespace(**apply_profile(vars(flags), profile, nodes, types))
 
 
 def test_autoscaler_gpu_node_types_are_read_from_the_cluster_file():
@@ -29,7 +34,7 @@ def test_autoscaler_gpu_node_types_are_read_from_the_cluster_file():
     assert types == {"gpu_4x_a10g": {"CPU": 48.0, "GPU": 4.0, "max_workers": 4}}  # opt-in types: max_workers 0
     profile, why = choose_profile(_args(), [{"CPU": 8.0}], types)
     assert profile == "gpu" and "no GPU node is up yet" in why and "up to 4 x gpu_4x_a10g (4 GPUs each)" in why
-    args = apply_profile(_args(), profile, [{"CPU": 8.0}], types)
+    args = _filled(_args(), profile, [{"CPU": 8.0}], types)
     assert args.gpus_per_worker == 1.0 and args.cpus_per_worker == 4.0 and args.image_sizes == [64, 96, 128]
     # the plan counts the GPU nodes the autoscaler may start: one GPU per trial, 4 nodes x 4 GPUs
     plan = plan_concurrency(nodes_to_plan_on([{"CPU": 8.0}], types), TrialResources(1, 4.0, 1.0))
@@ -41,7 +46,7 @@ def test_no_gpu_anywhere_is_the_cpu_profile_and_the_flags_win():
     assert choose_profile(_args(gpus_per_worker=0.0), [{"CPU": 8.0}, {"CPU": 48, "GPU": 4}], {}) == \
         ("cpu", "--gpus-per-worker 0")
     assert choose_profile(_args(gpus_per_worker=0.5), [{"CPU": 2.0}], {})[0] == "gpu"
-    narrow = apply_profile(_args(), "gpu", [{"CPU": 4.0, "GPU": 4.0}])  # 1 CPU per GPU on that node
+    narrow = _filled(_args(), "gpu", [{"CPU": 4.0, "GPU": 4.0}])  # 1 CPU per GPU on that node
     assert narrow.cpus_per_worker == 1.0
 
 

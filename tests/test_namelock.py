@@ -10,7 +10,7 @@ from pathlib import Path
 from search.cli.flags import parse_args
 from search.board.namelock import claim_name, lock_path
 from search.cli.run import main
-from search.cli.profiles import apply_profile
+from search.cli.resolve import resolve_settings
 from search.board.settings import save_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def test_a_second_driver_of_a_running_name_is_refused_in_one_line_before_anythin
         assert not (tmp_path / "ray").exists() and not (tmp_path / "results" / "searches" / "same.json").exists()
         assert not (tmp_path / "results" / "same").exists()  # no log: refused before the console started
         saved = parse_args(_argv(tmp_path, tiny_cnmc))  # the running search's settings, as it saved them
-        save_settings(apply_profile(saved, "cpu", [{"CPU": 2.0}]))
+        save_settings(resolve_settings(saved, [{"CPU": 2.0}], {})[0])
         resume = main(["--resume", *_argv(tmp_path, tiny_cnmc)[4:8]])  # --resume takes the same lock
         assert resume == 2 and "another search of that name is running" in capsys.readouterr().err
     finally:

@@ -13,7 +13,8 @@ from search.board import study_storage
 from search.cli.flags import parse_args
 from search.board.paths import OPTUNA_DB, settings_path
 from search.cli.run import main
-from search.board.settings import load_settings, save_settings
+from search.board.settings import save_settings
+from search.cli.resolve import resolve_settings, resumed_flags
 from search.board.study_storage import masked, open_storage, remember, resolved
 
 
@@ -44,16 +45,16 @@ def test_a_journal_file_holds_studies_and_the_flag_is_saved_for_resume(tmp_path)
     args = parse_args(["--family", "baseline", "--name", "s", "--results", str(tmp_path / "r"),
                        "--optuna-storage", "postgresql://ann:topsecret@db/studies"])
     assert args.optuna_storage == "postgresql://ann@db/studies"
-    saved = save_settings(args).read_text()
+    saved = save_settings(resolve_settings(args, [{"CPU": 2.0}], {})[0]).read_text()
     assert json.loads(saved)["optuna_storage"] == "postgresql://ann@db/studies" and "topsecret" not in saved
     again = parse_args(["--resume", "--name", "s", "--results", str(tmp_path / "r"),
                         "--optuna-storage", "postgresql://ann:topsecret@db/studies"])
-    load_settings(again, again.given)  # the URL given again with its password is no clash
+    again, _ = resumed_flags(again)  # the URL given again with its password is no clash
     assert again.optuna_storage == "postgresql://ann@db/studies"
     other = parse_args(["--resume", "--name", "s", "--results", str(tmp_path / "r"),
                         "--optuna-storage", "postgresql://ann@elsewhere/studies"])
     with pytest.raises(ValueError, match="--optuna-storage postgresql://ann@elsewhere/studies .saved"):
-        load_settings(other, other.given)
+        resumed_flags(other)
 
 
 @pytest.mark.skipif(why_not() is not None, reason=str(why_not()))

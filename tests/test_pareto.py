@@ -113,8 +113,10 @@ def test_bad_objectives_are_one_line_and_exit_2(tmp_path, capsys, objectives, me
 def test_objectives_set_the_metric_and_a_different_metric_is_refused(tmp_path, capsys):
     args = parse_args(["--family", "resnet", "--objectives", "roc_auc", "num_parameters", "val_loss"])
     assert args.metric == "roc_auc"
-    assert searcher_objectives(args) == (["roc_auc", "num_parameters", "val_loss"], ["max", "min", "min"])
-    assert searcher_objectives(parse_args(["--family", "resnet"])) == ("balanced_accuracy", "max")
+    assert searcher_objectives(args.metric, args.objectives) == (["roc_auc", "num_parameters", "val_loss"],
+                                                                 ["max", "min", "min"])
+    plain = parse_args(["--family", "resnet"])
+    assert searcher_objectives(plain.metric, plain.objectives) == ("balanced_accuracy", "max")
     code = main(["--family", "resnet", "--objectives", "roc_auc", "num_parameters", "--metric", "weighted_f1",
                  "--results", str(tmp_path)])
     assert code == 2 and "--metric weighted_f1 contradicts --objectives" in capsys.readouterr().err

@@ -76,10 +76,7 @@ GCS_FAILURE = (  # what ray.init raised here when the GCS port was taken (Ray 2.
 
 
 def test_ray_start_failure_is_one_line_saying_what_to_try():
-    class Args:
-        address = None
-
-    line = ray_start_error(Args(), RuntimeError(GCS_FAILURE))
+    line = ray_start_error(None, RuntimeError(GCS_FAILURE))
     assert line == ("the local Ray did not start: Failed to start GCS (port 45815 may be taken; log /tmp/ray/"
                     "session_2026-11-30_01-34-11_017746_12178/logs/gcs_server.out); an earlier Ray of yours may still "
                     "hold its ports: `pgrep -u \"$USER\" -af gcs_server` lists yours (the port is on its command line) "
@@ -87,10 +84,9 @@ def test_ray_start_failure_is_one_line_saying_what_to_try():
     assert "ray stop" not in line  # it stops every Ray its user may stop: other searches', other people's as root
     timed_out = Exception("The current node timed out during startup. This could happen because some of the raylet "
                           "failed to startup or the GCS has become overloaded.")
-    assert ray_start_error(Args(), timed_out).startswith(
+    assert ray_start_error(None, timed_out).startswith(
         "the local Ray did not start: The current node timed out during startup; an earlier Ray of yours")
-    Args.address = "auto"
-    assert "\n" not in ray_start_error(Args(), ConnectionError("Could not find any running Ray instance.\nPlease ..."))
+    assert "\n" not in ray_start_error("auto", ConnectionError("Could not find any running Ray instance.\nPlease ..."))
 
 
 def test_settings_of_a_search_that_never_launched_are_forgotten(tmp_path):

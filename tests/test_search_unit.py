@@ -17,16 +17,15 @@ from search.tuning.history import best_report
 from search.tuning.rows import SearchContext, build_row, is_over, rows_from_grid
 from search.cli.flags import parse_args
 from search.cli.run import main
-from search.cli.profiles import PROFILES, apply_profile, choose_profile
+from search.cli.profiles import PROFILES
+from search.cli.resolve import resolve_settings, resumed_flags
 from search.tuning.strategies import early_stops, search_run
 from search.tuning.spaces import SearchSpace, check_buildable, resolve_families, sample_configs, train_config
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------------
 def _resolved(argv, nodes=({"CPU": 2.0},)):
-    args = parse_args(argv)
-    profile, _ = choose_profile(args, list(nodes), {})
-    return apply_profile(args, profile, list(nodes))
+    return resolve_settings(parse_args(argv), list(nodes), {})[0]
 
 
 def test_defaults_follow_the_profile_of_the_cluster():
@@ -304,15 +303,42 @@ def test_resume_refuses_flags_that_contradict_the_saved_search(tmp_path, capsys)
 
 
 def test_resume_applies_a_new_time_budget_and_keeps_every_other_saved_setting(tmp_path):
-    from search.board.settings import load_settings
-
     saved = _saved_search(tmp_path, "--num-samples", "5", "--time-budget", "60")
-    args = parse_args(["--resume", "--name", "saved", "--results", str(tmp_path), "--time-budget", "600",
-                       "--num-samples", "5"])  # the same value as saved is no contradiction
-    notes = load_settings(args, args.given)
+    args, notes = resumed_flags(parse_args(["--resume", "--name", "saved", "--results", str(tmp_path),
+                                            "--time-budget", "600", "--num-samples", "5"]))  # same as saved: no clash
     assert notes == ["--time-budget 600 replaces the saved 60"]
     assert args.time_budget == 600 and args.family == ["resnet"] and args.num_samples == 5
     assert args.image_sizes == saved.image_sizes and args.profile == saved.profile
+
+
+# searches/<name>.json as an earlier version wrote it (before --objectives, --cv, --rerank-top, --optuna-storage and
+# the warm start's record): every field it holds is a setting of the resumed search, the others today's defaults
+OLD_SETTINGS = {"family": ["baseline"], "data": None, "num_samples": 3, "max_epochs": 4, "grace_epochs": 1,
+                "reduction_factor": 3, "workers_per_trial": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0,
+                "image_sizes": [24], "batch_sizes": [16], "seed": 7, "metric": "weighted_f1", "time_budget": None,
+                "max_failures": 1, "profile": "cpu", "storage": "/somewhere/ray", "searcher": "random",
+                "scheduler": "median", "val_fraction": 0.25, "warm_start": None}
+
+
+def test_resume_reads_a_settings_file_an_older_version_wrote(tmp_path):
+    import dataclasses
+    import json
+
+    from search.board.paths import settings_path
+    from search.board.settings import SearchSettings
+
+    settings_path(tmp_path, "old").parent.mkdir(parents=True)
+    settings_path(tmp_path, "old").write_text(json.dumps(OLD_SETTINGS, indent=2))
+    flags, notes = resumed_flags(parse_args(["--resume", "--name", "old", "--results", str(tmp_path)]))
+    settings, why = resolve_settings(flags, [{"CPU": 2.0, "GPU": 1.0}], {})  # a GPU now: the saved profile holds
+    assert notes == [] and why == "the saved settings of the search"
+    assert {key: getattr(settings, key) for key in OLD_SETTINGS} == OLD_SETTINGS
+    assert (settings.objectives, settings.rerank_top, settings.warm_start) == (None, None, None)
+    assert settings.optuna_storage == f"sqlite:///{tmp_path}/optuna.db"  # today's default: the study beside it
+    assert settings.cv == 0 and settings.resume and settings.name == "old"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.num_samples = 9  # resolved once: nothing is set on it later
+    assert isinstance(settings, SearchSettings)
 
 
 def test_a_trial_the_budget_ends_before_its_first_report_keeps_its_sampled_settings(tmp_path):
@@ -349,10 +375,7 @@ def test_a_trial_the_budget_ends_before_its_first_report_keeps_its_sampled_setti
                                                      (["--max-epochs", "5"], 5, PROFILES["cpu"]["grace_epochs"])])
 def test_a_default_grace_follows_the_users_max_epochs(argv, max_epochs, grace):
     """`--max-epochs 1` alone was refused (once Ray was up) for a --grace-epochs 2 the user never gave (issue 20.10)."""
-    from search.cli.flags import validate
-
-    args = _resolved(["--family", "resnet", *argv])
-    validate(args)  # what resolve_for_cluster checks once the profile filled the rest
+    args = _resolved(["--family", "resnet", *argv])  # checked once the profile filled the rest
     assert (args.max_epochs, args.grace_epochs) == (max_epochs, grace)
 
 

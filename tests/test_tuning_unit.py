@@ -1,6 +1,5 @@
 """The Ray layer's decisions that need no running Ray: what a trial asks Tune for, the Tuner's settings per kind of
 trial, what a trial reports, how a trial ended, and what a search says and tidies at its end."""
-import argparse
 import json
 import time
 import uuid
@@ -12,6 +11,8 @@ import pandas as pd
 import pytest
 
 from search.board.paths import leaderboard_path, optuna_url
+from search.board.settings import SearchSettings
+from search.cli.profiles import PROFILES
 from search.tuning.plan import DRIVER_MEMORY_BYTES, DRIVER_NODE_RESOURCE, DRIVER_NODE_SHARE, Plan, TrialResources
 from search.tuning.rows import SearchContext, ending
 from search.tuning.strategies import search_run
@@ -19,11 +20,11 @@ from search.tuning.trial import ORIGIN_FILE, TrialSettings, _Reporter, run_trial
 from search.tuning.tuner import close_open_optuna_trials, next_steps, run_config, summary_line, trial_request, tune_config
 
 
-def settings(**changes) -> argparse.Namespace:
-    """The resolved settings of a search (what search/run.py hands search/tuning/tuner.py)."""
-    base = dict(name=f"unit-{uuid.uuid4().hex[:8]}", storage="/storage/ray", results=str(Path("results").resolve()),
-                metric="balanced_accuracy", max_failures=2, num_samples=6, scheduler="asha")
-    return argparse.Namespace(**{**base, **changes})
+def settings(**changes) -> SearchSettings:
+    """The resolved settings of a search (what search/cli/resolve.py hands search/tuning/tuner.py)."""
+    base = dict(PROFILES["cpu"], name=f"unit-{uuid.uuid4().hex[:8]}", storage="/storage/ray",
+                results=str(Path("results").resolve()), family=["resnet"], profile="cpu", num_samples=6)
+    return SearchSettings(**{**base, **changes})
 
 
 def plan(workers: int, gpus: float = 0.0) -> Plan:

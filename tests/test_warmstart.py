@@ -157,18 +157,17 @@ def test_a_warm_start_without_a_scored_trial_is_refused(tmp_path, capsys):
 
 
 def test_the_warm_start_and_the_objectives_are_saved_and_resume_keeps_them(tmp_path, capsys):
-    from search.cli.profiles import PROFILES, apply_profile
-    from search.board.settings import load_settings, save_settings
+    from search.cli.profiles import PROFILES
+    from search.cli.resolve import resolve_settings, resumed_flags
+    from search.board.settings import read_saved, save_settings
 
-    args = apply_profile(parse_args(["--family", "resnet", "--name", "new", "--results", str(tmp_path),
-                                     "--warm-start", "old", "--objectives", "roc_auc", "num_parameters"]),
-                         "cpu", [{"CPU": 2.0}])
-    args.warm_start_points = [{"lr": 1e-3}]
-    saved = json.loads(save_settings(args).read_text())
+    settings, _ = resolve_settings(parse_args(["--family", "resnet", "--name", "new", "--results", str(tmp_path),
+                                               "--warm-start", "old", "--objectives", "roc_auc", "num_parameters"]),
+                                   [{"CPU": 2.0}], {})
+    saved = json.loads(save_settings(settings, warm_start_points=[{"lr": 1e-3}]).read_text())
     assert saved["warm_start"] == "old" and saved["warm_start_points"] == [{"lr": 1e-3}]
-    resumed = parse_args(["--resume", "--name", "new", "--results", str(tmp_path)])
-    load_settings(resumed, resumed.given)
-    assert resumed.warm_start == "old" and resumed.warm_start_points == [{"lr": 1e-3}]
+    resumed, _ = resumed_flags(parse_args(["--resume", "--name", "new", "--results", str(tmp_path)]))
+    assert resumed.warm_start == "old" and read_saved(str(tmp_path), "new")["warm_start_points"] == [{"lr": 1e-3}]
     assert resumed.objectives == ["roc_auc", "num_parameters"] and resumed.metric == "roc_auc"
     assert resumed.num_samples == PROFILES["cpu"]["num_samples"]
     code = main(["--resume", "--name", "new", "--results", str(tmp_path), "--warm-start", "other"])

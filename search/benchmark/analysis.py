@@ -3,7 +3,6 @@ on the held-out test patients; then the benchmark's tables, figures and headline
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 from pathlib import Path
@@ -17,7 +16,7 @@ from search.benchmark.figures import curve_figure
 from search.board.paths import leaderboard_path, split_path
 
 if TYPE_CHECKING:
-    from search.benchmark.runner import Search
+    from search.benchmark.runner import BenchmarkSettings, Search
 
 
 def epoch_records(folder: Path, metric: str) -> pd.DataFrame:
@@ -33,7 +32,7 @@ def epoch_records(folder: Path, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=keep)
 
 
-def held_out_sets(args: argparse.Namespace, searches: list[Search]) -> dict[str, tuple[tuple, pd.DataFrame]]:
+def held_out_sets(args: BenchmarkSettings, searches: list[Search]) -> dict[str, tuple[tuple, pd.DataFrame]]:
     """search -> (split key, its held-out test rows): `split_by_patient` with the seed and validation fraction its
     split.json records (the official preliminary test set when the tree has one). A test patient the search trained
     or validated on is refused (DataError)."""
@@ -106,7 +105,7 @@ def trial_rows(board: pd.DataFrame, search: Search, metric: str, label: str | No
                          "data_generated": rows["data_generated"], "data_root": rows["data_root"]})
 
 
-def analyse(args: argparse.Namespace, searches: list[Search], runs: dict, command: str,
+def analyse(args: BenchmarkSettings, searches: list[Search], runs: dict, command: str,
             baseline: str) -> report.Results:
     """Curves from the searches' epoch reports, trials from their leaderboard rows plus test metrics, the tables."""
     from search.board import leaderboard
@@ -134,7 +133,7 @@ def analyse(args: argparse.Namespace, searches: list[Search], runs: dict, comman
                           selection=chosen, selection_summary=selection.rule_summary(chosen, trials))
 
 
-def write_outputs(args: argparse.Namespace, results: report.Results) -> list[Path]:
+def write_outputs(args: BenchmarkSettings, results: report.Results) -> list[Path]:
     """Every output file, each written atomically; returns their paths."""
     from leukmodels.atomic import atomic_path
 

@@ -76,34 +76,67 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """A benchmark's flags with their defaults filled (the smoke test's for flags not given), and its folders."""
+    name: str
+    results: str
+    family: list[str]
+    strategies: list[str]
+    seeds: list[int]
+    num_samples: int
+    max_epochs: int
+    image_sizes: list[int]
+    metric: str
+    data: Optional[str] = None
+    grace_epochs: Optional[int] = None  # None: each search's profile's
+    reduction_factor: Optional[int] = None
+    batch_sizes: Optional[list[int]] = None
+    cv: Optional[int] = None
+    rerank_top: Optional[int] = None
+    rerank_strategies: Optional[list[str]] = None
+    smoke_test: bool = False
+
+    @property
+    def folder(self) -> Path:
+        """RESULTS/benchmarks/NAME: everything the benchmark writes."""
+        return Path(self.results).expanduser().resolve() / "benchmarks" / self.name
+
+    @property
+    def runs(self) -> Path:
+        """--results of every search."""
+        return self.folder / "runs"
+
+    @property
+    def storage(self) -> Path:
+        """--storage of every search: its Tune folders are runs/ray/<search>/."""
+        return self.runs / "ray"
+
+
+def parse_args(argv: Optional[list[str]] = None) -> BenchmarkSettings:
     """The flags with defaults filled (the smoke test's for flags not given); ValueError naming a bad flag."""
-    args = build_parser().parse_args(argv)
-    for key, value in {**DEFAULTS, **(SMOKE if args.smoke_test else {})}.items():
-        if getattr(args, key) is None:
-            setattr(args, key, list(value) if isinstance(value, list) else value)
-    bad = [s for s in args.strategies if s not in STRATEGIES]
+    given = vars(build_parser().parse_args(argv))
+    defaults = {**DEFAULTS, **(SMOKE if given["smoke_test"] else {})}
+    values = {key: (list(defaults[key]) if isinstance(defaults[key], list) else defaults[key])
+              if value is None and key in defaults else value for key, value in given.items()}
+    bad = [s for s in values["strategies"] if s not in STRATEGIES]
     if bad:
         raise ValueError(f"--strategies {bad[0]}: choose from {', '.join(STRATEGIES)}")
-    if BASELINE not in args.strategies:
+    if BASELINE not in values["strategies"]:
         raise ValueError(f"--strategies must include {BASELINE}: the headline measures every strategy against it")
     for flag in ("strategies", "seeds"):
-        values = getattr(args, flag)
-        if len(set(values)) != len(values):
-            raise ValueError(f"--{flag} {' '.join(map(str, values))}: give each once")
-    if min(args.seeds) < 0:
-        raise ValueError(f"--seeds {min(args.seeds)} must be >= 0")
-    if args.cv is not None and args.cv < 2:
-        raise ValueError(f"--cv {args.cv} must be >= 2 folds")
-    if args.rerank_top is not None and args.rerank_top < 2:
-        raise ValueError(f"--rerank-top {args.rerank_top} must be >= 2")
-    args.name = args.name or f"{'+'.join(args.family)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if "/" in args.name or args.name.startswith("."):
-        raise ValueError(f"--name {args.name!r}: use a plain folder name")
-    args.folder = Path(args.results).expanduser().resolve() / "benchmarks" / args.name
-    args.runs = args.folder / "runs"  # --results of every search
-    args.storage = args.runs / "ray"  # --storage of every search: its Tune folders are runs/ray/<search>/
-    return args
+        if len(set(values[flag])) != len(values[flag]):
+            raise ValueError(f"--{flag} {' '.join(map(str, values[flag]))}: give each once")
+    if min(values["seeds"]) < 0:
+        raise ValueError(f"--seeds {min(values['seeds'])} must be >= 0")
+    if values["cv"] is not None and values["cv"] < 2:
+        raise ValueError(f"--cv {values['cv']} must be >= 2 folds")
+    if values["rerank_top"] is not None and values["rerank_top"] < 2:
+        raise ValueError(f"--rerank-top {values['rerank_top']} must be >= 2")
+    values["name"] = values["name"] or f"{'+'.join(values['family'])}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in values["name"] or values["name"].startswith("."):
+        raise ValueError(f"--name {values['name']!r}: use a plain folder name")
+    return BenchmarkSettings(**values)
 
 
 @dataclass(frozen=True)
@@ -120,7 +153,7 @@ class Search:
         """The strategy as tables show it: 'tpe-asha', or 'tpe-asha+cv3' for a cross-validated search."""
         return f"{self.strategy}+cv{self.cv}" if self.cv else self.strategy
 
-    def argv(self, args: argparse.Namespace) -> list[str]:
+    def argv(self, args: BenchmarkSettings) -> list[str]:
         """search/run.py's flags for this search: the benchmark's shared settings plus its strategy and seed."""
         searcher, scheduler = self.strategy.split("-")
         given = {"--data": args.data, "--grace-epochs": args.grace_epochs, "--reduction-factor": args.reduction_factor}
@@ -134,12 +167,12 @@ class Search:
                 *(["--rerank-top", str(self.rerank), "--rerank-folds", str(self.rerank_folds)] if self.rerank else [])]
 
 
-def plan_searches(args: argparse.Namespace) -> list[Search]:
+def plan_searches(args: BenchmarkSettings) -> list[Search]:
     """Every (strategy, seed), seed-major so an interrupted benchmark has every strategy on its first seeds. Each
     search's flags are checked by search/run.py's own parser now, before Ray starts, and the data, sizes and storage
     by its pre-launch checks once per seed (the seed draws the patient split)."""
     from search.cli.flags import parse_args
-    from search.cli.preflight import check_before_launch
+    from search.cli.preflight import Preflight, check_before_launch
 
     searches = []
     for seed in args.seeds:
@@ -152,12 +185,12 @@ def plan_searches(args: argparse.Namespace) -> list[Search]:
     for search in searches:
         parsed = parse_args(search.argv(args))
         if search.seed not in checked:
-            check_before_launch(parsed)
+            check_before_launch(parsed, Preflight())
             checked.add(search.seed)
     return searches
 
 
-def prepare_folder(args: argparse.Namespace, command: str) -> dict:
+def prepare_folder(args: BenchmarkSettings, command: str) -> dict:
     """Write (or check) benchmark.json; returns what earlier runs of this --name recorded per search (runs.json)."""
     from leukmodels.atomic import atomic_path
 
@@ -219,7 +252,7 @@ class Stop(Exception):
         self.code = code
 
 
-def run_searches(args: argparse.Namespace, searches: list[Search], runs: dict, say=print) -> dict:
+def run_searches(args: BenchmarkSettings, searches: list[Search], runs: dict, say=print) -> dict:
     """Run (or reuse, or resume) every search in this process's Ray; runs.json after each. Raises Stop when a search
     refused its input or was interrupted (Ctrl-C: Tune stops the search, which returns 1 saying so)."""
     from leukmodels.atomic import atomic_path
@@ -265,7 +298,7 @@ def start_ray() -> bool:
 
     if ray.is_initialized():
         return False
-    start(argparse.Namespace(address=None))
+    start(None)
     return True
 
 
@@ -320,4 +353,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["main", "parse_args", "plan_searches", "Search", "BASELINE", "STRATEGIES", "DEFAULTS", "SMOKE"]
+__all__ = ["main", "parse_args", "plan_searches", "BenchmarkSettings", "Search", "BASELINE", "STRATEGIES", "DEFAULTS", "SMOKE"]

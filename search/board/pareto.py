@@ -1,7 +1,7 @@
 """Small and accurate: the objectives of a multi-objective search and the Pareto front of its leaderboard rows.
 
     check_objectives(["balanced_accuracy", "num_parameters"])    # ValueError naming --objectives when bad
-    metric, mode = searcher_objectives(args)   # "balanced_accuracy", "max"  or  [..., "num_parameters"], ["max", "min"]
+    metric, mode = searcher_objectives(metric, objectives)   # "balanced_accuracy", "max"  or  [..., "num_parameters"], ["max", "min"]
     pareto_flags([[0.81, 2.1e5], [0.80, 9e3], [0.79, 4e4]], ["max", "min"])   # -> [True, True, False]
     rows = marked_search(board_path, "mo-1", rows, objectives)  # every row of the search, `pareto` set
 
@@ -13,7 +13,6 @@ holds each trial's last epoch.
 """
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -46,11 +45,11 @@ def check_objectives(objectives: Sequence[str], first_choices: Sequence[str]) ->
                          f"the leaderboard ranks by; choose one of {', '.join(first_choices)}")
 
 
-def searcher_objectives(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(metric, mode) for OptunaSearch: one name and "max", or, with --objectives, a list of each."""
-    objectives = list(getattr(args, "objectives", None) or [])
+def searcher_objectives(metric: str, objectives: Optional[list[str]]) -> tuple[Any, Any]:
+    """(metric, mode) for OptunaSearch: `metric` and "max", or, with --objectives, a list of each."""
+    objectives = list(objectives or [])
     if not objectives:
-        return args.metric, "max"
+        return metric, "max"
     return objectives, [direction(name) for name in objectives]
 
 

@@ -8,13 +8,14 @@ A flag given twice is refused, a list flag given twice merges its values, and a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from search.board.paths import RESULTS, STORAGE
-from search.board.settings import DEFAULT_METRIC, METRICS
+from search.board.paths import RESULTS
+from search.board.settings import METRICS, SearchSettings
 from search.tuning.strategies import SCHEDULERS, SEARCHERS
 from search.board.study_storage import resolved
 
@@ -100,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# A flag's default is the SearchSettings field's: one home for both.
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(SearchSettings)
+            if field.default is not dataclasses.MISSING}
+
+
 def _what_to_search(add: Callable[..., None]) -> None:
     """Families, data, trial count and length, the strategy."""
     add("--family", nargs="+", metavar="NAME", help="model family/families to search, or 'all' (required; "
@@ -109,9 +115,9 @@ def _what_to_search(add: Callable[..., None]) -> None:
     add("--num-samples", type=int, help="trials to run (cpu profile 12, gpu 32)")
     add("--max-epochs", type=int, help="epochs of a trial that is never stopped (cpu 8, gpu 20)")
     add("--grace-epochs", type=int, help="epochs before the scheduler may stop a trial (cpu 2, gpu 3)")
-    add("--reduction-factor", type=int, default=2, help="ASHA keeps the top 1/factor at each rung (default 2)")
-    add("--searcher", default="tpe", choices=SEARCHERS, help="Optuna sampler that proposes configs (default tpe)")
-    add("--scheduler", default="asha", choices=SCHEDULERS, help="early stopping: asha, median (Tune's median "
+    add("--reduction-factor", type=int, default=DEFAULTS["reduction_factor"], help="ASHA keeps the top 1/factor at each rung (default 2)")
+    add("--searcher", default=DEFAULTS["searcher"], choices=SEARCHERS, help="Optuna sampler that proposes configs (default tpe)")
+    add("--scheduler", default=DEFAULTS["scheduler"], choices=SCHEDULERS, help="early stopping: asha, median (Tune's median "
         "stopping rule) or fifo (every trial runs --max-epochs); or pbt, population-based training: every trial runs "
         "--max-epochs, and every quarter of them the worst quarter continue the best quarter's weights with "
         "perturbed lr, weight decay and augmentation (one-worker trials; population drawn at random) (default asha)")
@@ -126,14 +132,14 @@ def _what_a_trial_gets(add: Callable[..., None]) -> None:
     add("--image-sizes", type=int, nargs="+", metavar="S", help="candidate image sizes in px (cpu 32, gpu 64 96 128)")
     add("--batch-sizes", type=int, nargs="+", metavar="B", help="candidate batch sizes per worker (cpu 32 64, gpu 64 "
         "128 256)")
-    add("--val-fraction", type=float, default=0.2, help="share of the training patients held out for validation, "
+    add("--val-fraction", type=float, default=DEFAULTS["val_fraction"], help="share of the training patients held out for validation, "
         "drawn by patient (default 0.2)")
 
 
 def _where_it_runs(add: Callable[..., None]) -> None:
     """The Ray cluster, the storage, the results folder, the search's name."""
     add("--address", help="Ray cluster to join: 'auto' or ray://host:10001 (default: start a local Ray)")
-    add("--storage", default=STORAGE, help="Tune/Train storage: a folder or an s3:// URI (default results/ray; "
+    add("--storage", default=DEFAULTS["storage"], help="Tune/Train storage: a folder or an s3:// URI (default results/ray; "
         "must be shared storage on a multi-node cluster)")
     add("--results", default=RESULTS, help="folder for the leaderboard, optuna.db, searches/ (default results)")
     add("--optuna-storage", metavar="URL", help="where the Optuna study goes (study = search name): a database URL "
@@ -148,8 +154,8 @@ def _where_it_runs(add: Callable[..., None]) -> None:
 
 def _what_wins(add: Callable[..., None]) -> None:
     """The seed, the metric or objectives, a warm start."""
-    add("--seed", type=int, default=0, help="seeds the sampler, the patient split and every trial (default 0)")
-    add("--metric", default=DEFAULT_METRIC, choices=METRICS, help="what the scheduler and the sampler maximise "
+    add("--seed", type=int, default=DEFAULTS["seed"], help="seeds the sampler, the patient split and every trial (default 0)")
+    add("--metric", default=DEFAULTS["metric"], choices=METRICS, help="what the scheduler and the sampler maximise "
         "on the validation patients (default balanced_accuracy: a one-class predictor scores 0.5 whatever the class "
         "ratio); weighted F1, the challenge metric, is reported beside it")
     add("--objectives", nargs="+", metavar="NAME", help="search for several objectives at once, e.g. "
@@ -180,7 +186,7 @@ def _what_wins(add: Callable[..., None]) -> None:
 def _how_it_runs(add: Callable[..., None]) -> None:
     """The time budget, retries, and what is shown."""
     add("--time-budget", type=float, metavar="SECONDS", help="stop the whole search after this many seconds")
-    add("--max-failures", type=int, default=2, help="retries of a trial from its checkpoint (default 2)")
+    add("--max-failures", type=int, default=DEFAULTS["max_failures"], help="retries of a trial from its checkpoint (default 2)")
     add("--dry-run", flag=True, help="connect (or start the local Ray), print the profile, settings and plan, stop")
     add("--verbose", flag=True, help="show everything Ray, Tune and Train print (by default it goes to "
         "results/<name>/search.log and the console shows one line per trial event)")
@@ -188,7 +194,9 @@ def _how_it_runs(add: Callable[..., None]) -> None:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    """The flags as given (profile defaults are filled once the cluster is known); ValueError naming a bad flag."""
+    """The flags as given, normalised (families, paths, --cv) and checked, with `given` (the flags on the command
+    line); profile defaults are filled once the cluster is known (search/cli/resolve.py). ValueError naming a bad
+    flag."""
     from search.tuning.spaces import resolve_families
 
     args = build_parser().parse_args(argv)
@@ -213,72 +221,84 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.storage = args.storage if "://" in args.storage else str(Path(args.storage).expanduser().resolve())
     args.results = str(Path(args.results).expanduser().resolve())
     args.optuna_storage = resolved(args.optuna_storage, args.results)  # without its password, kept in memory
+    _parse_cv(args)
+    if args.scheduler == "pbt":
+        _check_pbt_flags(args)
     validate(args)
     return args
 
 
-def validate(args: argparse.Namespace) -> None:
-    """Each setting that is set, checked on its own; ValueError with one line naming the flag."""
+def validate(settings: Any) -> None:
+    """Each setting that is set, checked on its own; ValueError with one line naming the flag. `settings`: the parsed
+    flags (before the profile) or the resolved SearchSettings (search/cli/resolve.py)."""
     for flag in ("num_samples", "max_epochs", "grace_epochs", "workers_per_trial"):
-        value = getattr(args, flag, None)
+        value = getattr(settings, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} {value} must be >= 1")
-    if args.reduction_factor < 2:
-        raise ValueError(f"--reduction-factor {args.reduction_factor} must be >= 2")
-    if args.grace_epochs and args.max_epochs and args.grace_epochs > args.max_epochs:
-        raise ValueError(f"--grace-epochs {args.grace_epochs} must be <= --max-epochs {args.max_epochs}")
-    if args.time_budget is not None and not (args.time_budget > 0 and math.isfinite(args.time_budget)):
-        raise ValueError(f"--time-budget {args.time_budget:g} must be a positive number of seconds")
-    if args.max_failures < -1:
-        raise ValueError(f"--max-failures {args.max_failures} must be >= 0 (or -1: retry forever)")
-    if not 0 < args.val_fraction < 1:
-        raise ValueError(f"--val-fraction {args.val_fraction:g} must be between 0 and 1")
-    small = [s for s in args.image_sizes or [] if s < 16]
+    if settings.reduction_factor < 2:
+        raise ValueError(f"--reduction-factor {settings.reduction_factor} must be >= 2")
+    if settings.grace_epochs and settings.max_epochs and settings.grace_epochs > settings.max_epochs:
+        raise ValueError(f"--grace-epochs {settings.grace_epochs} must be <= --max-epochs {settings.max_epochs}")
+    budget = settings.time_budget
+    if budget is not None and not (budget > 0 and math.isfinite(budget)):
+        raise ValueError(f"--time-budget {budget:g} must be a positive number of seconds")
+    if settings.max_failures < -1:
+        raise ValueError(f"--max-failures {settings.max_failures} must be >= 0 (or -1: retry forever)")
+    if not 0 < settings.val_fraction < 1:
+        raise ValueError(f"--val-fraction {settings.val_fraction:g} must be between 0 and 1")
+    small = [s for s in settings.image_sizes or [] if s < 16]
     if small:
         raise ValueError(f"--image-sizes {small[0]} is too small: use 16 px or more")
-    _check_cv(args)
-    if args.objectives:
+    _check_cv(settings)
+    if settings.objectives:
         from search.board.pareto import check_objectives
 
-        check_objectives(args.objectives, METRICS)
-    if args.data is not None and not Path(args.data).expanduser().is_dir():
-        raise ValueError(f"--data {args.data}: no such folder")
-    if args.scheduler == "pbt":
-        _check_pbt(args)
-    if (args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker) != (None, None, None):
+        check_objectives(settings.objectives, METRICS)
+    if settings.data is not None and not Path(settings.data).expanduser().is_dir():
+        raise ValueError(f"--data {settings.data}: no such folder")
+    if settings.scheduler == "pbt" and (settings.workers_per_trial or 1) > 1:
+        raise ValueError(f"--scheduler pbt needs --workers-per-trial 1 (got {settings.workers_per_trial}): PBT "
+                         f"restarts a trial from another trial's checkpoint, which Ray Train does not do for a DDP run")
+    _check_resources(settings)
+
+
+def _check_resources(settings: Any) -> None:
+    """Each amount given is checked now, before Ray starts; what is not given stands in for the profile's value."""
+    if (settings.workers_per_trial, settings.cpus_per_worker, settings.gpus_per_worker) != (None, None, None):
         from search.tuning.plan import TrialResources
 
-        # each amount given is checked now, before Ray starts; what is not given stands in for the profile's value
-        cpus = args.cpus_per_worker if args.cpus_per_worker is not None else 1.0
-        gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (0.0 if cpus else 1.0)
-        TrialResources(args.workers_per_trial or 1, cpus, gpus).validate()
+        cpus = settings.cpus_per_worker if settings.cpus_per_worker is not None else 1.0
+        gpus = settings.gpus_per_worker if settings.gpus_per_worker is not None else (0.0 if cpus else 1.0)
+        TrialResources(settings.workers_per_trial or 1, cpus, gpus).validate()
 
 
-def _check_cv(args: argparse.Namespace) -> None:
-    """--cv and --rerank-top: fold counts parsed; fold models train in sequence in one process (no DDP)."""
+def _parse_cv(args: argparse.Namespace) -> None:
+    """--cv and --rerank-folds parsed into fold counts (or 'official'); --rerank-top runs its first stage on one
+    split, whatever a profile's --cv default."""
     from search.tuning.crossval import parse_cv
 
-    args.cv = parse_cv(args.cv) if getattr(args, "cv", None) is not None else None
-    args.rerank_folds = parse_cv(getattr(args, "rerank_folds", None) or "3")
-    if args.cv and (args.workers_per_trial or 1) > 1:
-        raise ValueError(f"--cv {args.cv} needs --workers-per-trial 1 (got {args.workers_per_trial}): a trial trains "
-                         f"its fold models one after another in its own process")
-    rerank = getattr(args, "rerank_top", None)
-    if rerank is not None and rerank < 2:
-        raise ValueError(f"--rerank-top {rerank} must be >= 2: re-ranking one trial changes nothing")
-    if rerank and args.cv:
-        raise ValueError(f"--rerank-top with --cv {args.cv}: every trial is cross-validated already; drop one")
-    if rerank and args.cv is None:
-        args.cv = 0  # the first stage is one split, whatever a profile's --cv default
-    if rerank and not args.rerank_folds:
+    args.cv = parse_cv(args.cv) if args.cv is not None else None
+    args.rerank_folds = parse_cv(args.rerank_folds or "3")
+    if args.rerank_top and args.cv is None:
+        args.cv = 0
+
+
+def _check_cv(settings: Any) -> None:
+    """Fold models train in sequence in one process (no DDP); re-ranking needs two trials or more, and folds."""
+    if settings.cv and (settings.workers_per_trial or 1) > 1:
+        raise ValueError(f"--cv {settings.cv} needs --workers-per-trial 1 (got {settings.workers_per_trial}): a trial "
+                         f"trains its fold models one after another in its own process")
+    if settings.rerank_top is not None and settings.rerank_top < 2:
+        raise ValueError(f"--rerank-top {settings.rerank_top} must be >= 2: re-ranking one trial changes nothing")
+    if settings.rerank_top and settings.cv:
+        raise ValueError(f"--rerank-top with --cv {settings.cv}: every trial is cross-validated already; drop one")
+    if settings.rerank_top and not settings.rerank_folds:
         raise ValueError("--rerank-folds 0: re-ranking needs cross-validation folds (>= 2 or 'official')")
 
 
-def _check_pbt(args: argparse.Namespace) -> None:
-    """PBT trains one-worker trials only, and its population is drawn at random (Tune's PBT takes no searcher)."""
-    if (args.workers_per_trial or 1) > 1:
-        raise ValueError(f"--scheduler pbt needs --workers-per-trial 1 (got {args.workers_per_trial}): PBT restarts "
-                         f"a trial from another trial's checkpoint, which Ray Train does not do for a DDP run")
+def _check_pbt_flags(args: argparse.Namespace) -> None:
+    """PBT's population is drawn at random (Tune's PBT takes no searcher), and it stops no trial early: flags given
+    for a searcher or early stopping are refused, and the searcher becomes `random`."""
     if args.searcher != "random" and "searcher" in _given(args):
         raise ValueError(f"--searcher {args.searcher} cannot drive --scheduler pbt: Tune's PBT takes no searcher "
                          f"and draws its population at random from the space (drop --searcher)")
@@ -290,12 +310,9 @@ def _check_pbt(args: argparse.Namespace) -> None:
     args.searcher = "random"
 
 
-def settings_text(args: argparse.Namespace) -> str:
+def settings_text(settings: SearchSettings) -> str:
     """Every saved setting of a search, as --dry-run shows them."""
-    from search.board.settings import SAVED_FIELDS
-
-    shown = {key: getattr(args, key) for key in SAVED_FIELDS}
-    return "settings: " + ", ".join(f"{key}={_text(value)}" for key, value in shown.items())
+    return "settings: " + ", ".join(f"{key}={_text(value)}" for key, value in settings.saved().items())
 
 
-__all__ = ["build_parser", "parse_args", "settings_text", "validate", "EPILOG"]
+__all__ = ["build_parser", "parse_args", "settings_text", "validate", "DEFAULTS", "EPILOG"]

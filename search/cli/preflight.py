@@ -1,10 +1,14 @@
 """What a search checks before it spends its hours: each problem is a ValueError with one line naming the flag, file
 or value (`search/run.py` prints it and exits 2); warnings are printed and the search goes on.
 
-    check_name(args)                    # before anything is written: a --name the file system can hold
-    check_before_launch(args)           # before Ray starts: folders, --address, optuna.db, the data tree
-    check_sizes(args, nodes, warn)      # once the cluster's profile set the sizes, before decoding: families fit
-                                        # them, the decoded set fits the disk, the memory and the object store
+    check_name(flags)                            # before anything is written: a --name the file system can hold
+    found = Preflight()                          # what the checks drew and measured, reused by the later ones
+    check_before_launch(flags, found)            # before Ray starts: folders, --address, optuna.db, the data tree
+    check_sizes(settings, nodes, warn, found)    # once the cluster's profile set the sizes, before decoding: families
+                                                 # fit them, the decoded set fits the disk, memory and object store
+
+`flags` are the parsed flags (search/cli/flags.py), `settings` the resolved SearchSettings (search/cli/resolve.py);
+the size checks take either: before Ray starts only the sizes given on the command line are known.
 
 And what `main()` needs when the launch itself fails or is stopped: `ray_start_error` (one line for a Ray that does
 not come up), `sigterm_as_sigint` (a scheduler's SIGTERM stops Tune as Ctrl-C does) and `forget_unlaunched` (a search
@@ -23,12 +27,15 @@ import stat
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 from search.board.checks import check_cache_folder, check_cli_inputs, check_storage, existing_ancestor
 from search.board.files import board_files
 from search.board.paths import in_storage
+from search.board.settings import SearchSettings
 from search.cli.sizes import Footprint, available_memory, footprint, frame_size, frame_warnings, judge
+
+Settings = Union[argparse.Namespace, SearchSettings]  # the flags before Ray starts, the resolved settings after
 
 ADDRESS_TIMEOUT_S = 5.0  # a cluster address must accept a TCP connection this fast (ray.init would wait minutes)
 SETTINGS_SUFFIX = ".json"  # results/searches/<name>.json: the longest file name a search makes from --name
@@ -86,7 +93,7 @@ def _check_address(address: Optional[str]) -> None:
                          f"({why.strerror or why or 'timed out'})") from None
 
 
-def check_families(args: argparse.Namespace) -> None:
+def check_families(args: Settings) -> None:
     """A size no sampled config of a family fits would make every such trial an error."""
     from search.tuning.spaces import SearchSpace, check_buildable, sample_configs
 
@@ -103,31 +110,40 @@ def check_families(args: argparse.Namespace) -> None:
                 raise ValueError(f"--image-sizes {size}: too small for every sampled {family} config ({why})")
 
 
-def check_before_launch(args: argparse.Namespace) -> None:
+def check_before_launch(args: argparse.Namespace, found: Preflight) -> None:
     """Everything that can be checked before Ray starts, cheapest first: --storage and the decode cache writable,
     the Optuna storage usable, --address answering (ray.init would retry for minutes), each family buildable at
     --image-sizes when they are given, the data tree's layout, labels and patient split sound."""
     check_storage(args.storage)
     check_cli_inputs(args.results, decode_cache=True,  # what every command checks (search/board/checks.py)
-                     optuna_storage=getattr(args, "optuna_storage", None))
+                     optuna_storage=args.optuna_storage)
     _check_address(args.address)
-    _check_data(args)
+    _check_data(args, found)
     if args.image_sizes is not None and args.family is not None:  # given: check them now, not after Ray's start
-        check_sizes(args, None, lambda line: print(line, file=sys.stderr, flush=True))
+        check_sizes(args, None, lambda line: print(line, file=sys.stderr, flush=True), found)
 
 
-def _check_data(args: argparse.Namespace) -> None:
+@dataclasses.dataclass
+class Preflight:
+    """What the checks of one run drew and measured, reused by the later checks of the same run: the patient split
+    (discovering a real C-NMC tree reads 15,000 names) and the decoded set's footprint at the sizes checked."""
+    search_splits: Optional[tuple[tuple, dict]] = None  # ((root, seed, val_fraction), the splits)
+    checked_sizes: Optional["_Checked"] = None
+
+
+def _check_data(args: argparse.Namespace, found: Preflight) -> None:
     if args.data is not None:
         from search.tuning.crossval import check_folds_before_launch
 
-        check_folds_before_launch(args, _search_splits(args, args.data))
+        rerank_folds = args.rerank_folds if args.rerank_top else None
+        check_folds_before_launch(_search_splits(args, args.data, found), args.seed, args.cv, rerank_folds)
 
 
-def _search_splits(args: argparse.Namespace, root: str) -> dict:
+def _search_splits(args: Settings, root: str, found: Preflight) -> dict:
     """The split prepare_data will draw from `root` (DataError naming the file, or `--data ROOT: why`), drawn once:
-    the data check and the size check both need it, and discovering a real C-NMC tree reads 15,000 names."""
+    the data check and the size check both need it."""
     key = (str(root), args.seed, args.val_fraction)
-    cached = getattr(args, "search_splits", None)
+    cached = found.search_splits
     if cached is not None and cached[0] == key:
         return cached[1]
     from leukmodels.data import discover, split_by_patient
@@ -137,26 +153,27 @@ def _search_splits(args: argparse.Namespace, root: str) -> dict:
         splits = split_by_patient(manifest, val_fraction=args.val_fraction, seed=args.seed)
     except ValueError as why:  # e.g. a class folder without images: name the tree it is about
         raise ValueError(f"--data {root}: {why}") from None
-    args.search_splits = (key, splits)
+    found.search_splits = (key, splits)
     return splits
 
 
 # -- sizes (the arithmetic is search/cli/sizes.py) ---------------------------------------------------------------------
-def check_sizes(args: argparse.Namespace, nodes: Optional[list[dict]], warn=print) -> None:
+def check_sizes(args: Settings, nodes: Optional[list[dict]], warn=print, found: Optional[Preflight] = None) -> None:
     """Before decoding, once the image sizes are known: each family fits them; the decoded set fits the free disk
     (cache) and memory (a local Ray) and, once Ray is up (`nodes`), the smallest node's object store (every node
     that runs a trial holds a copy of what it reads). A size beyond the frames, or sizes that fit the store only one
     at a time, are warnings. Checked before Ray starts when the sizes are given, the store once it is up."""
-    checked = getattr(args, "checked_sizes", None)
+    found = found if found is not None else Preflight()
+    checked = found.checked_sizes
     if checked is None or checked.sizes != list(args.image_sizes):
         check_families(args)
         cache = check_cache_folder()
-        need = _data_footprint(args, cache)
+        need = _data_footprint(args, cache, found)
         free_memory = None if args.address else available_memory()  # a cluster's is checked by its object store
         problem, warnings = judge(need, free_disk=shutil.disk_usage(existing_ancestor(cache)).free, free_memory=free_memory,
                                   cache=str(cache))
         _report(frame_warnings(need) + warnings, problem, warn)
-        args.checked_sizes = checked = _Checked(list(args.image_sizes), need)
+        found.checked_sizes = checked = _Checked(list(args.image_sizes), need)
     stores = [int(node["object_store_memory"]) for node in nodes or [] if node.get("object_store_memory")]
     if stores:
         _report(*reversed(judge(checked.need, object_store=min(stores))), warn)
@@ -175,7 +192,7 @@ def _report(warnings: list[str], problem: Optional[str], warn) -> None:
         raise ValueError(problem)
 
 
-def _data_footprint(args: argparse.Namespace, cache: Path) -> Footprint:
+def _data_footprint(args: Settings, cache: Path, found: Preflight) -> Footprint:
     """Discover and split the data (DataError naming the file, or `--data DIR: why`), then size its decoded set. The
     default generated set, not built yet, is sized from the generator's settings instead of being built here."""
     from leukmodels import synthetic
@@ -191,7 +208,7 @@ def _data_footprint(args: argparse.Namespace, cache: Path) -> Footprint:
             images = (defaults["n_all"] + defaults["n_hem"]) * defaults["images_per_patient"]
             return footprint(images, args.image_sizes, frame=FRAME)
         root = str(synthetic.default_root() / KAGGLE_TOP)
-    splits = _search_splits(args, root)
+    splits = _search_splits(args, root, found)
     paths = {name: [str(p) for p in splits[name]["path"]] for name in SEARCH_SPLITS}
     cached = [size for size in args.image_sizes
               if all(cache_entry(fingerprint(paths[name], size), size, cache)[1].is_file() for name in SEARCH_SPLITS)]
@@ -200,7 +217,7 @@ def _data_footprint(args: argparse.Namespace, cache: Path) -> Footprint:
 
 
 # -- when the launch fails or is stopped ----------------------------------------------------------------------------
-def ray_start_error(args: argparse.Namespace, error: BaseException) -> str:
+def ray_start_error(address: Optional[str], error: BaseException) -> str:
     """One line for a Ray that did not come up: Ray's own first sentence, its log file, what to try."""
     text = str(error).strip() or type(error).__name__
     reason = re.split(r"(?<=\.)\s", text.splitlines()[0], maxsplit=1)[0].rstrip(".:")
@@ -208,8 +225,8 @@ def ray_start_error(args: argparse.Namespace, error: BaseException) -> str:
     log = re.search(r"check (\S+) for details", text)
     details = "; ".join(filter(None, [f"port {port[1]} may be taken" if port else "", f"log {log[1]}" if log else ""]))
     reason += f" ({details})" if details else ""
-    if args.address:
-        return (f"--address {args.address}: cannot join that Ray cluster: {reason}; check `ray status` on its head "
+    if address:
+        return (f"--address {address}: cannot join that Ray cluster: {reason}; check `ray status` on its head "
                 f"node")
     return (f"the local Ray did not start: {reason}; {STALE_RAY_HINT}, free space in /tmp, or a running Ray with "
             f"--address auto")
@@ -247,5 +264,5 @@ def forget_unlaunched(settings: Path, storage: str, name: str) -> bool:
     return True
 
 
-__all__ = ["check_before_launch", "check_cli_inputs", "check_name", "check_not_read_only", "check_sizes", "check_families",
+__all__ = ["Preflight", "check_before_launch", "check_cli_inputs", "check_name", "check_not_read_only", "check_sizes", "check_families",
            "forget_unlaunched", "ray_start_error", "sigterm_as_sigint"]

@@ -1,18 +1,17 @@
 """Hardware profiles and the profile a cluster gets (the file `--resume` reads back: search/board/settings.py).
 
-    profile, why = choose_profile(args, nodes, autoscaler_node_types())
-    apply_profile(args, profile, nodes)          # fills every flag the user did not give
+    profile, why = choose_profile(flags, nodes, gpu_node_types())
+    values = apply_profile(vars(flags), profile, nodes)   # every setting the user did not give, from the profile
 
 The profile follows the cluster the search runs on (its nodes once Ray is up, or the GPU node types its autoscaler
 can start), not the machine the driver runs on: on `clusters/gpu.yaml` the driver sits on a head without GPUs.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import yaml
 
@@ -61,7 +60,7 @@ def nodes_to_plan_on(nodes: list[dict[str, Any]], node_types: dict[str, dict]) -
     return nodes + extra
 
 
-def choose_profile(args: argparse.Namespace, nodes: list[dict[str, Any]],
+def choose_profile(args: Any, nodes: list[dict[str, Any]],
                    node_types: Optional[dict[str, dict]] = None) -> tuple[str, str]:
     """(profile, the reason in words): smoke when asked; gpu when the user asks for GPUs, the cluster has some, or
     its autoscaler can start GPU nodes; cpu otherwise."""
@@ -89,11 +88,11 @@ def gpu_worker_cpus(nodes: list[dict[str, Any]]) -> float:
     return float(max(1, min([GPU_CPUS_PER_WORKER_MAX, *shares])))
 
 
-def apply_profile(args: argparse.Namespace, profile: str, nodes: list[dict[str, Any]],
-                  node_types: Optional[dict[str, dict]] = None) -> argparse.Namespace:
-    """Fill every setting the user left unset from the profile; a flag the user gave always wins. GPU workers get
-    the CPUs each GPU node (up, or one the autoscaler can start) can give each of its GPUs."""
-    args.profile = profile
+def apply_profile(flags: Mapping[str, Any], profile: str, nodes: list[dict[str, Any]],
+                  node_types: Optional[dict[str, dict]] = None) -> dict[str, Any]:
+    """`flags` (setting -> value, None when not given) with every setting left unset filled from the profile, and
+    `profile` set; a flag the user gave always wins. GPU workers get the CPUs each GPU node (up, or one the
+    autoscaler can start) can give each of its GPUs."""
     defaults = dict(PROFILES[profile])
     if profile == "gpu":
         gpu_nodes = [n for n in nodes if float(n.get("GPU", 0)) >= 1] or [
@@ -101,14 +100,14 @@ def apply_profile(args: argparse.Namespace, profile: str, nodes: list[dict[str, 
         defaults["cpus_per_worker"] = gpu_worker_cpus(gpu_nodes) if gpu_nodes else 1.0
     # a default grace follows the user's --max-epochs (and a default max the user's --grace-epochs): `--max-epochs 1`
     # alone was refused, once Ray was up, for a --grace-epochs 2 the user never gave
-    if getattr(args, "max_epochs", None) is not None and getattr(args, "grace_epochs", None) is None:
-        defaults["grace_epochs"] = min(defaults["grace_epochs"], args.max_epochs)
-    if getattr(args, "grace_epochs", None) is not None and getattr(args, "max_epochs", None) is None:
-        defaults["max_epochs"] = max(defaults["max_epochs"], args.grace_epochs)
-    for key, value in defaults.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    return args
+    max_epochs, grace_epochs = flags.get("max_epochs"), flags.get("grace_epochs")
+    if max_epochs is not None and grace_epochs is None:
+        defaults["grace_epochs"] = min(defaults["grace_epochs"], max_epochs)
+    if grace_epochs is not None and max_epochs is None:
+        defaults["max_epochs"] = max(defaults["max_epochs"], grace_epochs)
+    filled = {key: list(value) if isinstance(value, list) else value  # never the PROFILES' own lists
+              for key, value in defaults.items() if flags.get(key) is None}
+    return {**flags, **filled, "profile": profile}
 
 
 __all__ = ["PROFILES", "choose_profile", "apply_profile", "gpu_node_types", "nodes_to_plan_on"]

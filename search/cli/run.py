@@ -1,6 +1,7 @@
 """The main job: an Optuna + early-stopping search in Ray Tune over the model families, ranked into the leaderboard.
 
-Its flags are search/cli/flags.py; once Ray is up, search/tuning/tuner.py runs the search.
+Its flags are search/cli/flags.py; once Ray is up, search/cli/resolve.py resolves them (with the cluster's profile)
+into one SearchSettings, and search/tuning/tuner.py runs the search with it.
 """
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from search.cli.flags import parse_args, settings_text, validate
 from search.board.paths import SEARCH_LOG, leaderboard_path
+from search.board.settings import SearchSettings
+from search.cli.flags import parse_args, settings_text
+from search.cli.preflight import Preflight, check_sizes
+from search.cli.resolve import resolve_settings, resumed_flags
+from search.tuning.plan import Plan, TrialResources, plan_concurrency
 
 REPO = Path(__file__).resolve().parents[2]
 # Ray Train settings for DDP trials: poll workers every 0.25 s instead of 2 s (a report and the end of a run are
@@ -24,37 +29,33 @@ TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_METRICS_ENA
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}  # no spot preemption on one machine
 
 
-def resolve_for_cluster(args: argparse.Namespace, nodes: list[dict], say=print):
-    """Profile, settings and plan for the cluster Ray is connected to; ValueError naming the flag that cannot fit."""
-    from search.tuning.plan import TrialResources, plan_concurrency
-    from search.cli.preflight import check_sizes
-    from search.cli.profiles import apply_profile, choose_profile, gpu_node_types, nodes_to_plan_on
+def resolve_for_cluster(flags: argparse.Namespace, nodes: list[dict], found: Preflight,
+                        say=print) -> tuple[SearchSettings, Plan]:
+    """The settings and plan for the cluster Ray is connected to; ValueError naming the flag that cannot fit."""
+    from search.cli.profiles import gpu_node_types, nodes_to_plan_on
 
     node_types = gpu_node_types()
-    profile, why = choose_profile(args, nodes, node_types)
-    if args.resume:
-        profile, why = args.profile, "the saved settings of the search"
-    apply_profile(args, profile, nodes, node_types)
-    validate(args)
-    say(f"profile: {profile} ({why})")
-    trial = TrialResources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker)
-    plan = plan_concurrency(nodes_to_plan_on(nodes, node_types) if args.gpus_per_worker else nodes, trial)
+    settings, why = resolve_settings(flags, nodes, node_types)
+    say(f"profile: {settings.profile} ({why})")
+    trial = TrialResources(settings.workers_per_trial, settings.cpus_per_worker, settings.gpus_per_worker)
+    plan = plan_concurrency(nodes_to_plan_on(nodes, node_types) if settings.gpus_per_worker else nodes, trial)
     say(f"plan: {plan.reason}")
-    check_sizes(args, nodes, say)  # before decoding: families fit the sizes, the decoded set fits disk and memory
-    return plan
+    check_sizes(settings, nodes, say, found)  # before decoding: families fit the sizes, the decoded set fits disk
+    return settings, plan                     # and memory
 
 
-def start_ray(args: argparse.Namespace) -> None:
+def start_ray(address: Optional[str]) -> None:
+    """Join the Ray cluster at `address`, or start a local Ray (None)."""
     import ray
 
     if ray.is_initialized():  # called from a test or a notebook that started Ray itself
         return
-    env = {**TRAIN_ENV, **({} if args.address else LOCAL_TRAIN_ENV)}
+    env = {**TRAIN_ENV, **({} if address else LOCAL_TRAIN_ENV)}
     for key, value in env.items():
         os.environ.setdefault(key, value)  # inherited by a local Ray's processes
     try:
-        if args.address:  # a job's runtime_env reaches every process of the job on a cluster
-            ray.init(address=args.address, runtime_env={"env_vars": env})
+        if address:  # a job's runtime_env reaches every process of the job on a cluster
+            ray.init(address=address, runtime_env={"env_vars": env})
         else:  # a new local Ray ("local": never attach to another one running here); workers import this checkout
             from search.cli.loopback import LOOPBACK, loopback_only
 
@@ -65,32 +66,39 @@ def start_ray(args: argparse.Namespace) -> None:
     except Exception as error:  # noqa: BLE001 - Ray raises bare Exception or RuntimeError when it cannot come up
         from search.cli.preflight import ray_start_error
 
-        raise ValueError(ray_start_error(args, error)) from None
+        raise ValueError(ray_start_error(address, error)) from None
 
 
-def prepare(args: argparse.Namespace) -> list[str]:
-    """What can be checked before Ray starts; returns notes on settings a --resume changed."""
+def prepare(parsed: argparse.Namespace, found: Preflight) -> tuple[argparse.Namespace, list[str], Optional[Any]]:
+    """What can be checked before Ray starts. Returns (the flags, with --resume's saved settings in place; notes on
+    settings a --resume changed; the claim on the search's name, None for a dry run)."""
     from search.board import leaderboard
     from search.board.namelock import claim_name
     from search.cli.preflight import check_before_launch, check_name, check_not_read_only
-    from search.board.settings import load_settings, refuse_existing
+    from search.board.settings import refuse_existing
 
-    check_name(args)  # before anything is written under it
-    check_not_read_only(leaderboard_path(args.results), args.name)  # chmod a-w holds: refused, not replaced
-    leaderboard.append_rows(leaderboard_path(args.results), [])  # fail now on unwritable results
-    notes = restore_search_files(args) if args.resume else []  # a new head: the search's files from --storage
-    notes += load_settings(args, args.given) if args.resume else []
-    if args.warm_start and not args.resume:
+    check_name(parsed)  # before anything is written under it
+    check_not_read_only(leaderboard_path(parsed.results), parsed.name)  # chmod a-w holds: refused, not replaced
+    leaderboard.append_rows(leaderboard_path(parsed.results), [])  # fail now on unwritable results
+    notes = restore_search_files(parsed) if parsed.resume else []  # a new head: the search's files from --storage
+    flags, resumed = resumed_flags(parsed)
+    notes += resumed
+    if flags.warm_start and not flags.resume:
         from search.tuning.warmstart import check_warm_start
 
-        check_warm_start(args)  # the earlier search exists and has a config of a family searched here
-    check_before_launch(args)
-    if not args.dry_run:  # one driver per name, claimed after the checks (nothing under searches/ for a refused
-        # command) and before the name check: two drivers started together both passed it
-        args.name_lock = claim_name(args.results, args.name)
-    if not args.resume and not args.dry_run:
-        refuse_existing(args)
-    return notes
+        # the earlier search exists and has a config of a family searched here
+        check_warm_start(flags.warm_start, flags.name, flags.results, flags.family)
+    check_before_launch(flags, found)
+    # one driver per name, claimed after the checks (nothing under searches/ for a refused command) and before the
+    # name check: two drivers started together both passed it
+    name_lock = None if flags.dry_run else claim_name(flags.results, flags.name)
+    if not flags.resume and not flags.dry_run:
+        try:
+            refuse_existing(flags.results, flags.name)
+        except ValueError:
+            name_lock.release()
+            raise
+    return flags, notes, name_lock
 
 
 def restore_search_files(args: argparse.Namespace) -> list[str]:
@@ -116,30 +124,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     from search.board import leaderboard
     from search.tuning.console import logged_console
 
-    started, args = time.time(), None
-    try:
+    started, name_lock, found = time.time(), None, Preflight()  # started: the summary's wall time counts everything
+    try:                                                         # the user waits for
         try:
-            args = parse_args(argv)
-            args.started = started  # the summary's wall time counts everything the user waits for
-            notes = prepare(args)
+            flags, notes, name_lock = prepare(parse_args(argv), found)
         except (ValueError, OSError, leaderboard.LeaderboardError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        if args.dry_run and log_path(args).exists():
-            log_path(args).unlink()
-        with logged_console(log_path(args), verbose=args.verbose) as console:
-            console.say(f"search {args.name}; full log: {_shown_path(log_path(args))}"
-                        + ("" if args.verbose else " (--verbose shows it here)"))
+        if flags.dry_run and log_path(flags).exists():
+            log_path(flags).unlink()
+        with logged_console(log_path(flags), verbose=flags.verbose) as console:
+            console.say(f"search {flags.name}; full log: {_shown_path(log_path(flags))}"
+                        + ("" if flags.verbose else " (--verbose shows it here)"))
             for note in notes:
                 console.say(f"resume: {note}")
-            return launch(args, console)
+            return launch(flags, console, found, started)
     finally:
-        if getattr(args, "name_lock", None) is not None:  # the process may go on (a test, a notebook)
-            args.name_lock.release()
+        if name_lock is not None:  # the process may go on (a test, a notebook)
+            name_lock.release()
 
 
-def launch(args: argparse.Namespace, console: Any) -> int:
-    """Start (or join) Ray, fit the settings to its cluster, then search (or, with --dry-run, stop there)."""
+def launch(flags: argparse.Namespace, console: Any, found: Preflight, started: float) -> int:
+    """Start (or join) Ray, resolve the settings for its cluster, then search (or, with --dry-run, stop there)."""
     import ray
 
     from search.cli.preflight import forget_unlaunched, sigterm_as_sigint
@@ -147,30 +153,31 @@ def launch(args: argparse.Namespace, console: Any) -> int:
 
     own_ray, code = not ray.is_initialized(), 2
     try:
-        start_ray(args)
+        start_ray(flags.address)
         from search.tuning.plan import cluster_nodes
 
-        plan = resolve_for_cluster(args, cluster_nodes(), console.say)
-        if args.dry_run:
-            console.say(settings_text(args))
+        settings, plan = resolve_for_cluster(flags, cluster_nodes(), found, console.say)
+        if flags.dry_run:
+            console.say(settings_text(settings))
             console.say("dry run: nothing decoded or trained; run the same command without --dry-run")
             return 0
         from search.tuning.tuner import run_search  # Ray-side half, imported once Ray is up
 
         with sigterm_as_sigint():  # a scheduler's SIGTERM stops the search as Ctrl-C does: state saved, rows kept
-            code = run_search(args, plan, console)
+            code = run_search(settings, plan, console, started)
         return code
     except (ValueError, ConnectionError) as error:
         console.error(str(error))
         return 2
     except KeyboardInterrupt:  # before Tune set its own handler (e.g. while decoding), or a second signal to it
-        forgot = not args.resume and forget_unlaunched(settings_path(args.results, args.name), args.storage, args.name)
+        forgot = not flags.resume and forget_unlaunched(settings_path(flags.results, flags.name), flags.storage,
+                                                        flags.name)
         console.error("interrupted before any trial started; run the same command again" if forgot else
-                      f"interrupted; continue it with --resume --name {shlex.quote(args.name)}")
+                      f"interrupted; continue it with --resume --name {shlex.quote(flags.name)}")
         return 1
     finally:
-        if code != 0 and not args.resume and not args.dry_run:  # a search that never launched must not hold its name
-            forget_unlaunched(settings_path(args.results, args.name), args.storage, args.name)
+        if code != 0 and not flags.resume and not flags.dry_run:  # a search that never launched must not hold its
+            forget_unlaunched(settings_path(flags.results, flags.name), flags.storage, flags.name)  # name
         if own_ray and ray.is_initialized():
             ray.shutdown()
 

@@ -26,6 +26,7 @@ match the search), one line on stderr naming it; 1 when no chosen trial could be
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import itertools
 import sys
@@ -43,7 +44,7 @@ from search.board.leaderboard import DEFAULT_PATH
 from search.evaluation.patient_scoring import PLAIN, method_of, patient_answers, print_patient_answers
 from search.board.paths import TEST_METRICS, TEST_PATIENTS, TEST_PREDICTIONS
 from search.board.schema import STATUSES
-from search.evaluation.scoring import NothingEvaluated, Scored, evaluate_ensemble, evaluate_trials
+from search.evaluation.scoring import NothingEvaluated, Scored, ScoringOptions, evaluate_ensemble, evaluate_trials
 
 KEY_COLUMNS = ("search", "trial_id", "tta", "retrained", "method")  # one evaluation; a re-run replaces its rows
 KEY_DEFAULTS = {"method": PLAIN}  # a key column files written before it existed lack
@@ -197,29 +198,50 @@ def print_scored(scored: Sequence[Scored]) -> None:
                   f"a one-class predictor (its weighted F1 reflects the class ratio, not the cells)", file=sys.stderr)
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclasses.dataclass(frozen=True)
+class EvaluateRequest:
+    """What search/evaluate.py was asked (its flags, `parse_args`), with the torch device chosen."""
+    leaderboard: str
+    device: str
+    search: Optional[str] = None
+    storage: Optional[str] = None
+    top: Optional[int] = 3
+    trials: Optional[list[str]] = None
+    ensemble: Optional[int] = None
+    metric: Optional[str] = None  # None: the metric the search ranked by
+    data: Optional[str] = None
+    split_seed: Optional[int] = None
+    tta: str = "both"
+    retrain: bool = False
+    patient_correction: bool = False
+    out: Optional[str] = None
+    cache_dir: Optional[str] = None
+
+
+def run(request: EvaluateRequest) -> int:
     """load rows -> recompute the held-out split -> evaluate each trial (decoding per size) -> ensemble -> write."""
-    board_path = Path(args.leaderboard)
-    if args.storage:
+    board_path = Path(request.leaderboard)
+    if request.storage:
         try:
-            print(f"evaluate: {search_files.for_reading(args.storage, args.search, board_path)}", file=sys.stderr)
+            print(f"evaluate: {search_files.for_reading(request.storage, request.search, board_path)}", file=sys.stderr)
         except ValueError as error:
             raise EvaluateError(str(error)) from None
-    top = None if args.trials else max(args.top, args.ensemble or 0)  # ensemble members get rows of their own
-    chosen, search = select_trials(read_board(board_path), args.search, top=top, trials=args.trials,
-                                   metric=args.metric)
-    args.metric = args.metric or str(chosen["metric"].iloc[0])  # the metric the search ranked by
+    top = None if request.trials else max(request.top, request.ensemble or 0)  # ensemble members get rows of their own
+    chosen, search = select_trials(read_board(board_path), request.search, top=top, trials=request.trials,
+                                   metric=request.metric)
+    options = ScoringOptions(metric=request.metric or str(chosen["metric"].iloc[0]),  # what the search ranked by
+                             device=request.device, tta=request.tta, cache_dir=request.cache_dir, retrain=request.retrain)
     results_dir = board_dir(board_path)
-    out_path = Path(args.out) if args.out else results_dir / TEST_METRICS
-    test_set = held_out_set(chosen.iloc[0], results_dir, args.data, args.split_seed, args.cache_dir)
+    out_path = Path(request.out) if request.out else results_dir / TEST_METRICS
+    test_set = held_out_set(chosen.iloc[0], results_dir, request.data, request.split_seed, request.cache_dir)
     print(f"evaluate: search {search!r}, {len(chosen)} trial(s), test = {test_set.info['test_source']} "
           f"({len(test_set.frame)} images, {test_set.info['n_test_patients']} patients), data "
           f"{'GENERATED' if test_set.generated else 'C-NMC'} at {test_set.root}", file=sys.stderr)
-    scored = evaluate_trials(chosen, test_set, args, results_dir / search)
-    if args.ensemble:
-        scored += evaluate_ensemble(scored, args.ensemble, test_set)
+    scored = evaluate_trials(chosen, test_set, options, results_dir / search)
+    if request.ensemble:
+        scored += evaluate_ensemble(scored, request.ensemble, test_set)
     print_scored(scored)
-    scored, extra, per_patient = patient_answers(scored, test_set, correction=args.patient_correction)
+    scored, extra, per_patient = patient_answers(scored, test_set, correction=request.patient_correction)
     table, preds, patients = result_tables(scored, search, test_set, extra, per_patient)
     write_parquet_atomic(table, out_path, KEY_COLUMNS)
     write_parquet_atomic(preds, out_path.with_name(TEST_PREDICTIONS), KEY_COLUMNS)
@@ -240,13 +262,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    request = EvaluateRequest(**vars(args))
     try:
         check_cli_inputs(decode_cache=True, cache_dir=args.cache_dir)  # the pre-flight every command shares
     except ValueError as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2
     try:
-        return run(args)
+        return run(request)
     except NothingEvaluated as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 1

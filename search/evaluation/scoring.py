@@ -4,7 +4,6 @@ the rows.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -83,7 +82,18 @@ def best_epoch(row: pd.Series, config) -> int:
     return int(config.epochs)
 
 
-def evaluate_trial(rank: int, row: pd.Series, loaded: tuple, test_set: TestSet, args: argparse.Namespace,
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How search/evaluate.py scores each trial: `metric` the validation column the trials were ranked by, `tta` one
+    of TTA_MODES' keys, `retrain` also the best trial's config retrained on train+val."""
+    metric: str
+    device: str
+    tta: str = "both"
+    cache_dir: Optional[str] = None  # the decode cache; None: decode's own
+    retrain: bool = False
+
+
+def evaluate_trial(rank: int, row: pd.Series, loaded: tuple, test_set: TestSet, options: ScoringOptions,
                    retrain_dir: Optional[Path]) -> list[Scored]:
     """A trial's loaded best checkpoint (model, config, file), and with `retrain_dir` its config retrained on
     train+val, scored in every TTA mode of --tta."""
@@ -93,22 +103,22 @@ def evaluate_trial(rank: int, row: pd.Series, loaded: tuple, test_set: TestSet, 
     candidates = [(model, False, ckpt_file, None)]
     if retrain_dir is not None:
         r_model, r_epochs, r_file = retrain_on_train_val(row, config, test_set.splits, retrain_dir,
-                                                         args.cache_dir, device=args.device)
+                                                         options.cache_dir, device=options.device)
         candidates.append((r_model, True, r_file, r_epochs))
     decoded = test_set.decoded(config.image_size)  # each trial at its own image size
     val_images = test_set.decoded_val(config.image_size).images
     scored = []
     for model_, retrained, file_, epochs in candidates:
         temperature = checkpoint_temperature(file_)  # fitted on validation patients as it trained; 1 when it has none
-        for tta in TTA_MODES[args.tta]:
-            prob_all = predict_proba(model_, decoded.images, device=args.device, tta=tta)
-            val_prob = predict_proba(model_, val_images, device=args.device, tta=tta)
+        for tta in TTA_MODES[options.tta]:
+            prob_all = predict_proba(model_, decoded.images, device=options.device, tta=tta)
+            val_prob = predict_proba(model_, val_images, device=options.device, tta=tta)
             calibration = dict(val_prob_all=val_prob, temperature=temperature,
                                prob_calibrated=apply_temperature(prob_all, temperature),
                                val_calibrated=apply_temperature(val_prob, temperature))
             scored.append(Scored(str(row["trial_id"]), bool(tta), bool(retrained), prob_all, score(test_set, prob_all),
                                  {"family": config.family, "val_rank": rank,
-                                  f"val_{args.metric}": float(row.get(args.metric, np.nan)),
+                                  f"val_{options.metric}": float(row.get(options.metric, np.nan)),
                                   "members": json.dumps([str(row["trial_id"])]), "n_members": 1,
                                   "retrain_epochs": epochs, "checkpoint": file_,
                                   "test_fingerprint": decoded.fingerprint, "config": json.dumps(config.to_dict())},
@@ -116,7 +126,7 @@ def evaluate_trial(rank: int, row: pd.Series, loaded: tuple, test_set: TestSet, 
     return scored
 
 
-def evaluate_trials(chosen: pd.DataFrame, test_set: TestSet, args: argparse.Namespace,
+def evaluate_trials(chosen: pd.DataFrame, test_set: TestSet, options: ScoringOptions,
                     retrain_dir: Path) -> list[Scored]:
     """Every chosen trial, best first; a trial whose checkpoint does not load is skipped with a warning.
     --retrain retrains only the best trial that could be loaded."""
@@ -124,13 +134,13 @@ def evaluate_trials(chosen: pd.DataFrame, test_set: TestSet, args: argparse.Name
     skipped = []
     for rank, (_, row) in enumerate(chosen.iterrows(), start=1):
         try:
-            loaded = load_trial_model(row["checkpoint"], device=args.device)
+            loaded = load_trial_model(row["checkpoint"], device=options.device)
         except (FileNotFoundError, ValueError) as err:  # e.g. a checkpoint Ray's num_to_keep already deleted
             print(f"evaluate: warning: skipping trial {row['trial_id']}: {err}", file=sys.stderr)
             skipped.append(str(row["trial_id"]))
             continue
-        scored += evaluate_trial(rank, row, loaded, test_set, args, retrain_dir if args.retrain and not scored
-                                 else None)
+        scored += evaluate_trial(rank, row, loaded, test_set, options,
+                                 retrain_dir if options.retrain and not scored else None)
     if not scored:
         raise NothingEvaluated(f"no trial could be evaluated (skipped {skipped})")
     return scored
@@ -184,4 +194,4 @@ def evaluate_ensemble(scored: Sequence[Scored], k: int, test_set: TestSet) -> li
 
 
 __all__ = ["ENSEMBLE_FAMILY", "NothingEvaluated", "Scored", "TTA_MODES", "ensemble_prob", "evaluate_ensemble",
-           "evaluate_trials", "score"]
+           "evaluate_trials", "score", "ScoringOptions"]

@@ -12,6 +12,7 @@ patient-correction rows. Generated data get a banner.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import html
 import sys
@@ -122,23 +123,37 @@ def study_location(given: Optional[str], results: Path, search: str) -> Optional
     return None if database is not None and not database.is_file() else url
 
 
-def write_report(args: argparse.Namespace) -> Path:
-    if args.storage:
+@dataclasses.dataclass(frozen=True)
+class ReportRequest:
+    """What search/report.py was asked: its flags (`parse_args`)."""
+    leaderboard: str = DEFAULT_PATH
+    search: Optional[str] = None  # None: the most recent search of the leaderboard
+    storage: Optional[str] = None
+    test_metrics: Optional[str] = None
+    optuna_storage: Optional[str] = None
+    study: Optional[str] = None
+    top: int = 5
+    worst: int = 16
+    out: Optional[str] = None
+
+
+def write_report(request: ReportRequest) -> Path:
+    if request.storage:
         try:
-            print(search_files.for_reading(args.storage, args.search, Path(args.leaderboard)))
+            print(search_files.for_reading(request.storage, request.search, Path(request.leaderboard)))
         except ValueError as error:
             raise EvaluateError(str(error)) from None
-    board = read_board(Path(args.leaderboard))
-    search = choose_search(board, args.search, args.leaderboard)
-    results = board_dir(Path(args.leaderboard))
-    metrics_path = Path(args.test_metrics) if args.test_metrics else results / TEST_METRICS
+    board = read_board(Path(request.leaderboard))
+    search = choose_search(board, request.search, request.leaderboard)
+    results = board_dir(Path(request.leaderboard))
+    metrics_path = Path(request.test_metrics) if request.test_metrics else results / TEST_METRICS
     test_metrics = read_parquet_or_none(metrics_path)  # None: not evaluated yet
     predictions = read_parquet_or_none(metrics_path.with_name(TEST_PREDICTIONS))
     patients = read_parquet_or_none(metrics_path.with_name(TEST_PATIENTS))
-    storage = study_location(args.optuna_storage, results, search)
-    page = build_report(board, search, test_metrics, predictions, storage, args.study or search, args.top, args.worst,
+    storage = study_location(request.optuna_storage, results, search)
+    page = build_report(board, search, test_metrics, predictions, storage, request.study or search, request.top, request.worst,
                         patients)
-    out = Path(args.out) if args.out else results / search / REPORT
+    out = Path(request.out) if request.out else results / search / REPORT
     write_atomic(page, out)
     print(f"wrote {out} ({len(page) / 1e6:.1f} MB, self-contained)")
     return out
@@ -153,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"report: error: {err}", file=sys.stderr)
         return 2
     try:
-        write_report(args)
+        write_report(ReportRequest(**vars(args)))
     except EvaluateError as err:  # missing or corrupt leaderboard / test metrics, unknown search
         print(f"report: error: {err}", file=sys.stderr)
         return 2

@@ -77,29 +77,27 @@ def cv_refs(data: SearchData, k: Any, seed: int) -> tuple[dict[str, int], dict[i
     return fold_of, refs
 
 
-def check_folds_before_launch(args: Any, splits: dict) -> None:
-    """--cv and --rerank-folds: the folds can be drawn from the split's train+val patients (ValueError naming the
-    flag: too few patients of a class, official folds that share a patient)."""
+def check_folds_before_launch(splits: dict, seed: int, cv: Any, rerank_folds: Any = None) -> None:
+    """--cv and --rerank-folds (None: no --rerank-top): the folds can be drawn from the split's train+val patients
+    with `seed` (ValueError naming the flag: too few patients of a class, official folds that share a patient)."""
     from leukmodels.data import DataError
     from leukmodels.data.folds import patient_folds
 
-    asked = [("--cv", getattr(args, "cv", None)),
-             ("--rerank-folds", getattr(args, "rerank_folds", None) if getattr(args, "rerank_top", None) else None)]
-    for flag, k in asked:
+    for flag, k in (("--cv", cv), ("--rerank-folds", rerank_folds)):
         if k:
             try:
-                patient_folds(pd.concat([splits[name] for name in SEARCH_SPLITS]), k, seed=args.seed)
+                patient_folds(pd.concat([splits[name] for name in SEARCH_SPLITS]), k, seed=seed)
             except DataError as why:
                 raise ValueError(f"{flag} {k}: {why}") from None
 
 
-def search_refs(args: Any, data: SearchData, say: Any) -> dict[int, dict]:
-    """The object refs every trial of a search gets: the split's train and val sets, or with --cv the pooled set and
-    each image's fold (the folds described in one line)."""
-    if not getattr(args, "cv", None):
+def search_refs(cv: Any, seed: int, data: SearchData, say: Any) -> dict[int, dict]:
+    """The object refs every trial of a search gets: the split's train and val sets, or with --cv (`cv` folds drawn
+    with `seed`) the pooled set and each image's fold (the folds described in one line)."""
+    if not cv:
         return data.put()
-    fold_of, refs = cv_refs(data, args.cv, seed=args.seed)
-    say(describe_folds(data, fold_of, args.cv))
+    fold_of, refs = cv_refs(data, cv, seed=seed)
+    say(describe_folds(data, fold_of, cv))
     return refs
 
 

@@ -1,7 +1,7 @@
 """Two-stage selection (`--rerank-top N`): after a search on one validation split, re-train its top N configs with
 K-fold cross-validation by patient and choose the winner on the pooled out-of-fold figure.
 
-    code = rerank(args, plan, console, mine, data)   # mine: the finished search's ranked rows
+    code = rerank(settings, plan, console, mine, data, context, trial, trainable_for)   # mine: the ranked rows
 
 The re-trained trials are a second search, `<name>-rerank` (its own Tune experiment and leaderboard rows, stage
 "rerank", each row's `reranked_from` naming the first-stage trial whose config it re-trains). Every config trains
@@ -11,7 +11,6 @@ its K fold models for the search's --max-epochs, none stopped early: N x K train
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
@@ -27,6 +26,7 @@ from search.tuning.console import Console, ConsoleCallback
 from search.tuning.crossval import config_key, cv_refs, describe_folds
 from search.tuning.data import SearchData
 from search.board.paths import in_storage, leaderboard_path, split_path
+from search.board.settings import SearchSettings
 from search.tuning.plan import Plan
 from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.tuning.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config
@@ -59,67 +59,68 @@ def leaderboard_value(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def rerank(args: argparse.Namespace, plan: Plan, console: Console, mine: pd.DataFrame, data: SearchData,
-           context: SearchContext, settings: TrialSettings, trainable_for: Callable[[TrialSettings, dict], Any]) -> int:
+def rerank(settings: SearchSettings, plan: Plan, console: Console, mine: pd.DataFrame, data: SearchData,
+           context: SearchContext, trial: TrialSettings, trainable_for: Callable[[TrialSettings, dict], Any]) -> int:
     """Re-train the top --rerank-top configs of the finished search with --rerank-folds folds; write and show the
-    rerank rows and the winner chosen on the cross-validated figure. `context`, `settings` and `trainable_for` are
+    rerank rows and the winner chosen on the cross-validated figure. `context`, `trial` and `trainable_for` are
     the first stage's (search/tuning/tuner.py). Returns the exit code."""
-    configs, origins = top_configs(mine, args.rerank_top)
-    name = rerank_name(args.name)
+    configs, origins = top_configs(mine, settings.rerank_top)
+    name = rerank_name(settings.name)
     if len(configs) < 2:
-        console.say(f"rerank: {len(configs)} trial(s) of {args.name} trained; nothing to re-rank")
+        console.say(f"rerank: {len(configs)} trial(s) of {settings.name} trained; nothing to re-rank")
         return 0
-    fold_of, refs = cv_refs(data, args.rerank_folds, seed=args.seed)
-    console.say(f"\nrerank: the top {len(configs)} trials of {args.name} re-trained with cross-validation as search "
-                f"{name}, {args.max_epochs} epochs each, none stopped early")
-    console.say(describe_folds(data, fold_of, args.rerank_folds))
-    split_path(args.results, name).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(split_path(args.results, args.name), split_path(args.results, name))  # evaluate.py reads it
+    fold_of, refs = cv_refs(data, settings.rerank_folds, seed=settings.seed)
+    console.say(f"\nrerank: the top {len(configs)} trials of {settings.name} re-trained with cross-validation as search "
+                f"{name}, {settings.max_epochs} epochs each, none stopped early")
+    console.say(describe_folds(data, fold_of, settings.rerank_folds))
+    split_path(settings.results, name).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(split_path(settings.results, settings.name), split_path(settings.results, name))  # evaluate.py reads it
     context = dataclasses.replace(context)
     context.search, context.searcher, context.scheduler, context.stage = name, "rerank", "fifo", STAGE
     context.origins = origins
-    recorder = LeaderboardCallback(context, str(leaderboard_path(args.results)))
-    progress = ConsoleCallback(search=name, metric=args.metric, num_samples=len(configs), max_epochs=args.max_epochs)
-    settings = dataclasses.replace(settings, cv=True, train_storage=in_storage(args.storage, name, TRAIN_RUNS_DIR))
+    recorder = LeaderboardCallback(context, str(leaderboard_path(settings.results)))
+    progress = ConsoleCallback(search=name, metric=settings.metric, num_samples=len(configs), max_epochs=settings.max_epochs)
+    trial = dataclasses.replace(trial, cv=True, train_storage=in_storage(settings.storage, name, TRAIN_RUNS_DIR))
     tuner = tune.Tuner(
         # every key must be in the space for points_to_evaluate to set it: each a choice of the values the configs hold
-        trainable_for(settings, refs), param_space={key: tune.choice(list(dict.fromkeys(c[key] for c in configs)))
+        trainable_for(trial, refs), param_space={key: tune.choice(list(dict.fromkeys(c[key] for c in configs)))
                                                     for key in configs[0]},
         tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=configs),
                                     num_samples=len(configs), max_concurrent_trials=plan.max_concurrent_trials,
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=args.storage, verbose=1, callbacks=[recorder, progress],
-                                  failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                                  checkpoint_config=checkpoint_config(args.metric, "max", for_tune=True)))
+        run_config=tune.RunConfig(name=name, storage_path=settings.storage, verbose=1, callbacks=[recorder, progress],
+                                  failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                                  checkpoint_config=checkpoint_config(settings.metric, "max", for_tune=True)))
     grid = tuner.fit()
     rows = rows_from_grid(context, grid)
-    table = leaderboard.append_rows(leaderboard_path(args.results), rows) if rows else leaderboard.read(
-        leaderboard_path(args.results))
+    table = leaderboard.append_rows(leaderboard_path(settings.results), rows) if rows else leaderboard.read(
+        leaderboard_path(settings.results))
     ranked = leaderboard.rank_table(table, search=name)
-    for line in winner_lines(mine, ranked, args, name):
+    for line in winner_lines(mine, ranked, settings.metric, settings.results, name):
         console.say(line)
     return 0 if len(ranked) and (ranked["status"] != "error").any() else 1
 
 
-def winner_lines(mine: pd.DataFrame, ranked: pd.DataFrame, args: argparse.Namespace, name: str) -> list[str]:
-    """The rerank leaderboard, and which trial wins on the cross-validated figure against the one-split winner.
-    `mine` and `ranked` are the two searches' rows, best first (ranks shown within each search)."""
+def winner_lines(mine: pd.DataFrame, ranked: pd.DataFrame, metric: str, results: str, name: str) -> list[str]:
+    """The rerank leaderboard, and which trial wins on the cross-validated `metric` against the one-split winner.
+    `mine` and `ranked` are the two searches' rows, best first (ranks shown within each search); `results` the
+    folder of their leaderboard."""
     if not len(ranked):
         return [f"rerank: no trial of {name} ended"]
-    folds = [json.loads(text)[args.metric] if isinstance(text, str) else [] for text in ranked["fold_metrics"]]
+    folds = [json.loads(text)[metric] if isinstance(text, str) else [] for text in ranked["fold_metrics"]]
     shown = ranked.assign(rank=range(1, len(ranked) + 1),
                           fold_metrics=[" ".join(f"{value:.3f}" for value in values) for values in folds])
-    lines = [f"leaderboard of {name} (ranked by pooled out-of-fold {args.metric}; fold_metrics: its value per fold):",
+    lines = [f"leaderboard of {name} (ranked by pooled out-of-fold {metric}; fold_metrics: its value per fold):",
              leaderboard.render(shown, [c for c in [*SHOWN, "fold_metrics"] if c in shown.columns])]
     winner, first = ranked.iloc[0], mine.iloc[0]
     origin = str(winner.get("reranked_from"))
     position = [i for i, trial in enumerate(mine["trial_id"].astype(str), start=1) if trial == origin]
     where = f"rank {position[0]} of {len(mine)} on the one split" if position else "its rank unknown"
-    lines.append(f"winner chosen on the {int(winner['cv_folds'] or 0)}-fold cross-validated {args.metric}: "
-                 f"{winner['trial_id']} ({winner[args.metric]:.4f}), the config of {origin} ({where}; the one "
+    lines.append(f"winner chosen on the {int(winner['cv_folds'] or 0)}-fold cross-validated {metric}: "
+                 f"{winner['trial_id']} ({winner[metric]:.4f}), the config of {origin} ({where}; the one "
                  f"split's winner was {first['trial_id']})")
     lines.append(f"next: python search/evaluate.py --search {name} --top 3 --leaderboard "
-                 f"{leaderboard_path(args.results)}   # the K fold models' mean P(ALL) on unseen test patients")
+                 f"{leaderboard_path(results)}   # the K fold models' mean P(ALL) on unseen test patients")
     return lines
 
 

@@ -1,13 +1,12 @@
 """The Ray side of `search/run.py`: prepare the data, build the Tuner (or restore it), fit, write the leaderboard.
 
-    code = run_search(args, plan, console)   # args resolved by search.cli.run; Ray already initialised
+    code = run_search(settings, plan, console, started)   # settings: search/cli/resolve.py; Ray already up
 
 The data are decoded and `ray.put` once, then Tune runs with a leaderboard row per ended trial; at the end every
 trial of the ResultGrid is written again (same (search, trial_id) key: replaced, never duplicated).
 """
 from __future__ import annotations
 
-import argparse
 import time
 from shlex import quote
 from pathlib import Path
@@ -27,7 +26,7 @@ from search.tuning.plan import Plan, cluster_nodes, driver_resources
 from search.tuning.history import result_trial_id
 from search.tuning.resume_guard import MissingCheckpointGuard
 from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_grid
-from search.board.settings import save_settings
+from search.board.settings import SearchSettings, save_settings
 from search.tuning.storage_full import fit_or_full
 from search.tuning.spaces import SearchSpace
 from search.tuning.strategies import BudgetStopper, make_scheduler, make_searcher, search_run
@@ -38,15 +37,15 @@ from search.tuning.unbuildable import NoRetryForUnbuildable
 from search.tuning.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config, run_trial
 
 
-def study_url(args: argparse.Namespace) -> str:
+def study_url(settings: SearchSettings) -> str:
     """--optuna-storage (without its password), or the default SQLite file in results/ (a study per search)."""
-    return getattr(args, "optuna_storage", None) or optuna_url(args.results)
+    return settings.optuna_storage or optuna_url(settings.results)
 
 
-def trial_settings(args: argparse.Namespace, plan: Plan) -> TrialSettings:
-    return TrialSettings(resources=plan.per_trial, train_storage=in_storage(args.storage, args.name, TRAIN_RUNS_DIR),
-                         max_failures=args.max_failures, metric=args.metric, mode="max",
-                         cv=bool(getattr(args, "cv", None)))
+def trial_settings(settings: SearchSettings, plan: Plan) -> TrialSettings:
+    return TrialSettings(resources=plan.per_trial, train_storage=in_storage(settings.storage, settings.name, TRAIN_RUNS_DIR),
+                         max_failures=settings.max_failures, metric=settings.metric, mode="max",
+                         cv=bool(settings.cv))
 
 
 def trial_request(settings: TrialSettings, nodes: list[dict]) -> dict[str, float]:
@@ -63,110 +62,114 @@ def trainable_for(settings: TrialSettings, refs: dict) -> Any:
                                trial_request(settings, nodes))
 
 
-def search_space(args: argparse.Namespace) -> SearchSpace:
-    return SearchSpace(args.family, image_sizes=args.image_sizes, batch_sizes=args.batch_sizes,
-                       epochs=args.max_epochs, seed=args.seed)
+def search_space(settings: SearchSettings) -> SearchSpace:
+    return SearchSpace(settings.family, image_sizes=settings.image_sizes, batch_sizes=settings.batch_sizes,
+                       epochs=settings.max_epochs, seed=settings.seed)
 
 
-def build_tuner(args: argparse.Namespace, plan: Plan, trainable: Any, callbacks: list) -> tune.Tuner:
-    """A new Tuner, or the search's own restored from its storage with `--resume`."""
-    experiment = in_storage(args.storage, args.name)
-    if args.resume:
+def build_tuner(settings: SearchSettings, plan: Plan, trainable: Any, callbacks: list,
+                warm_start_points: Optional[list[dict]] = None) -> tune.Tuner:
+    """A new Tuner, whose first trials are `warm_start_points` (configs), or the search's own restored from its
+    storage with `--resume`."""
+    experiment = in_storage(settings.storage, settings.name)
+    if settings.resume:
         if not tune.Tuner.can_restore(experiment):
             raise ValueError(f"--resume: no Tune experiment at {experiment}")
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    searcher, param_space = _searcher(args)
-    scheduler = make_scheduler(args.scheduler, search=args.name, metric=args.metric, max_epochs=args.max_epochs,
-                               grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor, seed=args.seed)
-    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config(args, plan, searcher, scheduler),
-                      run_config=run_config(args, plan, callbacks))
+    searcher, param_space = _searcher(settings, warm_start_points)
+    scheduler = make_scheduler(settings.scheduler, search=settings.name, metric=settings.metric, max_epochs=settings.max_epochs,
+                               grace_epochs=settings.grace_epochs, reduction_factor=settings.reduction_factor, seed=settings.seed)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config(settings, plan, searcher, scheduler),
+                      run_config=run_config(settings, plan, callbacks))
 
 
-def _searcher(args: argparse.Namespace) -> tuple[Any, Optional[dict]]:
+def _searcher(settings: SearchSettings, warm_start_points: Optional[list[dict]]) -> tuple[Any, Optional[dict]]:
     """(search algorithm, param_space): OptunaSearch over the define-by-run space (no param_space), or for PBT, which
     refuses a searcher, Tune's generator over a population drawn at random from the same space (search/tuning/pbt.py)."""
-    if args.scheduler == "pbt":
+    if settings.scheduler == "pbt":
         from search.tuning.pbt import population
 
-        return population(search_space(args), args.num_samples, seed=args.seed)
-    metric, mode = searcher_objectives(args)  # lists with --objectives; the scheduler uses the first
-    return make_searcher(args.searcher, search=args.name, space=search_space(args), metric=metric, mode=mode,
-                         storage=optuna_storage(study_url(args)), seed=args.seed, num_samples=args.num_samples,
-                         max_epochs=args.max_epochs, points_to_evaluate=getattr(args, "warm_start_points", None)), None
+        return population(search_space(settings), settings.num_samples, seed=settings.seed)
+    metric, mode = searcher_objectives(settings.metric, settings.objectives)  # lists with --objectives; the scheduler uses the first
+    return make_searcher(settings.searcher, search=settings.name, space=search_space(settings), metric=metric, mode=mode,
+                         storage=optuna_storage(study_url(settings)), seed=settings.seed, num_samples=settings.num_samples,
+                         max_epochs=settings.max_epochs, points_to_evaluate=warm_start_points), None
 
 
-def tune_config(args: argparse.Namespace, plan: Plan, searcher: Any, scheduler: Any) -> tune.TuneConfig:
-    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
+def tune_config(settings: SearchSettings, plan: Plan, searcher: Any, scheduler: Any) -> tune.TuneConfig:
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
                            # PBT: the whole population must exist at once (paused trials free their slot); a
                            # one-worker trial's actor holds its resources, so they bound it
-                           max_concurrent_trials=None if args.scheduler == "pbt" else plan.max_concurrent_trials,
+                           max_concurrent_trials=None if settings.scheduler == "pbt" else plan.max_concurrent_trials,
                            # a one-worker trial's actor is its training process: the next trial reuses it (torch
                            # imported, data fetched); a DDP trial's actor holds a Train controller that must die
                            # with it when the scheduler stops the trial
                            reuse_actors=plan.per_trial.in_process)
 
 
-def run_config(args: argparse.Namespace, plan: Plan, callbacks: list) -> tune.RunConfig:
+def run_config(settings: SearchSettings, plan: Plan, callbacks: list) -> tune.RunConfig:
     return tune.RunConfig(
-        name=args.name, storage_path=args.storage, verbose=1, callbacks=callbacks, stop=BudgetStopper(args.name),
+        name=settings.name, storage_path=settings.storage, verbose=1, callbacks=callbacks, stop=BudgetStopper(settings.name),
         # one-worker trials are retried by Tune from their last checkpoint; DDP trials by Ray Train
-        failure_config=tune.FailureConfig(max_failures=args.max_failures if plan.per_trial.in_process else 0),
-        checkpoint_config=checkpoint_config(args.metric, "max", for_tune=True, keep_all=args.scheduler == "pbt"))
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures if plan.per_trial.in_process else 0),
+        checkpoint_config=checkpoint_config(settings.metric, "max", for_tune=True, keep_all=settings.scheduler == "pbt"))
 
 
-def search_context(args: argparse.Namespace, data: SearchData) -> SearchContext:
-    return SearchContext(search=args.name, metric=args.metric, max_epochs=args.max_epochs,
+def search_context(settings: SearchSettings, data: SearchData) -> SearchContext:
+    return SearchContext(search=settings.name, metric=settings.metric, max_epochs=settings.max_epochs,
                          data_fingerprint=data.fingerprint, data_generated=data.generated, data_root=data.root,
-                         code_version=leaderboard.code_version(), searcher=args.searcher, scheduler=args.scheduler,
-                         objectives=",".join(args.objectives or []), storage=args.storage)
+                         code_version=leaderboard.code_version(), searcher=settings.searcher, scheduler=settings.scheduler,
+                         objectives=",".join(settings.objectives or []), storage=settings.storage)
 
 
-def run_search(args: argparse.Namespace, plan: Plan, console: Console) -> int:
-    """Decode, launch (or resume) the Tune experiment, write and show the rows; returns the CLI's exit code."""
-    started = getattr(args, "started", time.time())
-    if not args.resume:
-        if args.warm_start:  # the earlier search's best configs, mapped onto this space: the first trials
+def run_search(settings: SearchSettings, plan: Plan, console: Console, started: Optional[float] = None) -> int:
+    """Decode, launch (or resume) the Tune experiment, write and show the rows; returns the CLI's exit code.
+    `started`: when the command started (the summary's wall time), by default now."""
+    started = time.time() if started is None else started
+    points = None  # with --warm-start: the earlier search's best configs, mapped onto this space: the first trials
+    if not settings.resume:
+        if settings.warm_start:
             from search.tuning.warmstart import warm_start_points
 
-            args.warm_start_points = warm_start_points(args, search_space(args), console.say)
-        save_settings(args)  # results/searches/<name>.json, read back by --resume
-    data = prepare_data(args.data, args.image_sizes, split_seed=args.seed, val_fraction=args.val_fraction,
+            points = warm_start_points(settings, search_space(settings), console.say)
+        save_settings(settings, points)  # results/searches/<name>.json, read back by --resume
+    data = prepare_data(settings.data, settings.image_sizes, split_seed=settings.seed, val_fraction=settings.val_fraction,
                         progress=console.out)
     console.say(data.describe())
-    data.write_split(split_path(args.results, args.name))  # read by search/evaluate.py
-    recorder = LeaderboardCallback(search_context(args, data), str(leaderboard_path(args.results)))
-    progress = ConsoleCallback(search=args.name, metric=args.metric, num_samples=args.num_samples,
-                               max_epochs=args.max_epochs, quiet_restarts=args.scheduler == "pbt")
-    refs = search_refs(args, data, console.say)  # with --cv: the pooled train+val set and its folds
+    data.write_split(split_path(settings.results, settings.name))  # read by search/evaluate.py
+    recorder = LeaderboardCallback(search_context(settings, data), str(leaderboard_path(settings.results)))
+    progress = ConsoleCallback(search=settings.name, metric=settings.metric, num_samples=settings.num_samples,
+                               max_epochs=settings.max_epochs, quiet_restarts=settings.scheduler == "pbt")
+    refs = search_refs(settings.cv, settings.seed, data, console.say)  # with --cv: the pooled train+val set and its folds
     callbacks = [recorder, progress, MissingCheckpointGuard()]  # the guard: a resumed trial never errors for a
     # checkpoint Tune's saved state names but the storage lost (search/tuning/resume_guard.py)
     callbacks.append(NoRetryForUnbuildable())  # a config that cannot be built fails once (search/tuning/unbuildable.py)
-    tuner = build_tuner(args, plan, trainable_for(trial_settings(args, plan), refs),
-                        callbacks + ([TimelineCallback()] if timeline.enabled() else []))
-    _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # a new head can resume
-    run = search_run(args.name)
-    run.launched, run.deadline = time.time(), (time.time() + args.time_budget if args.time_budget else None)
-    console.say(f"searching: {args.num_samples} trials of {'+'.join(args.family)}, up to {args.max_epochs} epochs "
-                f"each, {plan.max_concurrent_trials} at once ({args.searcher} + {args.scheduler}, {goal(args)} "
-                f"on {'the pooled out-of-fold predictions' if getattr(args, 'cv', None) else 'the validation patients'}"
+    tuner = build_tuner(settings, plan, trainable_for(trial_settings(settings, plan), refs),
+                        callbacks + ([TimelineCallback()] if timeline.enabled() else []), points)
+    _say_failure(console, search_files.save_now(settings.storage, settings.name, settings.results))  # a new head can resume
+    run = search_run(settings.name)
+    run.launched, run.deadline = time.time(), (time.time() + settings.time_budget if settings.time_budget else None)
+    console.say(f"searching: {settings.num_samples} trials of {'+'.join(settings.family)}, up to {settings.max_epochs} epochs "
+                f"each, {plan.max_concurrent_trials} at once ({settings.searcher} + {settings.scheduler}, {goal(settings)} "
+                f"on {'the pooled out-of-fold predictions' if settings.cv else 'the validation patients'}"
                 f")")
-    if args.scheduler == "pbt":
+    if settings.scheduler == "pbt":
         from search.tuning.pbt import describe
 
-        console.say(describe(args.max_epochs, args.num_samples))
+        console.say(describe(settings.max_epochs, settings.num_samples))
     fit_started = time.time()
-    grid, full = fit_or_full(tuner, args)  # full: the storage filled up; the rows are in the leaderboard already
+    grid, full = fit_or_full(tuner, settings)  # full: the storage filled up; the rows are in the leaderboard already
     slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
-    mine = write_rows(args, recorder.context, grid, console)
-    code = finish(args, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
+    mine = write_rows(settings, recorder.context, grid, console)
+    code = finish(settings, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
     if full:
         console.error(full)
         code = code or 1
-    _say_failure(console, search_files.save_now(args.storage, args.name, args.results))  # ended or interrupted
-    if code == 0 and getattr(args, "rerank_top", None):  # the second stage: the top trials re-trained with K folds
+    _say_failure(console, search_files.save_now(settings.storage, settings.name, settings.results))  # ended or interrupted
+    if code == 0 and settings.rerank_top:  # the second stage: the top trials re-trained with K folds
         from search.tuning.rerank import rerank
 
-        code = rerank(args, plan, console, mine, data, search_context(args, data), trial_settings(args, plan),
+        code = rerank(settings, plan, console, mine, data, search_context(settings, data), trial_settings(settings, plan),
                       trainable_for)
     return code
 
@@ -176,21 +179,21 @@ def _say_failure(console: Console, warning: Optional[str]) -> None:
         console.say(warning)
 
 
-def write_rows(args: argparse.Namespace, context: SearchContext, grid: Any, console: Console) -> Any:
+def write_rows(settings: SearchSettings, context: SearchContext, grid: Any, console: Console) -> Any:
     """Every ended trial of the ResultGrid into the leaderboard again (the Pareto flags set over the whole search,
     PBT's exploit-only checkpoints pruned once it finished); returns the search's ranked rows."""
-    board = leaderboard_path(args.results)
-    rows = rows_from_grid(context, grid, walls=search_run(args.name).trial_walls)
-    if args.objectives:  # the front over every ended trial of the search, this run's and a resumed one's earlier
-        rows = marked_search(board, args.name, rows, args.objectives)
-    table = leaderboard.append_rows(board, rows) if rows else leaderboard.search_rows(board, args.name)
-    if args.scheduler == "pbt" and rows and len(rows) == len(grid):  # finished: no exploit needs the donors' now
+    board = leaderboard_path(settings.results)
+    rows = rows_from_grid(context, grid, walls=search_run(settings.name).trial_walls)
+    if settings.objectives:  # the front over every ended trial of the search, this run's and a resumed one's earlier
+        rows = marked_search(board, settings.name, rows, settings.objectives)
+    table = leaderboard.append_rows(board, rows) if rows else leaderboard.search_rows(board, settings.name)
+    if settings.scheduler == "pbt" and rows and len(rows) == len(grid):  # finished: no exploit needs the donors' now
         from search.tuning.pbt import prune_checkpoints
 
         removed, freed = prune_checkpoints(grid, rows)
         console.say(f"pbt: removed {removed} checkpoint(s) kept for exploits ({freed / 2**20:.0f} MiB); each trial "
                     f"keeps its best and its latest")
-    return ranked_within(table, args.name)
+    return ranked_within(table, settings.name)
 
 
 def ranked_within(table: Any, search: str) -> Any:
@@ -205,16 +208,16 @@ BOARD_COLUMNS = ["rank", "trial_id", "family", "status", "epochs_run", "balanced
                  "filters", "depth", "lr", "batch_size", "image_size", "optimizer", "train_seconds"]
 
 
-def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, summary: str) -> int:
+def finish(settings: SearchSettings, grid: Any, mine: Any, console: Console, summary: str) -> int:
     """Show the search's rows, timing and what to run next; tidy the Optuna study; the exit code says whether
     anything trained."""
     say = console.say
-    where = "pooled out-of-fold predictions" if getattr(args, "cv", None) else "validation patients"
-    say(f"\nleaderboard of {args.name} ({len(mine)} trials, ranked by {args.metric} on the {where}):")
+    where = "pooled out-of-fold predictions" if settings.cv else "validation patients"
+    say(f"\nleaderboard of {settings.name} ({len(mine)} trials, ranked by {settings.metric} on the {where}):")
     if len(mine):
         say(leaderboard.render(mine, [c for c in BOARD_COLUMNS if c in mine.columns]))
-        say(f"(every column: python search/leaderboard.py --search {quote(args.name)} --columns all"
-            f"{_board_flag(args, '--path')})")
+        say(f"(every column: python search/leaderboard.py --search {quote(settings.name)} --columns all"
+            f"{_board_flag(settings, '--path')})")
     for line in front_lines(mine):  # multi-objective searches only
         say(line)
     if tie_line(mine):  # the trials the validation patients cannot tell from the winner
@@ -223,28 +226,28 @@ def finish(args: argparse.Namespace, grid: Any, mine: Any, console: Console, sum
     for warning in single_class_warnings(mine):
         say(warning)
     pending = len({result_trial_id(result) for result in grid} - set(mine["trial_id"]))
-    if pending and not search_run(args.name).budget_spent():  # an interrupt left trials to --resume
+    if pending and not search_run(settings.name).budget_spent():  # an interrupt left trials to --resume
         say(f"search interrupted with {pending} trial(s) unfinished; continue it with: python search/run.py "
-            f"--resume --name {quote(args.name)} --results {quote(args.results)} --storage {quote(args.storage)}")
+            f"--resume --name {quote(settings.name)} --results {quote(settings.results)} --storage {quote(settings.storage)}")
         return 1
     try:
-        if args.scheduler != "pbt":  # a PBT search has no Optuna study
-            close_open_optuna_trials(args, say)
+        if settings.scheduler != "pbt":  # a PBT search has no Optuna study
+            close_open_optuna_trials(settings, say)
     except Exception as failure:  # noqa: BLE001 - tidying the study must not fail a finished search
-        say(f"warning: could not check the Optuna study {args.name} for open trials: {failure}")
+        say(f"warning: could not check the Optuna study {settings.name} for open trials: {failure}")
     if not (mine["epochs_run"].fillna(0) > 0).any():
-        budget = f" within --time-budget {args.time_budget:g} s" if args.time_budget else ""
-        console.error(f"no trial of {args.name} trained a single epoch{budget}")
+        budget = f" within --time-budget {settings.time_budget:g} s" if settings.time_budget else ""
+        console.error(f"no trial of {settings.name} trained a single epoch{budget}")
         return 1
-    say(next_steps(args))
+    say(next_steps(settings))
     return 0 if (mine["status"] != "error").any() else 1
 
 
-def goal(args: argparse.Namespace) -> str:
+def goal(settings: SearchSettings) -> str:
     """What the sampler optimises, in words: "maximising balanced_accuracy", or with several objectives
     "maximising balanced_accuracy and minimising num_parameters" (the scheduler stops on the first)."""
     words = {"max": "maximising", "min": "minimising"}
-    return " and ".join(f"{words[direction(o)]} {o}" for o in (args.objectives or [args.metric]))
+    return " and ".join(f"{words[direction(o)]} {o}" for o in (settings.objectives or [settings.metric]))
 
 
 def single_class_warnings(mine: Any) -> list[str]:
@@ -261,44 +264,44 @@ def single_class_warnings(mine: Any) -> list[str]:
     return lines
 
 
-def _board_flag(args: argparse.Namespace, flag: str) -> str:
+def _board_flag(settings: SearchSettings, flag: str) -> str:
     """` <flag> <leaderboard>` for a command that reads the leaderboard, unless it is the default one."""
-    results = Path(args.results)
+    results = Path(settings.results)
     return "" if results == Path(RESULTS).resolve() else f" {flag} {quote(str(leaderboard_path(results)))}"
 
 
-def next_steps(args: argparse.Namespace) -> str:
+def next_steps(settings: SearchSettings) -> str:
     """The commands that come next, with this search's own name and folders filled in, shell-quoted: each line pastes
     into a shell as it is, whatever the folders are called."""
-    results, board, name = Path(args.results), _board_flag(args, "--leaderboard"), quote(args.name)
+    results, board, name = Path(settings.results), _board_flag(settings, "--leaderboard"), quote(settings.name)
     return "\n".join([
         "next:",
         f"  python search/evaluate.py --search {name} --top 3{board}   # the top trials on unseen test patients",
-        f"  python search/report.py --search {name}{board}   # HTML report: {results / args.name / REPORT}",
-        *([] if args.scheduler == "pbt" else [
-            f"  optuna-dashboard {quote(dashboard_target(study_url(args)))}   # the study '{args.name}'"]),
-        f"  tensorboard --logdir {quote(in_storage(args.storage, args.name))}   # learning curves of every trial"])
+        f"  python search/report.py --search {name}{board}   # HTML report: {results / settings.name / REPORT}",
+        *([] if settings.scheduler == "pbt" else [
+            f"  optuna-dashboard {quote(dashboard_target(study_url(settings)))}   # the study '{settings.name}'"]),
+        f"  tensorboard --logdir {quote(in_storage(settings.storage, settings.name))}   # learning curves of every trial"])
 
 
-def close_open_optuna_trials(args: argparse.Namespace, say=print) -> int:
+def close_open_optuna_trials(settings: SearchSettings, say=print) -> int:
     """Once every Tune trial of the search has ended, a trial still RUNNING in its Optuna study is one Tune never
     reported back: cut by the time budget (Tune ends such trials without telling the searcher; PRUNED at its last
     value when it trained, as the row's time_budget), never started, or left by a driver killed between Optuna's
     ask and Tune's state save (FAIL). The study then shows no live trials."""
     import optuna
 
-    study = optuna.load_study(study_name=args.name, storage=optuna_storage(study_url(args)))
-    spent = search_run(args.name).budget_spent()
+    study = optuna.load_study(study_name=settings.name, storage=optuna_storage(study_url(settings)))
+    spent = search_run(settings.name).budget_spent()
     closed = {"PRUNED": [], "FAIL": []}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         state = optuna.trial.TrialState.PRUNED if spent and trial.intermediate_values else optuna.trial.TrialState.FAIL
         study.tell(trial.number, state=state)
         closed[state.name].append(trial.number)
     if closed["PRUNED"]:
-        say(f"closed Optuna trial(s) {closed['PRUNED']} of study {args.name} as PRUNED: cut by the time budget")
+        say(f"closed Optuna trial(s) {closed['PRUNED']} of study {settings.name} as PRUNED: cut by the time budget")
     if closed["FAIL"]:
         why = "the time budget ended the search before they trained" if spent else "orphans of an interrupted driver"
-        say(f"closed Optuna trial(s) {closed['FAIL']} of study {args.name} as FAIL: {why}")
+        say(f"closed Optuna trial(s) {closed['FAIL']} of study {settings.name} as FAIL: {why}")
     return len(closed["PRUNED"]) + len(closed["FAIL"])
 
 

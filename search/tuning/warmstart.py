@@ -1,6 +1,6 @@
 """Warm start: the best configs of an earlier search become the first trials of a new one.
 
-    points = warm_start_points(args, space, say)      # [{"lr": 3e-3, "resnet:filters": 24, ...}, ...]
+    points = warm_start_points(settings, space, say)      # [{"lr": 3e-3, "resnet:filters": 24, ...}, ...]
     OptunaSearch(space=space, points_to_evaluate=points, ...)   # enqueued: Optuna asks them before it samples
 
 The earlier search's configs come from its leaderboard rows, ranked by its own metric at each trial's best epoch
@@ -16,13 +16,13 @@ Every change is one console line.
 """
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Any, Callable, Optional
 
 import pandas as pd
 
 from search.board.paths import leaderboard_path
+from search.board.settings import SearchSettings
 from search.tuning.spaces import FAMILY_PREFIX_SEP, SearchSpace
 
 TOP_CONFIGS = 3  # carried configs: the top 3 of the earlier search, at most half the new trials (at least one)
@@ -185,13 +185,13 @@ def points_from_rows(rows: Any, space: Any, limit: int) -> tuple[list[dict], lis
     return points, lines
 
 
-def check_warm_start(args: argparse.Namespace) -> None:
-    """Before Ray starts: --warm-start names another search of this leaderboard with a scored trial of a family
-    searched here. ValueError naming the flag otherwise."""
+def check_warm_start(name: str, search: str, results: str, families: list[str]) -> None:
+    """Before Ray starts: --warm-start `name` is another search than `search` in the leaderboard of `results`, with
+    a scored trial of one of `families` (those searched here). ValueError naming the flag otherwise."""
     from search.board import leaderboard
 
-    name, path = args.warm_start, leaderboard_path(args.results)
-    if name == args.name:
+    path = leaderboard_path(results)
+    if name == search:
         raise ValueError(f"--warm-start {name}: that is this search's own name; name an earlier search")
     if not leaderboard.exists(path):
         raise ValueError(f"--warm-start {name}: no leaderboard at {path} (is --results the same as that search's?)")
@@ -203,21 +203,21 @@ def check_warm_start(args: argparse.Namespace) -> None:
     rows = ranked_rows(board, name)
     if rows.empty:
         raise ValueError(f"--warm-start {name}: none of its trials has a score to rank by")
-    if not rows["family"].isin(args.family).any():
+    if not rows["family"].isin(families).any():
         raise ValueError(f"--warm-start {name}: its trials are {', '.join(sorted(set(rows['family'])))}; this search "
-                         f"has {', '.join(args.family)}: add the family or warm-start from another search")
+                         f"has {', '.join(families)}: add the family or warm-start from another search")
 
 
-def warm_start_points(args: argparse.Namespace, space: Any, say: Callable[[str], None] = print) -> list[dict]:
+def warm_start_points(settings: SearchSettings, space: Any, say: Callable[[str], None] = print) -> list[dict]:
     """The configs the new search runs first (see the module docstring), said on the console."""
     from search.board import leaderboard
 
-    rows = ranked_rows(leaderboard.read(leaderboard_path(args.results)), args.warm_start)
-    limit = carried_limit(args.num_samples)
+    rows = ranked_rows(leaderboard.read(leaderboard_path(settings.results)), settings.warm_start)
+    limit = carried_limit(settings.num_samples)
     points, lines = points_from_rows(rows, space, limit)
     metric = rows["metric"].iloc[0] if len(rows) else "?"
-    say(f"warm start: the first {len(points)} of {args.num_samples} trials are the top configs of search "
-        f"{args.warm_start} by its {metric} (at most {limit}: top {TOP_CONFIGS}, at most half the trials)")
+    say(f"warm start: the first {len(points)} of {settings.num_samples} trials are the top configs of search "
+        f"{settings.warm_start} by its {metric} (at most {limit}: top {TOP_CONFIGS}, at most half the trials)")
     for line in lines:
         say(f"warm start: {line}")
     return points
