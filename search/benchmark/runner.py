@@ -353,4 +353,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["main", "parse_args", "plan_searches", "BenchmarkSettings", "Search", "BASELINE", "STRATEGIES", "DEFAULTS", "SMOKE"]
+__all__ = ["main", "parse_args", "plan_searches", "BenchmarkSettings", "Search", "BASELINE", "STRATEGIES", "DEFAULTS",
+           "SMOKE"]

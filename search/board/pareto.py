@@ -1,7 +1,8 @@
 """Small and accurate: the objectives of a multi-objective search and the Pareto front of its leaderboard rows.
 
     check_objectives(["balanced_accuracy", "num_parameters"])    # ValueError naming --objectives when bad
-    metric, mode = searcher_objectives(metric, objectives)   # "balanced_accuracy", "max"  or  [..., "num_parameters"], ["max", "min"]
+    metric, mode = searcher_objectives(metric, objectives)   # "balanced_accuracy", "max"
+                                                             # or [..., "num_parameters"], ["max", "min"]
     pareto_flags([[0.81, 2.1e5], [0.80, 9e3], [0.79, 4e4]], ["max", "min"])   # -> [True, True, False]
     rows = marked_search(board_path, "mo-1", rows, objectives)  # every row of the search, `pareto` set
 

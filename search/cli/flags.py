@@ -115,9 +115,12 @@ def _what_to_search(add: Callable[..., None]) -> None:
     add("--num-samples", type=int, help="trials to run (cpu profile 12, gpu 32)")
     add("--max-epochs", type=int, help="epochs of a trial that is never stopped (cpu 8, gpu 20)")
     add("--grace-epochs", type=int, help="epochs before the scheduler may stop a trial (cpu 2, gpu 3)")
-    add("--reduction-factor", type=int, default=DEFAULTS["reduction_factor"], help="ASHA keeps the top 1/factor at each rung (default 2)")
-    add("--searcher", default=DEFAULTS["searcher"], choices=SEARCHERS, help="Optuna sampler that proposes configs (default tpe)")
-    add("--scheduler", default=DEFAULTS["scheduler"], choices=SCHEDULERS, help="early stopping: asha, median (Tune's median "
+    add("--reduction-factor", type=int, default=DEFAULTS["reduction_factor"],
+        help="ASHA keeps the top 1/factor at each rung (default 2)")
+    add("--searcher", default=DEFAULTS["searcher"],
+        choices=SEARCHERS, help="Optuna sampler that proposes configs (default tpe)")
+    add("--scheduler", default=DEFAULTS["scheduler"],
+        choices=SCHEDULERS, help="early stopping: asha, median (Tune's median "
         "stopping rule) or fifo (every trial runs --max-epochs); or pbt, population-based training: every trial runs "
         "--max-epochs, and every quarter of them the worst quarter continue the best quarter's weights with "
         "perturbed lr, weight decay and augmentation (one-worker trials; population drawn at random) (default asha)")
@@ -132,14 +135,16 @@ def _what_a_trial_gets(add: Callable[..., None]) -> None:
     add("--image-sizes", type=int, nargs="+", metavar="S", help="candidate image sizes in px (cpu 32, gpu 64 96 128)")
     add("--batch-sizes", type=int, nargs="+", metavar="B", help="candidate batch sizes per worker (cpu 32 64, gpu 64 "
         "128 256)")
-    add("--val-fraction", type=float, default=DEFAULTS["val_fraction"], help="share of the training patients held out for validation, "
+    add("--val-fraction", type=float, default=DEFAULTS["val_fraction"],
+        help="share of the training patients held out for validation, "
         "drawn by patient (default 0.2)")
 
 
 def _where_it_runs(add: Callable[..., None]) -> None:
     """The Ray cluster, the storage, the results folder, the search's name."""
     add("--address", help="Ray cluster to join: 'auto' or ray://host:10001 (default: start a local Ray)")
-    add("--storage", default=DEFAULTS["storage"], help="Tune/Train storage: a folder or an s3:// URI (default results/ray; "
+    add("--storage", default=DEFAULTS["storage"],
+        help="Tune/Train storage: a folder or an s3:// URI (default results/ray; "
         "must be shared storage on a multi-node cluster)")
     add("--results", default=RESULTS, help="folder for the leaderboard, optuna.db, searches/ (default results)")
     add("--optuna-storage", metavar="URL", help="where the Optuna study goes (study = search name): a database URL "
@@ -154,7 +159,8 @@ def _where_it_runs(add: Callable[..., None]) -> None:
 
 def _what_wins(add: Callable[..., None]) -> None:
     """The seed, the metric or objectives, a warm start."""
-    add("--seed", type=int, default=DEFAULTS["seed"], help="seeds the sampler, the patient split and every trial (default 0)")
+    add("--seed", type=int, default=DEFAULTS["seed"],
+        help="seeds the sampler, the patient split and every trial (default 0)")
     add("--metric", default=DEFAULTS["metric"], choices=METRICS, help="what the scheduler and the sampler maximise "
         "on the validation patients (default balanced_accuracy: a one-class predictor scores 0.5 whatever the class "
         "ratio); weighted F1, the challenge metric, is reported beside it")
@@ -186,7 +192,8 @@ def _what_wins(add: Callable[..., None]) -> None:
 def _how_it_runs(add: Callable[..., None]) -> None:
     """The time budget, retries, and what is shown."""
     add("--time-budget", type=float, metavar="SECONDS", help="stop the whole search after this many seconds")
-    add("--max-failures", type=int, default=DEFAULTS["max_failures"], help="retries of a trial from its checkpoint (default 2)")
+    add("--max-failures", type=int, default=DEFAULTS["max_failures"],
+        help="retries of a trial from its checkpoint (default 2)")
     add("--dry-run", flag=True, help="connect (or start the local Ray), print the profile, settings and plan, stop")
     add("--verbose", flag=True, help="show everything Ray, Tune and Train print (by default it goes to "
         "results/<name>/search.log and the console shows one line per trial event)")

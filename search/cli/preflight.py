@@ -264,5 +264,6 @@ def forget_unlaunched(settings: Path, storage: str, name: str) -> bool:
     return True
 
 
-__all__ = ["Preflight", "check_before_launch", "check_cli_inputs", "check_name", "check_not_read_only", "check_sizes", "check_families",
+__all__ = ["Preflight", "check_before_launch", "check_cli_inputs", "check_name", "check_not_read_only", "check_sizes",
+           "check_families",
            "forget_unlaunched", "ray_start_error", "sigterm_as_sigint"]

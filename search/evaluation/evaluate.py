@@ -230,7 +230,8 @@ def run(request: EvaluateRequest) -> int:
     chosen, search = select_trials(read_board(board_path), request.search, top=top, trials=request.trials,
                                    metric=request.metric)
     options = ScoringOptions(metric=request.metric or str(chosen["metric"].iloc[0]),  # what the search ranked by
-                             device=request.device, tta=request.tta, cache_dir=request.cache_dir, retrain=request.retrain)
+                             device=request.device, tta=request.tta, cache_dir=request.cache_dir,
+                             retrain=request.retrain)
     results_dir = board_dir(board_path)
     out_path = Path(request.out) if request.out else results_dir / TEST_METRICS
     test_set = held_out_set(chosen.iloc[0], results_dir, request.data, request.split_seed, request.cache_dir)

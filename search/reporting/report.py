@@ -151,7 +151,8 @@ def write_report(request: ReportRequest) -> Path:
     predictions = read_parquet_or_none(metrics_path.with_name(TEST_PREDICTIONS))
     patients = read_parquet_or_none(metrics_path.with_name(TEST_PATIENTS))
     storage = study_location(request.optuna_storage, results, search)
-    page = build_report(board, search, test_metrics, predictions, storage, request.study or search, request.top, request.worst,
+    page = build_report(board, search, test_metrics, predictions, storage, request.study or search, request.top,
+                        request.worst,
                         patients)
     out = Path(request.out) if request.out else results / search / REPORT
     write_atomic(page, out)

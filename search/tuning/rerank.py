@@ -70,16 +70,18 @@ def rerank(settings: SearchSettings, plan: Plan, console: Console, mine: pd.Data
         console.say(f"rerank: {len(configs)} trial(s) of {settings.name} trained; nothing to re-rank")
         return 0
     fold_of, refs = cv_refs(data, settings.rerank_folds, seed=settings.seed)
-    console.say(f"\nrerank: the top {len(configs)} trials of {settings.name} re-trained with cross-validation as search "
-                f"{name}, {settings.max_epochs} epochs each, none stopped early")
+    console.say(f"\nrerank: the top {len(configs)} trials of {settings.name} re-trained with cross-validation as "
+                f"search {name}, {settings.max_epochs} epochs each, none stopped early")
     console.say(describe_folds(data, fold_of, settings.rerank_folds))
     split_path(settings.results, name).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(split_path(settings.results, settings.name), split_path(settings.results, name))  # evaluate.py reads it
+    # evaluate.py reads it
+    shutil.copyfile(split_path(settings.results, settings.name), split_path(settings.results, name))
     context = dataclasses.replace(context)
     context.search, context.searcher, context.scheduler, context.stage = name, "rerank", "fifo", STAGE
     context.origins = origins
     recorder = LeaderboardCallback(context, str(leaderboard_path(settings.results)))
-    progress = ConsoleCallback(search=name, metric=settings.metric, num_samples=len(configs), max_epochs=settings.max_epochs)
+    progress = ConsoleCallback(search=name, metric=settings.metric, num_samples=len(configs),
+                               max_epochs=settings.max_epochs)
     trial = dataclasses.replace(trial, cv=True, train_storage=in_storage(settings.storage, name, TRAIN_RUNS_DIR))
     tuner = tune.Tuner(
         # every key must be in the space for points_to_evaluate to set it: each a choice of the values the configs hold

@@ -43,7 +43,8 @@ def study_url(settings: SearchSettings) -> str:
 
 
 def trial_settings(settings: SearchSettings, plan: Plan) -> TrialSettings:
-    return TrialSettings(resources=plan.per_trial, train_storage=in_storage(settings.storage, settings.name, TRAIN_RUNS_DIR),
+    return TrialSettings(resources=plan.per_trial,
+                         train_storage=in_storage(settings.storage, settings.name, TRAIN_RUNS_DIR),
                          max_failures=settings.max_failures, metric=settings.metric, mode="max",
                          cv=bool(settings.cv))
 
@@ -77,8 +78,9 @@ def build_tuner(settings: SearchSettings, plan: Plan, trainable: Any, callbacks:
             raise ValueError(f"--resume: no Tune experiment at {experiment}")
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
     searcher, param_space = _searcher(settings, warm_start_points)
-    scheduler = make_scheduler(settings.scheduler, search=settings.name, metric=settings.metric, max_epochs=settings.max_epochs,
-                               grace_epochs=settings.grace_epochs, reduction_factor=settings.reduction_factor, seed=settings.seed)
+    scheduler = make_scheduler(settings.scheduler, search=settings.name, metric=settings.metric,
+                               max_epochs=settings.max_epochs, grace_epochs=settings.grace_epochs,
+                               reduction_factor=settings.reduction_factor, seed=settings.seed)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config(settings, plan, searcher, scheduler),
                       run_config=run_config(settings, plan, callbacks))
 
@@ -90,9 +92,11 @@ def _searcher(settings: SearchSettings, warm_start_points: Optional[list[dict]])
         from search.tuning.pbt import population
 
         return population(search_space(settings), settings.num_samples, seed=settings.seed)
-    metric, mode = searcher_objectives(settings.metric, settings.objectives)  # lists with --objectives; the scheduler uses the first
-    return make_searcher(settings.searcher, search=settings.name, space=search_space(settings), metric=metric, mode=mode,
-                         storage=optuna_storage(study_url(settings)), seed=settings.seed, num_samples=settings.num_samples,
+    # lists with --objectives; the scheduler uses the first
+    metric, mode = searcher_objectives(settings.metric, settings.objectives)
+    return make_searcher(settings.searcher, search=settings.name, space=search_space(settings), metric=metric,
+                         mode=mode, storage=optuna_storage(study_url(settings)), seed=settings.seed,
+                         num_samples=settings.num_samples,
                          max_epochs=settings.max_epochs, points_to_evaluate=warm_start_points), None
 
 
@@ -109,16 +113,19 @@ def tune_config(settings: SearchSettings, plan: Plan, searcher: Any, scheduler: 
 
 def run_config(settings: SearchSettings, plan: Plan, callbacks: list) -> tune.RunConfig:
     return tune.RunConfig(
-        name=settings.name, storage_path=settings.storage, verbose=1, callbacks=callbacks, stop=BudgetStopper(settings.name),
+        name=settings.name, storage_path=settings.storage, verbose=1, callbacks=callbacks,
+        stop=BudgetStopper(settings.name),
         # one-worker trials are retried by Tune from their last checkpoint; DDP trials by Ray Train
         failure_config=tune.FailureConfig(max_failures=settings.max_failures if plan.per_trial.in_process else 0),
-        checkpoint_config=checkpoint_config(settings.metric, "max", for_tune=True, keep_all=settings.scheduler == "pbt"))
+        checkpoint_config=checkpoint_config(settings.metric, "max", for_tune=True,
+                                            keep_all=settings.scheduler == "pbt"))
 
 
 def search_context(settings: SearchSettings, data: SearchData) -> SearchContext:
     return SearchContext(search=settings.name, metric=settings.metric, max_epochs=settings.max_epochs,
                          data_fingerprint=data.fingerprint, data_generated=data.generated, data_root=data.root,
-                         code_version=leaderboard.code_version(), searcher=settings.searcher, scheduler=settings.scheduler,
+                         code_version=leaderboard.code_version(), searcher=settings.searcher,
+                         scheduler=settings.scheduler,
                          objectives=",".join(settings.objectives or []), storage=settings.storage)
 
 
@@ -133,24 +140,27 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
 
             points = warm_start_points(settings, search_space(settings), console.say)
         save_settings(settings, points)  # results/searches/<name>.json, read back by --resume
-    data = prepare_data(settings.data, settings.image_sizes, split_seed=settings.seed, val_fraction=settings.val_fraction,
+    data = prepare_data(settings.data, settings.image_sizes, split_seed=settings.seed,
+                        val_fraction=settings.val_fraction,
                         progress=console.out)
     console.say(data.describe())
     data.write_split(split_path(settings.results, settings.name))  # read by search/evaluate.py
     recorder = LeaderboardCallback(search_context(settings, data), str(leaderboard_path(settings.results)))
     progress = ConsoleCallback(search=settings.name, metric=settings.metric, num_samples=settings.num_samples,
                                max_epochs=settings.max_epochs, quiet_restarts=settings.scheduler == "pbt")
-    refs = search_refs(settings.cv, settings.seed, data, console.say)  # with --cv: the pooled train+val set and its folds
+    refs = search_refs(settings.cv, settings.seed, data, console.say)  # with --cv: the pooled set and its folds
     callbacks = [recorder, progress, MissingCheckpointGuard()]  # the guard: a resumed trial never errors for a
     # checkpoint Tune's saved state names but the storage lost (search/tuning/resume_guard.py)
     callbacks.append(NoRetryForUnbuildable())  # a config that cannot be built fails once (search/tuning/unbuildable.py)
     tuner = build_tuner(settings, plan, trainable_for(trial_settings(settings, plan), refs),
                         callbacks + ([TimelineCallback()] if timeline.enabled() else []), points)
-    _say_failure(console, search_files.save_now(settings.storage, settings.name, settings.results))  # a new head can resume
+    # a new head can resume
+    _say_failure(console, search_files.save_now(settings.storage, settings.name, settings.results))
     run = search_run(settings.name)
     run.launched, run.deadline = time.time(), (time.time() + settings.time_budget if settings.time_budget else None)
-    console.say(f"searching: {settings.num_samples} trials of {'+'.join(settings.family)}, up to {settings.max_epochs} epochs "
-                f"each, {plan.max_concurrent_trials} at once ({settings.searcher} + {settings.scheduler}, {goal(settings)} "
+    console.say(f"searching: {settings.num_samples} trials of {'+'.join(settings.family)}, up to "
+                f"{settings.max_epochs} epochs each, {plan.max_concurrent_trials} at once ({settings.searcher} + "
+                f"{settings.scheduler}, {goal(settings)} "
                 f"on {'the pooled out-of-fold predictions' if settings.cv else 'the validation patients'}"
                 f")")
     if settings.scheduler == "pbt":
@@ -165,11 +175,13 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
     if full:
         console.error(full)
         code = code or 1
-    _say_failure(console, search_files.save_now(settings.storage, settings.name, settings.results))  # ended or interrupted
+    # ended or interrupted
+    _say_failure(console, search_files.save_now(settings.storage, settings.name, settings.results))
     if code == 0 and settings.rerank_top:  # the second stage: the top trials re-trained with K folds
         from search.tuning.rerank import rerank
 
-        code = rerank(settings, plan, console, mine, data, search_context(settings, data), trial_settings(settings, plan),
+        code = rerank(settings, plan, console, mine, data, search_context(settings, data),
+                      trial_settings(settings, plan),
                       trainable_for)
     return code
 
@@ -228,7 +240,8 @@ def finish(settings: SearchSettings, grid: Any, mine: Any, console: Console, sum
     pending = len({result_trial_id(result) for result in grid} - set(mine["trial_id"]))
     if pending and not search_run(settings.name).budget_spent():  # an interrupt left trials to --resume
         say(f"search interrupted with {pending} trial(s) unfinished; continue it with: python search/run.py "
-            f"--resume --name {quote(settings.name)} --results {quote(settings.results)} --storage {quote(settings.storage)}")
+            f"--resume --name {quote(settings.name)} --results {quote(settings.results)} "
+            f"--storage {quote(settings.storage)}")
         return 1
     try:
         if settings.scheduler != "pbt":  # a PBT search has no Optuna study
@@ -280,7 +293,8 @@ def next_steps(settings: SearchSettings) -> str:
         f"  python search/report.py --search {name}{board}   # HTML report: {results / settings.name / REPORT}",
         *([] if settings.scheduler == "pbt" else [
             f"  optuna-dashboard {quote(dashboard_target(study_url(settings)))}   # the study '{settings.name}'"]),
-        f"  tensorboard --logdir {quote(in_storage(settings.storage, settings.name))}   # learning curves of every trial"])
+        f"  tensorboard --logdir {quote(in_storage(settings.storage, settings.name))}"
+        f"   # learning curves of every trial"])
 
 
 def close_open_optuna_trials(settings: SearchSettings, say=print) -> int:
