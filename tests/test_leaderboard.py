@@ -104,7 +104,7 @@ def test_two_processes_appending_at_once_keep_both_sets_and_readers_never_fail(t
         assert proc.exitcode == 0
     df = lb.read(path)
     assert sorted(df.groupby("search").size().items()) == [("search_a", 12), ("search_b", 12)]
-    assert [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []
+    assert [p.name for p in tmp_path.rglob("*") if ".tmp" in p.name] == []
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def existing(tmp_path):
 def _assert_intact(file, old_bytes, old_frame):
     assert file.read_bytes() == old_bytes
     pd.testing.assert_frame_equal(lb.read(file.parents[1]), old_frame)
-    assert [p.name for p in file.parents[1].rglob("*") if p.name.endswith(".tmp")] == []
+    assert [p.name for p in file.parents[1].rglob("*") if ".tmp" in p.name] == []
 
 
 @pytest.mark.parametrize("failure", [OSError(errno.EIO, "Input/output error"), KeyboardInterrupt()])

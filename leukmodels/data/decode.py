@@ -7,7 +7,7 @@ first so cells are not stretched. Greyscale, RGBA/LA (composited on black), pale
 Cache: <cache_dir>/cnmc-<S>px-<key>.npy plus a .json meta file written last. The key hashes the ordered file list
 (absolute path, size, mtime) and S, so a changed, added, removed or reordered file gives a new key (a stale entry
 is never read); a truncated array or missing meta is detected on load and rebuilt. Every write goes to a temporary
-file first and is moved into place with os.replace, so a crash never leaves a half-written entry.
+file first and is moved into place (leukmodels/atomic.py), so a crash never leaves a half-written entry.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import uuid
 import warnings
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from leukmodels.atomic import atomic_path
 from leukmodels.data.errors import DataError
 
 if TYPE_CHECKING:
@@ -197,21 +197,15 @@ def _build_cache(array_path: Path, meta_path: Path, shape: tuple, key: str, path
     array_path.parent.mkdir(parents=True, exist_ok=True)
     for stale in (meta_path, array_path):  # a broken entry: drop the meta first so no reader trusts the array
         stale.unlink(missing_ok=True)
-    tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp_array, tmp_meta = array_path.with_name(array_path.name + tag), meta_path.with_name(meta_path.name + tag)
-    try:
+    with atomic_path(array_path) as tmp_array:
         images = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.uint8, shape=shape)
         _decode_into(images, paths, size, workers, progress)
         images.flush()
         del images
-        os.replace(tmp_array, array_path)
-        meta = {"key": key, "shape": list(shape), "dtype": "uint8", "bytes": array_path.stat().st_size,
-                "decoder_version": DECODER_VERSION, "n_files": len(paths), "first": paths[0], "last": paths[-1]}
+    meta = {"key": key, "shape": list(shape), "dtype": "uint8", "bytes": array_path.stat().st_size,
+            "decoder_version": DECODER_VERSION, "n_files": len(paths), "first": paths[0], "last": paths[-1]}
+    with atomic_path(meta_path) as tmp_meta:  # written last: its presence means the array is whole
         tmp_meta.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp_meta, meta_path)  # written last: its presence means the array is whole
-    finally:
-        tmp_array.unlink(missing_ok=True)
-        tmp_meta.unlink(missing_ok=True)
 
 
 def _load_cached(array_path: Path, meta_path: Path, shape: tuple, key: str) -> np.ndarray | None:

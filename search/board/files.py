@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from leukmodels.atomic import atomic_path
 from search.board.schema import COLUMNS, SCHEMA, SCHEMA_VERSION, VERSION_KEY, upgraded
 
 PART = "part-0.parquet"  # a search's rows; written whole, replaced atomically
@@ -128,48 +128,15 @@ def read_tables(files: BoardFiles, search: Optional[str] = None) -> pa.Table:
 
 
 # -- writing ----------------------------------------------------------------------------------------------------------
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask sets it, racing threads that create files meanwhile)."""
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        with open("/proc/self/status") as status:
-            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
-    mask = os.umask(0o022)  # no /proc (macOS): the only other way to read it
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # make a rename durable
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_atomically(table: pa.Table, path: Path) -> None:
-    """Write next to `path` (a hidden temporary), fsync, rename over it; on any failure remove the temporary and
-    keep the old file. Readers see the old file or the new one, never half of one."""
+    """Write `table` to `path` through leukmodels/atomic.py (durably: fsynced); on any failure the old file stays.
+    Readers see the old file or the new one, never half of one."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise LeaderboardError(f"cannot write leaderboard {path}: {why(error)}") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o666 & ~_umask())  # not mkstemp's 0600: the group reads it as it reads optuna.db
+        with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as out:
             pq.write_table(table, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(error, OSError):
-            raise LeaderboardError(f"cannot write leaderboard {path}: {why(error)}; "
-                                   f"the previous file is intact") from None
-        raise
-    _fsync_folder(path.parent)
+    except OSError as error:
+        intact = "; the previous file is intact" if path.is_file() else ""
+        raise LeaderboardError(f"cannot write leaderboard {path}: {why(error)}{intact}") from None
 
 
 def write_search(files: BoardFiles, search: str, table: pa.Table) -> None:
