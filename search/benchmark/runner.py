@@ -25,40 +25,42 @@ from typing import Iterator, Optional
 
 from search.benchmark import tables as report
 from search.board.paths import RESULTS, leaderboard_path, settings_path
+from search.cli.flags import RaisingParser
+from search.cli.ray_start import start_ray
+from search.cli.profiles import PROFILES
 from search.tuning.strategies import SCHEDULERS, SEARCHERS
 
 BASELINE = "random-fifo"  # every strategy is measured against random sampling without early stopping
 STRATEGIES = tuple(f"{searcher}-{scheduler}" for searcher in SEARCHERS for scheduler in SCHEDULERS)
 DEFAULTS = dict(family=["resnet"], strategies=[BASELINE, "random-asha", "tpe-fifo", "tpe-asha"], seeds=[0, 1, 2],
-                num_samples=12, max_epochs=8, image_sizes=[32])
+                **{key: PROFILES["cpu"][key] for key in ("num_samples", "max_epochs", "image_sizes")})
 SMOKE = dict(strategies=[BASELINE, "tpe-asha"], seeds=[0], num_samples=3, max_epochs=2, image_sizes=[24])
 SETTINGS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "reduction_factor", "strategies", "seeds",
             "image_sizes", "metric", "cv", "rerank_top", "rerank_strategies", "batch_sizes")  # a rerun must match
+SAVED_SETTINGS = "benchmark.json"  # <folder>/benchmark.json: SETTINGS (a rerun of the --name must match) and the command
+RUNS = "runs.json"  # <folder>/runs.json: each search's exit code and wall time, rewritten after every search
 HEARTBEAT_S = 20.0  # a progress line this often while a search runs
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line for `main`, not argparse's usage text and exit
-        raise ValueError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from search.board.settings import DEFAULT_METRIC, METRICS
 
-    p = _Parser(prog="python -m search.benchmark", description="How much training each search strategy (sampler x "
-                "scheduler) needs to reach random sampling's best, over several seeds, and how well validation "
-                "metrics rank trials for unseen test patients. Writes RESULTS/benchmarks/NAME/.")
+    p = RaisingParser(prog="python -m search.benchmark", description="How much training each search strategy (sampler "
+                      "x scheduler) needs to reach random sampling's best, over several seeds, and how well validation "
+                      "metrics rank trials for unseen test patients. Writes RESULTS/benchmarks/NAME/.")
     p.add_argument("--family", nargs="+", help="model family searched by every strategy (default resnet)")
     p.add_argument("--data", help="C-NMC folder (default: the generated C-NMC-like set)")
-    p.add_argument("--num-samples", type=int, help="trials per search (default 12)")
-    p.add_argument("--max-epochs", type=int, help="epochs of a trial never stopped (default 8)")
+    p.add_argument("--num-samples", type=int, help=f"trials per search (default {DEFAULTS['num_samples']})")
+    p.add_argument("--max-epochs", type=int, help=f"epochs of a trial never stopped (default "
+                   f"{DEFAULTS['max_epochs']})")
     p.add_argument("--grace-epochs", type=int, help="passed to every search (default: its profile's, 2 on CPUs)")
     p.add_argument("--reduction-factor", type=int, help="passed to every search (default: search/run.py's, 2)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds per strategy: sampler, patient split, trials "
                    "(default 0 1 2)")
     p.add_argument("--strategies", nargs="+", metavar="SEARCHER-SCHEDULER", help=f"from {', '.join(STRATEGIES)}; "
                    f"must include {BASELINE} (default {' '.join(DEFAULTS['strategies'])})")
-    p.add_argument("--image-sizes", type=int, nargs="+", metavar="S", help="candidate image sizes (default 32)")
+    p.add_argument("--image-sizes", type=int, nargs="+", metavar="S", help="candidate image sizes (default "
+                   f"{' '.join(map(str, DEFAULTS['image_sizes']))})")
     p.add_argument("--batch-sizes", type=int, nargs="+", metavar="B", help="candidate batch sizes (default: the "
                    "profile's; smaller ones train more steps per epoch on a small set)")
     p.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS, help="validation metric every search "
@@ -195,7 +197,7 @@ def prepare_folder(args: BenchmarkSettings, command: str) -> dict:
     from leukmodels.atomic import atomic_path
 
     settings = {key: getattr(args, key) for key in SETTINGS}
-    saved_path, runs_path = args.folder / "benchmark.json", args.folder / "runs.json"
+    saved_path, runs_path = args.folder / SAVED_SETTINGS, args.folder / RUNS
     if saved_path.is_file():
         saved = json.loads(saved_path.read_text())["settings"]
         clash = [f"--{k.replace('_', '-')} {saved.get(k)} (now {settings[k]})" for k in SETTINGS if saved.get(k) !=
@@ -274,7 +276,7 @@ def run_searches(args: BenchmarkSettings, searches: list[Search], runs: dict, sa
             code = run.main(argv)
         runs[search.name] = {"exit_code": code, "resumed": resume,
                              "wall_seconds": time.time() - started + (before.get("wall_seconds") or 0.0)}
-        with atomic_path(args.folder / "runs.json") as tmp:
+        with atomic_path(args.folder / RUNS) as tmp:
             tmp.write_text(json.dumps(runs, indent=1))
         said = log.read_text(errors="replace").splitlines()
         if code == 2:
@@ -288,18 +290,6 @@ def run_searches(args: BenchmarkSettings, searches: list[Search], runs: dict, sa
         say(f"{label}: exit {code} after {runs[search.name]['wall_seconds']:.0f} s: {len(mine)} trials, "
             f"{int(mine['epochs_run'].fillna(0).sum())} epochs, best val {args.metric} {mine[args.metric].max():.4f}")
     return runs
-
-
-def start_ray() -> bool:
-    """One local Ray for every search of the benchmark (search/run.py's own start); True if it was started here."""
-    import ray
-
-    from search.cli.run import start_ray as start
-
-    if ray.is_initialized():
-        return False
-    start(None)
-    return True
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -321,7 +311,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import ray
 
     done = [s for s in searches if runs.get(s.name, {}).get("exit_code") == 0]
-    own_ray = start_ray() if len(done) < len(searches) else False  # a rerun with every search finished: no Ray
+    own_ray = start_ray(None) if len(done) < len(searches) else False  # a rerun with every search finished: no Ray
     try:
         runs = run_searches(args, searches, runs)
     except Stop as stop:

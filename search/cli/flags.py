@@ -39,8 +39,8 @@ Outputs: results/leaderboard/ (one ranked row per trial), results/optuna.db (stu
 results/<name>/search.log (everything Ray printed), results/ray/<name>/ (Tune state and checkpoints)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """Errors are a ValueError (one line for `main`), not argparse's usage text and exit."""
+class RaisingParser(argparse.ArgumentParser):
+    """Errors are a ValueError (one line for `main`), not argparse's usage text and exit (also the benchmark's)."""
 
     def error(self, message: str) -> None:
         raise ValueError(message)
@@ -81,7 +81,7 @@ def _text(value: Any) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = RaisingParser(
         prog="python search/run.py", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search CNN architectures and training settings that tell leukemic blasts (ALL) from normal "
                     "cells (HEM) in C-NMC 2019: Optuna proposes configs, a scheduler (ASHA) stops weak trials "

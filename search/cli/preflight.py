@@ -218,7 +218,8 @@ def _data_footprint(args: Settings, cache: Path, found: Preflight) -> Footprint:
 
 # -- when the launch fails or is stopped ----------------------------------------------------------------------------
 def ray_start_error(address: Optional[str], error: BaseException) -> str:
-    """One line for a Ray that did not come up: Ray's own first sentence, its log file, what to try."""
+    """One line for a Ray that did not come up (at --address `address`, or a local one for None): Ray's own first
+    sentence, its log file, what to try."""
     text = str(error).strip() or type(error).__name__
     reason = re.split(r"(?<=\.)\s", text.splitlines()[0], maxsplit=1)[0].rstrip(".:")
     port = re.search(r"port is (\d+)", text)

@@ -6,7 +6,6 @@ into one SearchSettings, and search/tuning/tuner.py runs the search with it.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -17,16 +16,9 @@ from search.board.paths import SEARCH_LOG, leaderboard_path
 from search.board.settings import SearchSettings
 from search.cli.flags import parse_args, settings_text
 from search.cli.preflight import Preflight, check_sizes
+from search.cli.ray_start import start_ray
 from search.cli.resolve import resolve_settings, resumed_flags
 from search.tuning.plan import Plan, TrialResources, plan_concurrency
-
-REPO = Path(__file__).resolve().parents[2]
-# Ray Train settings for DDP trials: poll workers every 0.25 s instead of 2 s (a report and the end of a run are
-# seen sooner; measured 10.5 -> 7.1 s per 2-worker trial here), no metrics exporter.
-TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_METRICS_ENABLED": "0",
-             # a search may take a minute to start a worker group on a busy small machine (Ray's default: 60 s)
-             "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180"}
-LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}  # no spot preemption on one machine
 
 
 def resolve_for_cluster(flags: argparse.Namespace, nodes: list[dict], found: Preflight,
@@ -42,31 +34,6 @@ def resolve_for_cluster(flags: argparse.Namespace, nodes: list[dict], found: Pre
     say(f"plan: {plan.reason}")
     check_sizes(settings, nodes, say, found)  # before decoding: families fit the sizes, the decoded set fits disk
     return settings, plan                     # and memory
-
-
-def start_ray(address: Optional[str]) -> None:
-    """Join the Ray cluster at `address`, or start a local Ray (None)."""
-    import ray
-
-    if ray.is_initialized():  # called from a test or a notebook that started Ray itself
-        return
-    env = {**TRAIN_ENV, **({} if address else LOCAL_TRAIN_ENV)}
-    for key, value in env.items():
-        os.environ.setdefault(key, value)  # inherited by a local Ray's processes
-    try:
-        if address:  # a job's runtime_env reaches every process of the job on a cluster
-            ray.init(address=address, runtime_env={"env_vars": env})
-        else:  # a new local Ray ("local": never attach to another one running here); workers import this checkout
-            from search.cli.loopback import LOOPBACK, loopback_only
-
-            with loopback_only():  # its servers listen on 127.0.0.1 only, not on every interface
-                ray.init(address="local", _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK,
-                         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                             p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}})
-    except Exception as error:  # noqa: BLE001 - Ray raises bare Exception or RuntimeError when it cannot come up
-        from search.cli.preflight import ray_start_error
-
-        raise ValueError(ray_start_error(address, error)) from None
 
 
 def prepare(parsed: argparse.Namespace, found: Preflight) -> tuple[argparse.Namespace, list[str], Optional[Any]]:
