@@ -23,7 +23,7 @@ import pytest
 from cnmc_trees import LABELS_CSV, kaggle_tree, write_image
 from processes import kill_group
 from leukmodels.data import discover
-from search.board.paths import leaderboard_path
+from search.board.paths import OPTUNA_DB, leaderboard_path, settings_path
 from search.cli.run import main
 
 
@@ -192,7 +192,7 @@ def test_name_too_long_for_the_file_system(name, said, tmp_path, capsys):
                          ids=["text", "damaged"])
 def test_optuna_db_that_is_not_sqlite(content, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LEUKTUNE_CACHE", str(tmp_path / "cache"))
-    db = tmp_path / "results" / "optuna.db"
+    db = tmp_path / "results" / OPTUNA_DB
     db.parent.mkdir()
     db.write_bytes(content)
     err = _refused([], tmp_path, capsys)
@@ -259,7 +259,7 @@ def test_search_that_fails_before_launch_leaves_no_settings_and_can_run_again(ra
     for _ in range(2):  # the same command twice: refused for the image both times, never for the name
         err = _refused(["--data", str(top), "--name", "again"], tmp_path, capsys)
         assert f"cannot decode image {victim}" in err
-        assert not (tmp_path / "results" / "searches" / "again.json").exists()
+        assert not settings_path(tmp_path / "results", "again").exists()
 
 
 @pytest.mark.slow
@@ -286,4 +286,4 @@ def test_local_ray_that_cannot_start_is_one_line_and_exit_2(tmp_path):
     assert [line for line in lines if line.startswith("error:")] == lines[-1:], err[-3000:]
     assert lines[-1].startswith("error: the local Ray did not start: Failed to start GCS (port ")
     assert "`pgrep -u \"$USER\" -af gcs_server` lists yours" in lines[-1] and "ray stop" not in lines[-1]
-    assert not (tmp_path / "results" / "searches" / "no-ray.json").exists() and not (tmp_path / "ray").exists()
+    assert not settings_path(tmp_path / "results", "no-ray").exists() and not (tmp_path / "ray").exists()

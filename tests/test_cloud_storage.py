@@ -22,6 +22,7 @@ import pytest
 from processes import kill_group
 from search.evaluation import evaluate, predict
 from search.board import leaderboard, storage
+from search.board.paths import TEST_METRICS, leaderboard_path
 from search.reporting import report
 from search.board.search_files import FOLDER, ROWS
 
@@ -94,7 +95,7 @@ def test_search_on_a_bucket_survives_its_head(s3, tiny_cnmc, tmp_path, capsys):
     log = (tmp_path / "resumed.log").read_text()
     assert code == 0, log[-4000:]
     assert "restored from" in log
-    board = leaderboard.read(results / "leaderboard.parquet")
+    board = leaderboard.read(leaderboard_path(results))
     rows = board[board["search"] == NAME]
     assert len(rows) == 3 and rows["trial_id"].is_unique  # every trial once: none lost, none duplicated
     for _, row in before.iterrows():  # finished before the kill: not trained again
@@ -111,10 +112,10 @@ def test_search_on_a_bucket_survives_its_head(s3, tiny_cnmc, tmp_path, capsys):
 
     # the bucket alone: a fresh folder, no local trial folder anywhere
     _wipe_local_trial_folders(results)
-    fresh = tmp_path / "fresh" / "leaderboard.parquet"
+    fresh = leaderboard_path(tmp_path / "fresh")
     reading = ["--storage", bucket_storage, "--search", NAME, "--leaderboard", str(fresh)]
     assert evaluate.main([*reading, "--top", "2", "--tta", "off", "--device", "cpu"]) == 0
-    tested = pd.read_parquet(fresh.parent / "test_metrics.parquet")
+    tested = pd.read_parquet(fresh.parent / TEST_METRICS)
     assert len(tested) == 2 and all(str(c).startswith("s3://") for c in tested["checkpoint"])
     cell = next(Path(tiny_cnmc).rglob("*.bmp"))
     capsys.readouterr()

@@ -16,6 +16,7 @@ from leukmodels.data import DataError, DecodedSet, discover
 from leukmodels.data.folds import patient_folds
 from leukmodels.metrics import classification_metrics, predict_log_proba, predict_proba
 from search.benchmark import selection
+from search.board.paths import LEGACY_LEADERBOARD
 from search.cli.flags import parse_args
 
 
@@ -213,7 +214,7 @@ def test_a_version_2_leaderboard_reads_with_empty_cv_columns_and_is_upgraded(tmp
     from search.board import schema
 
     added = {"cv_folds", "fold_metrics", "stage", "reranked_from"}
-    path = tmp_path / "leaderboard.parquet"
+    path = tmp_path / LEGACY_LEADERBOARD  # a single file, as version 2 wrote it
     row = {k: v for k, v in schema.normalise_row(make_row("old")).items() if k not in added}
     row["rank"], row["schema_version"] = 1, 2
     old = pa.schema([f for f in schema.SCHEMA if f.name not in added], metadata={schema.VERSION_KEY: b"2"})

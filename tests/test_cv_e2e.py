@@ -13,6 +13,7 @@ from leukmodels.data import load_image
 from leukmodels.metrics import predict_proba
 from search.evaluation import evaluate, predict
 from search.board import leaderboard
+from search.board.paths import leaderboard_path
 from search.cli import run
 
 
@@ -27,7 +28,7 @@ def test_cv_search_keeps_each_fold_and_its_checkpoint_is_a_fold_ensemble(tiny_cn
     assert run.main(_argv(tiny_cnmc, tmp_path, "cvs", "--cv", "2")) == 0
     said = capsys.readouterr().out
     assert "cross-validation: 2 folds over the train+val patients" in said and "pooled out-of-fold" in said
-    board_path = tmp_path / "results" / "leaderboard.parquet"
+    board_path = leaderboard_path(tmp_path / "results")
     rows = leaderboard.rank_table(leaderboard.read(board_path), search="cvs")
     assert len(rows) == 2 and (rows["cv_folds"] == 2).all() and (rows["stage"] == "search").all()
     for _, row in rows.iterrows():
@@ -54,7 +55,7 @@ def test_rerank_retrains_the_top_trials_with_folds_and_links_its_rows(tiny_cnmc,
     argv = _argv(tiny_cnmc, tmp_path, "rr", "--max-epochs", "1", "--rerank-top", "2", "--rerank-folds", "2")
     assert run.main(argv) == 0
     said = capsys.readouterr().out
-    board = leaderboard.read(tmp_path / "results" / "leaderboard.parquet")
+    board = leaderboard.read(leaderboard_path(tmp_path / "results"))
     first, second = (leaderboard.rank_table(board, search=name) for name in ("rr", "rr-rerank"))
     assert len(second) == 2 and (second["stage"] == "rerank").all() and (second["cv_folds"] == 2).all()
     assert set(second["reranked_from"]) == set(first["trial_id"])  # each re-trains one trial of the search

@@ -30,7 +30,7 @@ import pytest
 
 from processes import kill_group
 from search.board import leaderboard
-from search.board.paths import leaderboard_path
+from search.board.paths import leaderboard_path, optuna_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "faults"
@@ -117,7 +117,7 @@ def faulted(request, tiny_cnmc, tmp_path_factory):
     finally:
         kill_group(first)  # its Ray (GCS, raylet, parked workers): a clean stop may leave stragglers
 
-    storage = f"sqlite:///{tmp / 'results' / 'optuna.db'}"
+    storage = optuna_url(tmp / "results")
     study = optuna.load_study(study_name=NAME, storage=storage)
     out["states_after_sigint"] = sorted(t.state.name for t in study.trials)
     # a driver SIGKILLed between Optuna's ask and Tune's state save leaves a RUNNING trial no Tune trial owns:

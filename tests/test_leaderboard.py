@@ -175,7 +175,8 @@ def test_read_only_folder_is_a_clear_error_and_the_old_file_survives(existing):
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)], ids=["022", "027", "077"])
 def test_the_file_is_as_readable_as_any_new_file_under_the_umask(tmp_path, umask, mode):
-    """Like optuna.db beside it (0666 less the umask), not mkstemp's 0600: the group can read what the umask allows."""
+    """Like optuna.db beside it (0666 less the umask), not a private 0600 temporary: the group can read what the umask
+    allows."""
     path = tmp_path / "lb"
     file = lb.search_file(path, "s1")
     old = os.umask(umask)
@@ -225,7 +226,7 @@ def test_a_version_1_file_is_read_and_upgraded_with_its_rows_kept(tmp_path):
 
 def test_a_version_2_file_reads_without_the_interval_columns(tmp_path):
     """Version 3 added metric_lo / metric_hi: a version-2 file's rows read with them empty and keep the rest."""
-    path = tmp_path / "leaderboard.parquet"
+    path = tmp_path / LEGACY_LEADERBOARD  # a single file, as version 2 wrote it
     row = {k: v for k, v in schema.normalise_row(make_row("old")).items() if k not in ("metric_lo", "metric_hi")}
     row["rank"], row["schema_version"] = 1, 2
     old_schema = pa.schema([f for f in schema.SCHEMA if f.name not in ("metric_lo", "metric_hi")],

@@ -11,7 +11,7 @@ import pytest
 from postgres_server import PASSWORD, postgres_server, why_not
 from search.board import study_storage
 from search.cli.flags import parse_args
-from search.board.paths import OPTUNA_DB, settings_path
+from search.board.paths import OPTUNA_DB, optuna_url, settings_path
 from search.cli.run import main
 from search.board.settings import save_settings
 from search.cli.resolve import resolve_settings, resumed_flags
@@ -25,7 +25,7 @@ def forget_passwords(monkeypatch):
 
 def test_urls_are_kept_without_their_password_and_shown_masked(tmp_path):
     url = "postgresql://ann:pa%40ss@db.example:5432/studies"
-    assert resolved(None, str(tmp_path)) == f"sqlite:///{tmp_path / OPTUNA_DB}"
+    assert resolved(None, str(tmp_path)) == optuna_url(tmp_path)
     assert resolved(url, str(tmp_path)) == "postgresql://ann@db.example:5432/studies"
     assert study_storage.with_password("postgresql://ann@db.example:5432/studies") == url  # remembered in memory
     assert masked(url) == "postgresql://ann:***@db.example:5432/studies"

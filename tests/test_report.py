@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from search.board.paths import LEGACY_LEADERBOARD, leaderboard_path
+from search.board.paths import LEGACY_LEADERBOARD, OPTUNA_DB, leaderboard_path, optuna_url
 from tiny_search import ENSEMBLE, SEARCH
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -85,7 +85,7 @@ def test_fewer_than_two_completed_trials_gives_a_note_not_a_crash(tiny_search, t
 
     from search.reporting.sections import optuna_section
 
-    storage = f"sqlite:///{tmp_path / 'one.db'}"
+    storage = optuna_url(tmp_path)
     study = optuna.create_study(study_name="one", storage=storage, direction="maximize")
     study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3}, value=0.5, distributions={
         "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}))
@@ -199,9 +199,9 @@ def test_an_optuna_db_that_is_not_sqlite_is_one_line_and_exit_2(tiny_search, tmp
     results = tmp_path / "results"
     results.mkdir()
     shutil.copytree(tiny_search["leaderboard"], leaderboard_path(results))
-    (results / "optuna.db").write_text("my notes, not a database\n")
+    (results / OPTUNA_DB).write_text("my notes, not a database\n")
     code = main(["--leaderboard", str(leaderboard_path(results)), "--out", str(tmp_path / "r.html")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert err.startswith(f"report: error: {results / 'optuna.db'} is not a usable SQLite database"), err
+    assert err.startswith(f"report: error: {results / OPTUNA_DB} is not a usable SQLite database"), err
     assert not (tmp_path / "r.html").exists()

@@ -18,6 +18,7 @@ import psutil
 
 from processes import checkout_env, kill_group
 from search.board import leaderboard
+from search.board.paths import leaderboard_path, optuna_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "same"
@@ -72,10 +73,10 @@ def test_two_same_name_searches_started_together_run_once(pair):
     refused = next(out for code, out in ended if code == 2).strip()
     assert len(refused.splitlines()) == 1, refused  # one line, before the console, Ray or decoding said anything
     assert refused.startswith(f"error: --name {NAME}: another search of that name is running"), refused
-    rows = leaderboard.read(tmp / "results" / "leaderboard.parquet")
+    rows = leaderboard.read(leaderboard_path(tmp / "results"))
     rows = rows[rows["search"] == NAME]
     assert len(rows) == SAMPLES and rows["trial_id"].is_unique and set(rows["status"]) == {"finished"}
-    study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{tmp / 'results' / 'optuna.db'}")
+    study = optuna.load_study(study_name=NAME, storage=optuna_url(tmp / "results"))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * SAMPLES  # no FAIL orphans
     assert len(list(Path(tmp / "ray" / NAME).glob("experiment_state*.json"))) == 1  # one Tune experiment
 

@@ -18,7 +18,7 @@ import pytest
 
 from processes import checkout_env, kill_group
 from search.board import leaderboard
-from search.board.paths import leaderboard_path
+from search.board.paths import leaderboard_path, optuna_url, settings_path
 from search.cli.run import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -150,7 +150,7 @@ def test_search_ranks_every_ddp_trial_and_asha_stops_some(first_search):
     progress = [pd.read_csv(p) for p in (tmp / "ray" / "search-a").glob("*/progress.csv")]
     assert len(progress) == 3 and all((frame["world_size"] == 2).all() for frame in progress)
     # the Optuna study (SQLite, study = search name) holds every trial; ASHA-stopped ones count as complete
-    study = optuna.load_study(study_name="search-a", storage=f"sqlite:///{tmp / 'results' / 'optuna.db'}")
+    study = optuna.load_study(study_name="search-a", storage=optuna_url(tmp / "results"))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
     # Optuna is told each trial's last reported value (ASHA-stopped ones: the value they were stopped at)
@@ -181,4 +181,4 @@ def test_impossible_resources_fail_before_launch(first_search, tiny_cnmc, ray_2c
     # pid=...) ...", e.g. a cached trial actor shut down late) are not this command's output
     ours = [line for line in err if not line.startswith("\x1b[36m(")]
     assert code == 2 and len(ours) == 1 and "--workers-per-trial" in ours[0], err
-    assert not (tmp / "ray" / "too-big").exists() and not (tmp / "results" / "searches" / "too-big.json").exists()
+    assert not (tmp / "ray" / "too-big").exists() and not settings_path(tmp / "results", "too-big").exists()

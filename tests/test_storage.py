@@ -11,7 +11,7 @@ import pytest
 from board_rows import make_row
 from s3_server import S3Server, free_port
 from search.board import leaderboard, search_files, storage
-from search.board.paths import leaderboard_path, settings_path, split_path
+from search.board.paths import OPTUNA_DB, leaderboard_path, optuna_url, settings_path, split_path
 from search.cli.run import main
 
 
@@ -53,7 +53,7 @@ def test_predict_names_a_checkpoint_uri_that_holds_no_checkpoint(s3, capsys):
 
 def test_search_files_go_to_the_bucket_and_come_back_to_an_empty_results_folder(s3, tmp_path):
     results, fresh, where = tmp_path / "head", tmp_path / "new-head", s3.uri("files")
-    leaderboard.append_rows(results / "leaderboard.parquet",
+    leaderboard.append_rows(leaderboard_path(results),
                             [make_row("t1", search="mine"), make_row("t2", search="mine", f1=0.7),
                              make_row("x1", search="someone-else")])
     settings_path(results, "mine").parent.mkdir(parents=True)
@@ -62,27 +62,27 @@ def test_search_files_go_to_the_bucket_and_come_back_to_an_empty_results_folder(
     split_path(results, "mine").write_text("{}")
     import optuna
 
-    optuna.create_study(study_name="mine", storage=f"sqlite:///{results / 'optuna.db'}").add_trial(
+    optuna.create_study(study_name="mine", storage=optuna_url(results)).add_trial(
         optuna.trial.create_trial(params={}, distributions={}, value=0.5))
     search_files.save(where, "mine", results)
 
     restored = search_files.restore(where, "mine", fresh)
     assert restored[0] == "2 leaderboard row(s)"  # only this search's rows
-    rows = leaderboard.read(fresh / "leaderboard.parquet")
+    rows = leaderboard.read(leaderboard_path(fresh))
     assert sorted(rows["trial_id"]) == ["t1", "t2"] and set(rows["search"]) == {"mine"}
     assert json.loads(settings_path(fresh, "mine").read_text()) == {"family": ["resnet"]}
     assert split_path(fresh, "mine").read_text() == "{}"
-    study = optuna.load_study(study_name="mine", storage=f"sqlite:///{fresh / 'optuna.db'}")
+    study = optuna.load_study(study_name="mine", storage=optuna_url(fresh))
     assert [t.value for t in study.trials] == [0.5]
     assert search_files.restore(where, "mine", fresh)[0] == "2 leaderboard row(s)"  # again: replaced, not doubled
-    assert len(leaderboard.read(fresh / "leaderboard.parquet")) == 2
+    assert len(leaderboard.read(leaderboard_path(fresh))) == 2
 
 
 def test_leaderboard_reads_a_search_from_the_bucket_alone(s3, tmp_path, capsys):
     head = tmp_path / "head"
-    leaderboard.append_rows(head / "leaderboard.parquet", [make_row("t9", search="solo")])
+    leaderboard.append_rows(leaderboard_path(head), [make_row("t9", search="solo")])
     search_files.save(s3.uri("solo"), "solo", head)
-    board = tmp_path / "elsewhere" / "leaderboard.parquet"
+    board = leaderboard_path(tmp_path / "elsewhere")
     assert leaderboard.main(["--storage", s3.uri("solo"), "--search", "solo", "--path", str(board)]) == 0
     assert "t9" in capsys.readouterr().out
     assert leaderboard.main(["--storage", s3.uri("nothing"), "--search", "solo", "--path", str(board)]) == 1
@@ -139,9 +139,9 @@ def test_a_study_restored_older_than_tunes_state_does_not_stop_the_search(tmp_pa
     from search.tuning.spaces import SearchSpace
     from search.tuning.strategies import make_searcher
 
-    db = tmp_path / "optuna.db"
+    db, url = tmp_path / OPTUNA_DB, optuna_url(tmp_path)
     searcher = make_searcher("tpe", search="lag", space=SearchSpace(["resnet"]), metric="balanced_accuracy",
-                             mode="max", storage=optuna.storages.RDBStorage(f"sqlite:///{db}"), seed=0,
+                             mode="max", storage=optuna.storages.RDBStorage(url), seed=0,
                              num_samples=2, max_epochs=2)
     assert searcher.suggest("copied") is not None
     shutil.copy(db, tmp_path / "copy.db")  # the bucket's copy of the study
@@ -154,5 +154,5 @@ def test_a_study_restored_older_than_tunes_state_does_not_stop_the_search(tmp_pa
     restored.on_trial_complete("lost", result=report)
     restored.on_trial_result("copied", report)
     restored.on_trial_complete("copied", result=report)
-    assert [t.state.name for t in optuna.load_study(study_name="lag", storage=f"sqlite:///{db}").trials] == \
+    assert [t.state.name for t in optuna.load_study(study_name="lag", storage=url).trials] == \
         ["COMPLETE"]

@@ -15,7 +15,7 @@ import pytest
 
 from processes import kill_group
 from search.board import leaderboard
-from search.board.paths import leaderboard_path
+from search.board.paths import leaderboard_path, optuna_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -43,7 +43,7 @@ def test_a_trial_the_budget_cuts_short_says_so_and_keeps_its_sampled_settings(ti
     cut = rows[rows["status"] == "time_budget"]
     assert len(cut) == 1 and cut["epochs_run"].iloc[0] >= 1 and not cut["early_stopped"].iloc[0]
     assert "cut by the time budget" in log
-    study = optuna.load_study(study_name="budget", storage=f"sqlite:///{tmp_path / 'results' / 'optuna.db'}")
+    study = optuna.load_study(study_name="budget", storage=optuna_url(tmp_path / "results"))
     states = {t.number: t.state for t in study.trials}
     assert optuna.trial.TrialState.RUNNING not in states.values()
     assert optuna.trial.TrialState.COMPLETE not in states.values()  # nothing ran to its end

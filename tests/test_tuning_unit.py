@@ -135,7 +135,7 @@ def test_next_steps_name_the_search_and_its_folders(tmp_path):
     assert lines[0] == "next:" and "  python search/evaluate.py --search s1 --top 3   #" in lines[1]
     report = Path(here.results) / "s1" / "report.html"
     assert lines[2] == f"  python search/report.py --search s1   # HTML report: {report}"
-    assert lines[3].startswith(f"  optuna-dashboard sqlite:///{Path(here.results) / 'optuna.db'}   ")
+    assert lines[3].startswith(f"  optuna-dashboard {optuna_url(here.results)}   ")
     assert lines[4].startswith("  tensorboard --logdir s3://bucket/ray/s1   ")
     elsewhere = next_steps(settings(name="s2", results=str(tmp_path), scheduler="pbt"))
     assert f"--search s2 --top 3 --leaderboard {leaderboard_path(tmp_path)}" in elsewhere
@@ -178,7 +178,7 @@ def test_next_steps_paste_into_a_shell_whatever_the_folders_are_called(tmp_path)
     assert (evaluated.search, evaluated.leaderboard, evaluated.top) == ("my search", board, 3)
     reported = report.parse_args(commands["search/report.py"][2:])
     assert (reported.search, reported.leaderboard) == ("my search", board)
-    assert commands["optuna-dashboard"][1:] == [f"sqlite:///{results / 'optuna.db'}"]
+    assert commands["optuna-dashboard"][1:] == [optuna_url(results)]
     assert commands["tensorboard"][1:] == ["--logdir", f"{results / 'ray'}/my search"]
 
 

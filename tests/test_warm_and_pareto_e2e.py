@@ -11,7 +11,7 @@ import pytest
 
 from search.board import leaderboard
 from search.board.pareto import pareto_flags
-from search.board.paths import leaderboard_path
+from search.board.paths import SEARCH_LOG, leaderboard_path, optuna_url, settings_path
 from search.cli.run import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -30,7 +30,7 @@ def _rows(tmp: Path, name: str) -> pd.DataFrame:
 
 
 def _study(tmp: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp / 'results' / 'optuna.db'}")
+    return optuna.load_study(study_name=name, storage=optuna_url(tmp / "results"))
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +57,10 @@ def test_a_multi_objective_search_ends_with_its_pareto_front_in_the_rows(searche
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 3 and sorted(t.values[1] for t in done) == sorted(rows["num_parameters"])
-    log = (tmp / "results" / "mo" / "search.log").read_text()
+    log = (tmp / "results" / "mo" / SEARCH_LOG).read_text()
     assert "pareto front of mo (balanced_accuracy max, num_parameters min)" in log
     assert "smallest model within 0.01 of the best balanced_accuracy" in log
-    assert json.loads((tmp / "results" / "searches" / "mo.json").read_text())["objectives"] == OBJECTIVES
+    assert json.loads(settings_path(tmp / "results", "mo").read_text())["objectives"] == OBJECTIVES
 
 
 def test_the_first_trials_of_a_warm_started_search_are_the_earlier_best(searches):
@@ -68,7 +68,7 @@ def test_the_first_trials_of_a_warm_started_search_are_the_earlier_best(searches
     assert codes["warm"] == 0
     old, new = _rows(tmp, "mo"), _rows(tmp, "warm")
     assert len(new) == 4 and new["pareto"].isna().all()
-    saved = json.loads((tmp / "results" / "searches" / "warm.json").read_text())
+    saved = json.loads(settings_path(tmp / "results", "warm").read_text())
     assert saved["warm_start"] == "mo" and len(saved["warm_start_points"]) == 2  # half of 4 trials
     first = sorted(_study(tmp, "warm").trials, key=lambda t: t.number)[:2]
     assert [t.params for t in first] == saved["warm_start_points"]
@@ -77,7 +77,7 @@ def test_the_first_trials_of_a_warm_started_search_are_the_earlier_best(searches
     for trial, (_, best) in zip(first, old.head(2).iterrows()):
         ran = new[new["lr"] == trial.params["lr"]].iloc[0]  # the trial's leaderboard row
         assert ran[searched].tolist() == best[searched].tolist() and ran["image_size"] == 32
-    log = (tmp / "results" / "warm" / "search.log").read_text()
+    log = (tmp / "results" / "warm" / SEARCH_LOG).read_text()
     assert "warm start: the first 2 of 4 trials are the top configs of search mo by its balanced_accuracy" in log
     assert f"warm start: {old['trial_id'][0]} (resnet, balanced_accuracy " in log
     assert "image_size 24 -> 32 (fixed in this search)" in log

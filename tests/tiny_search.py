@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from search.board.paths import leaderboard_path
+from search.board.paths import OPTUNA_DB, TEST_METRICS, TEST_PREDICTIONS, leaderboard_path, optuna_url
 
 SEARCH = "tiny"
 IMAGE_SIZE = 32
@@ -62,7 +62,7 @@ def build_tiny_search(base: Path) -> dict:
     append_rows(leaderboard_path(results), rows)
 
     # the Optuna study as OptunaSearch leaves it: one trial per Tune trial, value = the trial's weighted F1
-    study = optuna.create_study(study_name=SEARCH, storage=f"sqlite:///{results / 'optuna.db'}",
+    study = optuna.create_study(study_name=SEARCH, storage=optuna_url(results),
                                 direction="maximize")
     dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
              "filters": optuna.distributions.IntDistribution(8, 64)}
@@ -72,7 +72,7 @@ def build_tiny_search(base: Path) -> dict:
                                                   user_attrs={"trial_id": row["trial_id"]}))
     splits = {name: set(frame["patient"]) for name, frame in split_by_patient(discover(root), seed=0).items()}
     return {"base": base, "root": str(root), "results": results, "cache": cache,
-            "leaderboard": leaderboard_path(results), "optuna": results / "optuna.db", "splits": splits,
+            "leaderboard": leaderboard_path(results), "optuna": results / OPTUNA_DB, "splits": splits,
             "train_patients": set(train.patients), "val_patients": set(val.patients), "histories": histories}
 
 
@@ -81,9 +81,9 @@ def evaluate_tiny_search(tiny: dict) -> dict:
     both ways, the best retrained."""
     from search.evaluation import evaluate
 
-    out = tiny["results"] / "test_metrics.parquet"
+    out = tiny["results"] / TEST_METRICS
     code = evaluate.main(["--leaderboard", str(tiny["leaderboard"]), "--top", "2", "--ensemble", "3", "--tta", "both",
                           "--retrain", "--out", str(out), "--cache-dir", str(tiny["cache"])])
     assert code == 0
-    return {"metrics": pd.read_parquet(out), "predictions": pd.read_parquet(out.with_name("test_predictions.parquet")),
+    return {"metrics": pd.read_parquet(out), "predictions": pd.read_parquet(out.with_name(TEST_PREDICTIONS)),
             "out": out}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from search.board.paths import SEARCHES
 
-LOCK_SUFFIX = ".lock"  # as long as the settings file's ".json": search.cli.preflight.check_name's limit covers it
+LOCK_SUFFIX = ".lock"  # as long as paths.SETTINGS_SUFFIX: search.cli.preflight.check_name's limit covers it
 
 
 class NameLock:

@@ -11,6 +11,7 @@ LEADERBOARD = "leaderboard"  # one ranked row per trial of every search: a parqu
 LEGACY_LEADERBOARD = "leaderboard.parquet"  # the single file of earlier versions (moved into the dataset on write)
 OPTUNA_DB = "optuna.db"  # one SQLite file, a study per search (study name = search name)
 SEARCHES = "searches"  # searches/<name>.json: a search's resolved settings, read back by --resume
+SETTINGS_SUFFIX = ".json"  # searches/<name>.json: the longest file name a search makes from --name
 SPLIT = "split.json"  # <name>/split.json: the patient split, read by evaluate and the benchmark
 SEARCH_LOG = "search.log"  # <name>/search.log: everything Ray, Tune and Train printed
 REPORT = "report.html"  # <name>/report.html
@@ -30,7 +31,7 @@ def optuna_url(results: str | Path) -> str:
 
 
 def settings_path(results: str | Path, name: str) -> Path:
-    return Path(results) / SEARCHES / f"{name}.json"
+    return Path(results) / SEARCHES / f"{name}{SETTINGS_SUFFIX}"
 
 
 def split_path(results: str | Path, name: str) -> Path:
@@ -42,6 +43,6 @@ def in_storage(storage: str, *parts: str) -> str:
     return "/".join([storage.rstrip("/"), *parts])
 
 
-__all__ = ["LEADERBOARD", "LEGACY_LEADERBOARD", "OPTUNA_DB", "REPORT", "RESULTS", "SEARCHES", "SEARCH_LOG", "SPLIT",
-           "STORAGE", "TEST_METRICS", "TEST_PATIENTS", "TEST_PREDICTIONS", "in_storage", "leaderboard_path",
-           "optuna_url", "settings_path", "split_path"]
+__all__ = ["LEADERBOARD", "LEGACY_LEADERBOARD", "OPTUNA_DB", "REPORT", "RESULTS", "SEARCHES", "SEARCH_LOG",
+           "SETTINGS_SUFFIX", "SPLIT", "STORAGE", "TEST_METRICS", "TEST_PATIENTS", "TEST_PREDICTIONS", "in_storage",
+           "leaderboard_path", "optuna_url", "settings_path", "split_path"]

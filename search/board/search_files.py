@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from search.board import storage
 from search.board.files import board_files, locked, read_file, write_search
-from search.board.paths import OPTUNA_DB, SEARCH_LOG, in_storage, leaderboard_path, settings_path, split_path
+from search.board.paths import OPTUNA_DB, SEARCH_LOG, SPLIT, in_storage, leaderboard_path, settings_path, split_path
 
 FOLDER = "search_files"
 READ_FLAG_HELP = ("a search's --storage (folder or URI): its files stored there (rows, split, study, settings) are "
@@ -40,8 +40,8 @@ def folder(storage_location: str, name: str) -> str:
 
 def _local_files(name: str, results: Path) -> dict[str, Path]:
     """Stored name -> the results folder's file (the rows and the study are written to a snapshot first)."""
-    return {SETTINGS: settings_path(results, name), "split.json": split_path(results, name),
-            "search.log": results / name / SEARCH_LOG}
+    return {SETTINGS: settings_path(results, name), SPLIT: split_path(results, name),
+            SEARCH_LOG: results / name / SEARCH_LOG}
 
 
 # -- the rows: the only code here that knows the leaderboard's format -------------------------------------------------

@@ -31,14 +31,13 @@ from typing import Iterator, Optional, Union
 
 from search.board.checks import check_cache_folder, check_cli_inputs, check_storage, existing_ancestor
 from search.board.files import board_files
-from search.board.paths import in_storage
+from search.board.paths import SETTINGS_SUFFIX, in_storage
 from search.board.settings import SearchSettings
 from search.cli.sizes import Footprint, available_memory, footprint, frame_size, frame_warnings, judge
 
 Settings = Union[argparse.Namespace, SearchSettings]  # the flags before Ray starts, the resolved settings after
 
 ADDRESS_TIMEOUT_S = 5.0  # a cluster address must accept a TCP connection this fast (ray.init would wait minutes)
-SETTINGS_SUFFIX = ".json"  # results/searches/<name>.json: the longest file name a search makes from --name
 # what to do about an earlier Ray holding the ports, without `ray stop`: it stops every Ray its user may stop (other
 # searches' and, run as root on a shared machine, other people's)
 STALE_RAY_HINT = ("an earlier Ray of yours may still hold its ports: `pgrep -u \"$USER\" -af gcs_server` lists "
