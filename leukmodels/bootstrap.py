@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from leukmodels.labels import ALL, HEM
+
 N_BOOT = 2000
 LEVEL = 0.95
 CELL_METRICS = ("weighted_f1", "balanced_accuracy", "accuracy", "roc_auc", "sensitivity", "specificity")
@@ -40,8 +42,8 @@ def weighted_auc(weights: np.ndarray, labels: np.ndarray, scores: np.ndarray) ->
     n_groups = group.max() + 1 if group.size else 0
     pos = np.zeros((weights.shape[0], n_groups))
     neg = np.zeros((weights.shape[0], n_groups))
-    np.add.at(pos.T, group[labels == 1], weights[:, labels == 1].T)
-    np.add.at(neg.T, group[labels == 0], weights[:, labels == 0].T)
+    np.add.at(pos.T, group[labels == ALL], weights[:, labels == ALL].T)
+    np.add.at(neg.T, group[labels == HEM], weights[:, labels == HEM].T)
     below = np.cumsum(neg, axis=1) - neg  # HEM weight strictly below each group
     right = (pos * (below + 0.5 * neg)).sum(axis=1)
     total = pos.sum(axis=1) * neg.sum(axis=1)
@@ -58,8 +60,8 @@ def weighted_metrics(weights: np.ndarray, labels: Sequence[int], scores: Sequenc
     s = np.asarray(scores, dtype=np.float64).ravel()
     w = np.asarray(weights, dtype=np.float64)
     pred = s > threshold
-    tp, fn = w @ ((y == 1) & pred), w @ ((y == 1) & ~pred)
-    tn, fp = w @ ((y == 0) & ~pred), w @ ((y == 0) & pred)
+    tp, fn = w @ ((y == ALL) & pred), w @ ((y == ALL) & ~pred)
+    tn, fp = w @ ((y == HEM) & ~pred), w @ ((y == HEM) & pred)
     positives, negatives = tp + fn, tn + fp
     with np.errstate(invalid="ignore", divide="ignore"):
         f1_all = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)

@@ -28,6 +28,7 @@ from leukmodels.checkpoint import CHECKPOINT_FILE, CV_FORMAT, capture_rng_state,
 from leukmodels.checkpoint import restore_rng_state
 from leukmodels.config import TrainConfig
 from leukmodels.ensemble import FoldEnsemble
+from leukmodels.labels import ALL
 from leukmodels.metrics import SCALAR_METRICS, classification_metrics, predict_log_proba
 from leukmodels.models import count_parameters
 from leukmodels.train import FitResult, _build, _device, _result, _Setup, _train_epoch, changed_fields
@@ -91,7 +92,7 @@ def pooled_metrics(labels: np.ndarray, log_prob: torch.Tensor, patients: np.ndar
     val_loss and per_patient_accuracy, plus cv_folds and fold_metrics (JSON {metric: [one value per fold]})."""
     labels, folds = np.asarray(labels).astype(np.int64), np.asarray(folds)
     log_prob = torch.as_tensor(log_prob, dtype=torch.float32)
-    prob_all = np.nan_to_num(log_prob[:, 1].exp().double().numpy(), nan=0.5)  # a diverged fold model: no crash
+    prob_all = np.nan_to_num(log_prob[:, ALL].exp().double().numpy(), nan=0.5)  # a diverged fold model: no crash
     nll = -log_prob.gather(1, torch.as_tensor(labels)[:, None])[:, 0].double().numpy()  # N
 
     def scores(mask: np.ndarray, with_patients: bool) -> dict:

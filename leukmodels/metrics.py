@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from leukmodels.labels import ALL, HEM
+
 if TYPE_CHECKING:  # torch and scikit-learn are imported on use: the leaderboard reads the names here without them
     import torch
 
@@ -59,8 +61,8 @@ def classification_metrics(labels: Sequence[int], prob_all: Sequence[float], pat
             "accuracy": float(accuracy_score(y, pred)),
             "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
             "roc_auc": float(roc_auc_score(y, p)) if both_classes else float("nan"),
-            "sensitivity": float(recall_score(y, pred, pos_label=1, zero_division=np.nan)),
-            "specificity": float(recall_score(y, pred, pos_label=0, zero_division=np.nan)),
+            "sensitivity": float(recall_score(y, pred, pos_label=ALL, zero_division=np.nan)),
+            "specificity": float(recall_score(y, pred, pos_label=HEM, zero_division=np.nan)),
             "predicted_all": float(pred.mean()),
         }
     if patients is not None:
@@ -202,7 +204,7 @@ def predict_proba(model: torch.nn.Module, images_uint8, batch_size: int = 256, d
                   tta: bool = False) -> np.ndarray:
     """P(ALL) as a float64 numpy array (N,); see predict_log_proba."""
     log_prob = predict_log_proba(model, images_uint8, batch_size=batch_size, device=device, tta=tta)
-    return log_prob[:, 1].exp().double().cpu().numpy()
+    return log_prob[:, ALL].exp().double().cpu().numpy()
 
 
 __all__ = ["classification_metrics", "predict_proba", "predict_log_proba", "SCALAR_METRICS", "LOWER_IS_BETTER",

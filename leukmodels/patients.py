@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from leukmodels.calibration import logit, sigmoid
+from leukmodels.labels import ALL, HEM
 
 STRENGTHS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))  # the correction's grid: 0 (none) to 1 (the mean itself)
 
@@ -57,8 +58,8 @@ def choose_threshold(scores: Sequence[float], labels: Sequence[int]) -> float:
     distinct = np.unique(s)
     candidates = np.unique(np.concatenate([[0.0, 1.0], (distinct[:-1] + distinct[1:]) / 2]))
     called = s[None, :] > candidates[:, None]  # C x P
-    sensitivity = (called & (y == 1)).sum(axis=1) / (y == 1).sum()
-    specificity = (~called & (y == 0)).sum(axis=1) / (y == 0).sum()
+    sensitivity = (called & (y == ALL)).sum(axis=1) / (y == ALL).sum()
+    specificity = (~called & (y == HEM)).sum(axis=1) / (y == HEM).sum()
     j = sensitivity + specificity
     best = np.flatnonzero(np.isclose(j, j.max()))
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])

@@ -46,6 +46,7 @@ from PIL import Image
 from leukmodels.cells import flip_share, patient_style, render_cell
 from leukmodels.data.layout import (CSV_COLUMNS, FINAL_DIR, GENERATED_MARKER, KAGGLE_DIRS, KAGGLE_TOP, LABELS_CSV,
                                     PRELIM_DIR)
+from leukmodels.labels import ALL, CNMC_NAMES, HEM
 
 TRAINING, VALIDATION, TESTING = KAGGLE_DIRS
 GENERATOR_VERSION = 2  # 2: skewed cells per patient, per-patient difficulty, larger patient shifts
@@ -123,6 +124,11 @@ def _cell_names(rng: np.random.Generator, patient: str, label: str, count: int) 
     return names[:count]
 
 
+def _cnmc_name(is_all: bool) -> str:
+    """'all' or 'hem': C-NMC's folder and file-name suffix of a cell of this class."""
+    return CNMC_NAMES[ALL if is_all else HEM]
+
+
 def _cells(names_rng: np.random.Generator, seed: int, split: str, patients: list) -> list[tuple]:
     """(file name stem, is_all, render seed key, style, patient, cell blastness) of every cell of one split, patient
     by patient. A patient's flipped cells (each with probability flip_share) sit at 1 - its blastness."""
@@ -131,7 +137,7 @@ def _cells(names_rng: np.random.Generator, seed: int, split: str, patients: list
         flips = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4, SPLITS.index(split), serial)))
         flipped = flips.random(style["cells"]) < style["flip_share"]
         style["flipped_cells"] = int(flipped.sum())
-        for i, name in enumerate(_cell_names(names_rng, pid, "all" if is_all else "hem", style["cells"])):
+        for i, name in enumerate(_cell_names(names_rng, pid, _cnmc_name(is_all), style["cells"])):
             if pid == "H3" and i == 0:
                 name = name.replace("UID_H3_", "UID_h3_")   # the real release's lower-case quirk
             blastness = 1.0 - style["blastness"] if flipped[i] else style["blastness"]
@@ -142,16 +148,16 @@ def _cells(names_rng: np.random.Generator, seed: int, split: str, patients: list
 def _training_tasks(top: Path, seed: int, patients: list, cells: list) -> tuple[list, dict]:
     """Render tasks of the training folds and each fold's patients by class. Patients go round-robin per class, so
     every fold holds both classes."""
-    folds = {f"fold_{k}": {"all": [], "hem": []} for k in range(3)}
+    folds = {f"fold_{k}": {CNMC_NAMES[ALL]: [], CNMC_NAMES[HEM]: []} for k in range(3)}
     seen, fold_of = {True: 0, False: 0}, {}
     for pid, is_all, _ in patients:
         fold_of[pid] = f"fold_{seen[is_all] % 3}"
         seen[is_all] += 1
-        folds[fold_of[pid]]["all" if is_all else "hem"].append(pid)
+        folds[fold_of[pid]][_cnmc_name(is_all)].append(pid)
     for fold in folds:
-        for label in ("all", "hem"):
-            (top / TRAINING / fold / label).mkdir(parents=True)
-    tasks = [(str(top / TRAINING / fold_of[pid] / ("all" if is_all else "hem") / f"{name}.bmp"), seed, key,
+        for name in CNMC_NAMES.values():
+            (top / TRAINING / fold / name).mkdir(parents=True)
+    tasks = [(str(top / TRAINING / fold_of[pid] / _cnmc_name(is_all) / f"{name}.bmp"), seed, key,
               blastness, style) for name, is_all, key, style, pid, blastness in cells]
     return tasks, folds
 
@@ -164,14 +170,14 @@ def _numbered_tasks(folder: Path, seed: int, cells: list, order: np.ndarray) -> 
     for number, j in enumerate(order, start=1):
         name, is_all, key, style, _, blastness = cells[j]
         tasks.append((str(folder / f"{number}.bmp"), seed, key, blastness, style))
-        rows.append((f"{name}.bmp", f"{number}.bmp", int(is_all)))
+        rows.append((f"{name}.bmp", f"{number}.bmp", ALL if is_all else HEM))
     return tasks, rows
 
 
 def _effects(plan: dict) -> dict:
     """What was drawn for every patient (GENERATED.json's "patient_effects"): split, class, cells, difficulty and
     shifts."""
-    return {pid: {"split": split, "class": "all" if is_all else "hem", "cells": style["cells"],
+    return {pid: {"split": split, "class": _cnmc_name(is_all), "cells": style["cells"],
                   "flip_share": round(style["flip_share"], 4), "flipped_cells": style["flipped_cells"],
                   "blastness": round(style["blastness"], 4), "area_offset": round(style["area_offset"], 1),
                   "brightness": round(style["brightness"], 4), "gain": [round(float(g), 4) for g in style["gain"]],

@@ -27,6 +27,7 @@ from leukmodels.batches import DeviceBatches, check_data
 from leukmodels.calibration import fit_temperature
 from leukmodels.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore_rng_state, save_checkpoint
 from leukmodels.config import TrainConfig
+from leukmodels.labels import ALL, HEM
 from leukmodels.metrics import classification_metrics, patient_interval, predict_log_proba
 from leukmodels.models import build_model, count_parameters
 from leukmodels.optim import make_optimizer, schedule, set_rates
@@ -228,7 +229,7 @@ def _validate(setup: _Setup, batches: DeviceBatches, patients: Any, batch_size: 
         dist.all_gather(gathered, padded)
         log_prob = torch.cat(gathered)[:n]  # N x 2
     val_loss = float(-log_prob.gather(1, labels[:, None]).mean())
-    prob_all = np.nan_to_num(log_prob[:, 1].exp().double().cpu().numpy(), nan=0.5)  # a diverged model: no crash
+    prob_all = np.nan_to_num(log_prob[:, ALL].exp().double().cpu().numpy(), nan=0.5)  # a diverged model: no crash
     labels_np, patients = labels.cpu().numpy(), np.asarray(patients)
     # <metric>_lo/_hi: the patient-bootstrap 95% interval of every metric, so the search sees how sure each value is
     metrics = {**classification_metrics(labels_np, prob_all, patients=patients),
@@ -239,7 +240,7 @@ def _validate(setup: _Setup, batches: DeviceBatches, patients: Any, batch_size: 
 def _temperature(log_prob: torch.Tensor, labels: torch.Tensor) -> Optional[float]:
     """Temperature scaling's T (leukmodels.calibration) fitted on validation log-probabilities N x 2; None when the
     validation cells are one class or the model diverged (no T to fit: the checkpoint then means T = 1)."""
-    z = (log_prob[:, 1] - log_prob[:, 0]).double().cpu().numpy()  # the two-class logit
+    z = (log_prob[:, ALL] - log_prob[:, HEM]).double().cpu().numpy()  # the two-class logit
     y = labels.cpu().numpy()
     if not np.isfinite(z).all() or np.unique(y).size < 2:
         return None

@@ -22,6 +22,7 @@ import numpy as np
 
 from leukmodels.data.decode import decode
 from leukmodels.data.layout import KAGGLE_DIRS, KAGGLE_TOP, discover
+from leukmodels.labels import ALL, CNMC_NAMES, HEM
 
 
 def measure(root: str | Path, size: int = 224, batch_size: int = 64, workers: int = 2,
@@ -96,14 +97,14 @@ def write_bench_tree(out: str | Path, images: int = 300, frame: int = 450, seed:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:frame, :frame]
     for index in range(images):
-        label = "all" if index % 3 else "hem"
-        patient = f"{index % 12}" if label == "all" else f"H{index % 6}"
-        radius = frame * (0.24 if label == "all" else 0.21) * rng.uniform(0.85, 1.15)
+        label = ALL if index % 3 else HEM
+        patient = f"{index % 12}" if label == ALL else f"H{index % 6}"
+        radius = frame * (0.24 if label == ALL else 0.21) * rng.uniform(0.85, 1.15)
         centre = frame / 2 + rng.uniform(-frame / 20, frame / 20, 2)
         inside = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius ** 2  # H x W
         pixels = np.zeros((frame, frame, 3), np.uint8)
         pixels[inside] = np.clip(rng.normal((70, 30, 80), 10, (int(inside.sum()), 3)), 0, 255)
-        path = top / KAGGLE_DIRS[0] / "fold_0" / label / f"UID_{patient}_{index}_1_{label}.bmp"
+        path = top / KAGGLE_DIRS[0] / "fold_0" / CNMC_NAMES[label] / f"UID_{patient}_{index}_1_{CNMC_NAMES[label]}.bmp"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels, "RGB").save(path)
     return top

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from leukmodels.data.errors import DataError
-from leukmodels.labels import CLASS_LABEL
+from leukmodels.labels import ALL, CLASS_LABEL, HEM
 
 KAGGLE_TOP = "C-NMC_Leukemia"
 TRAINING_DIRS = ("training_data", "C-NMC_training_data")  # kaggle, tcia
@@ -47,7 +47,7 @@ def parse_name(name: str) -> tuple[str, int] | None:
 def _prefix_contradicts(patient: str, label: int) -> bool:
     """True when a (normalised) patient id says the other class: in C-NMC every normal (HEM) subject is H<n> (one
     written h3) and every ALL subject a plain number, so 'H77' with ALL or '77' with HEM is a mislabelled file."""
-    return patient.startswith("H") != (label == CLASS_LABEL["hem"])
+    return patient.startswith("H") != (label == HEM)
 
 
 def discover(root: str | Path) -> pd.DataFrame:
@@ -78,7 +78,7 @@ def discover(root: str | Path) -> pd.DataFrame:
 def summary(manifest: pd.DataFrame) -> pd.DataFrame:
     """Counts per source (and a 'total' row): images, all, hem, unlabelled, patients."""
     def counts(part: pd.DataFrame) -> dict:
-        return {"images": len(part), "all": int((part["label"] == 1).sum()), "hem": int((part["label"] == 0).sum()),
+        return {"images": len(part), "all": int((part["label"] == ALL).sum()), "hem": int((part["label"] == HEM).sum()),
                 "unlabelled": int(part["label"].isna().sum()),
                 "patients": part.loc[part["patient"] != "", "patient"].nunique()}
     table = {source: counts(part) for source, part in manifest.groupby("source", sort=False)}

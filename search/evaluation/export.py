@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from leukmodels.labels import ALL
 from search.evaluation.predict import checkpoint_temperature, expand_images, load_images, load_trial_model
 
 FORMATS = ("torchscript", "onnx")
@@ -144,7 +145,7 @@ def export(checkpoint: str, out: Path, formats: Sequence[str] = FORMATS, images:
         write, run, name = runners[fmt]
         path = write(wrapper, example, out / name)
         probs = run(path, samples)  # N x 2
-        max_diff = float(np.abs(probs[:, 1].astype(np.float64) - expected).max())
+        max_diff = float(np.abs(probs[:, ALL].astype(np.float64) - expected).max())
         rows_sum = float(np.abs(probs.sum(axis=1) - 1.0).max())
         summary["exports"][fmt] = {"path": str(path), "max_abs_diff_prob_all": max_diff,
                                    "max_abs_row_sum_error": rows_sum, "ok": max_diff <= atol}

@@ -17,7 +17,7 @@ import pandas as pd
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from leukmodels.labels import CLASS_NAMES  # noqa: E402
+from leukmodels.labels import ALL, CLASS_NAMES, HEM  # noqa: E402
 from search.board import storage  # noqa: E402
 from search.evaluation.scoring import ENSEMBLE_FAMILY  # noqa: E402
 from search.board.study_storage import masked, open_storage  # noqa: E402
@@ -229,16 +229,16 @@ def roc_and_confusion(chosen: pd.Series, mine: pd.DataFrame, ensembles: list[tup
     labels, prob = mine["label"].to_numpy(), mine["prob_all"].to_numpy()
     fig, (ax_roc, ax_cm) = new_figure(1, 2, figsize=(10, 4))
     if len(np.unique(labels)) == 2:
-        RocCurveDisplay.from_predictions(labels, prob, pos_label=1, name=f"winner {chosen['trial_id']}", ax=ax_roc)
+        RocCurveDisplay.from_predictions(labels, prob, pos_label=ALL, name=f"winner {chosen['trial_id']}", ax=ax_roc)
         for row, theirs in ensembles:  # same cells in the same order: evaluate writes every model's rows alike
-            RocCurveDisplay.from_predictions(labels, theirs["prob_all"].to_numpy(), pos_label=1,
+            RocCurveDisplay.from_predictions(labels, theirs["prob_all"].to_numpy(), pos_label=ALL,
                                              name=str(row["trial_id"]), ax=ax_roc)
         ax_roc.plot([0, 1], [0, 1], ls=":", color="grey")
     else:
         ax_roc.text(0.5, 0.5, "ROC needs both classes", ha="center")
     ax_roc.set_title("ROC on test patients")
-    ConfusionMatrixDisplay.from_predictions(labels, (prob > 0.5).astype(int), labels=[0, 1],
-                                            display_labels=[CLASS_NAMES[0], CLASS_NAMES[1]], ax=ax_cm, colorbar=False)
+    ConfusionMatrixDisplay.from_predictions(labels, (prob > 0.5).astype(int), labels=[HEM, ALL],
+                                            display_labels=[CLASS_NAMES[HEM], CLASS_NAMES[ALL]], ax=ax_cm, colorbar=False)
     ax_cm.set_title("winner's confusion matrix (threshold 0.5)")
     return figure_html(fig, "ROC curve and confusion matrix")
 
@@ -252,7 +252,7 @@ def per_patient_figure(mine: pd.DataFrame) -> str:
                                                                                                      "size"))
                    .sort_values("accuracy"))
     fig, ax = new_figure(figsize=(max(5, 0.45 * len(per_patient)), 3.5))
-    colours = ["tab:red" if lab == 1 else "tab:blue" for lab in per_patient["label"]]
+    colours = ["tab:red" if lab == ALL else "tab:blue" for lab in per_patient["label"]]
     ax.bar(per_patient.index.astype(str), per_patient["accuracy"], color=colours)
     ax.set(ylim=(0, 1), ylabel="accuracy", title="per-patient accuracy (red: ALL patients, blue: HEM)")
     ax.tick_params(axis="x", rotation=90)

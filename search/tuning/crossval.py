@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leukmodels.labels import ALL, HEM
 from search.tuning.data import SEARCH_SPLITS, SearchData
 
 CV_ROW_FIELDS = ("cv_folds", "fold_metrics")  # report keys kept in the leaderboard row (best epoch's)
@@ -107,8 +108,8 @@ def describe_folds(data: SearchData, fold_of: dict[str, int], k: Any) -> str:
     parts = []
     for fold, group in rows.groupby("fold"):
         per_patient = group.groupby("patient")["label"].first().astype(int)
-        parts.append(f"fold {fold}: {len(group)} images, {int((per_patient == 1).sum())} ALL + "
-                     f"{int((per_patient == 0).sum())} HEM patients")
+        parts.append(f"fold {fold}: {len(group)} images, {int((per_patient == ALL).sum())} ALL + "
+                     f"{int((per_patient == HEM).sum())} HEM patients")
     how = "C-NMC's own fold_N folders" if k == "official" else "drawn by patient, stratified by class"
     return (f"cross-validation: {len(parts)} folds over the train+val patients ({how}; the test patients stay out), "
             f"each trial trains {len(parts)} fold models and is scored on their pooled out-of-fold predictions: "

@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from leukmodels.atomic import atomic_path
+from leukmodels.labels import ALL, HEM
 
 SEARCH_SPLITS = ("train", "val")  # never "test"
 
@@ -74,10 +75,10 @@ def class_makeup(split: Any) -> dict:
     """A split's classes by image and by patient: {"images": n, "all_share": share of ALL images, "all_images": n,
     "hem_images": n, "all_patients": n, "hem_patients": n}."""
     per_patient = split.groupby("patient")["label"].first().astype(int)
-    all_images = int((split["label"].astype(int) == 1).sum())
+    all_images = int((split["label"].astype(int) == ALL).sum())
     return {"images": int(len(split)), "all_share": round(float(split["label"].astype(float).mean()), 4),
             "all_images": all_images, "hem_images": int(len(split)) - all_images,
-            "all_patients": int((per_patient == 1).sum()), "hem_patients": int((per_patient == 0).sum())}
+            "all_patients": int((per_patient == ALL).sum()), "hem_patients": int((per_patient == HEM).sum())}
 
 
 def _makeup_text(makeup: dict) -> str:
