@@ -31,6 +31,7 @@ from leukmodels.labels import ALL, HEM
 from leukmodels.metrics import classification_metrics, patient_interval, predict_log_proba
 from leukmodels.models import build_model, count_parameters
 from leukmodels.optim import make_optimizer, schedule, set_rates
+from leukmodels.values import finite_or
 
 RESUMABLE_CHANGES = {"epochs", "pretrained"}  # config fields a resumed run may change (the rest must match)
 # Fields a run may change when it continues ANOTHER run's weights (`fit(..., exploit=True)`: population-based
@@ -313,7 +314,7 @@ def _result(history: list[dict], per_patient: list[dict], model: nn.Module, chec
     """The best epoch by weighted F1 (NaN never best) and where its checkpoint and the last one are."""
     if not history:
         raise ValueError(f"{resume_from}: checkpoint has no epoch history to report")
-    best_index = max(range(len(history)), key=lambda i: _finite_or(history[i]["weighted_f1"], -math.inf))
+    best_index = max(range(len(history)), key=lambda i: finite_or(history[i]["weighted_f1"], -math.inf))
     best_epoch = int(history[best_index]["epoch"])
     best_file = _epoch_file(checkpoint_dir, best_epoch) if checkpoint_dir else None
     if last_checkpoint is None and checkpoint_dir is not None and rank == 0:  # resumed with nothing left to train
@@ -325,10 +326,6 @@ def _result(history: list[dict], per_patient: list[dict], model: nn.Module, chec
             str(last_checkpoint) if last_checkpoint else None),
         last_checkpoint_path=str(last_checkpoint) if last_checkpoint else None,
         model=model.eval(), best_per_patient=dict(per_patient[best_index]) if per_patient else {})
-
-
-def _finite_or(value: float, default: float) -> float:
-    return value if math.isfinite(value) else default
 
 
 __all__ = ["fit", "FitResult", "epoch_shard", "RESUMABLE_CHANGES", "EXPLOIT_CHANGES"]

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import pandas as pd
 
+from leukmodels.values import missing
+
 if TYPE_CHECKING:
     from search.benchmark.runner import Search
 
@@ -132,24 +134,25 @@ def rule_summary(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def _cell(value: Any, spec: str) -> str:
-    return "-" if value is None or pd.isna(value) else format(value, spec)
+def cell_text(value: Any, spec: str) -> str:
+    """A table cell: `value` formatted with `spec`, "-" when it is missing."""
+    return "-" if missing(value) else format(value, spec)
 
 
 def summary_text(summary: pd.DataFrame) -> pd.DataFrame:
     """The rule summary as the strings a reader sees."""
     return pd.DataFrame({
         "selection rule": summary["rule"], "searches": summary["searches"],
-        "winner test rank (median, of n)": [f"{_cell(r, '.1f')} of {_cell(n, '.0f')}" for r, n in zip(
+        "winner test rank (median, of n)": [f"{cell_text(r, '.1f')} of {cell_text(n, '.0f')}" for r, n in zip(
             summary["median_winner_test_rank"], summary["median_trials"])],
-        "regret median / mean": [f"{_cell(a, '.4f')} / {_cell(b, '.4f')}" for a, b in zip(
+        "regret median / mean": [f"{cell_text(a, '.4f')} / {cell_text(b, '.4f')}" for a, b in zip(
             summary["median_regret"], summary["mean_regret"])],
         "winner >= median trial": [f"{a}/{n}" for a, n in zip(summary["at_least_median"], summary["searches"])],
-        "winner test F1": [_cell(v, ".4f") for v in summary["median_winner_test_weighted_f1"]],
-        "its model's test F1": [_cell(v, ".4f") for v in summary["median_model_test_weighted_f1"]],
-        "Spearman rho": [_cell(v, "+.3f") for v in summary["spearman_all_trials"]],
-        "CPU-hours per search": [_cell(v, ".3f") for v in summary["median_cpu_hours"]],
-        "regret saved per extra CPU-hour": [_cell(v, ".3f") for v in summary.get(
+        "winner test F1": [cell_text(v, ".4f") for v in summary["median_winner_test_weighted_f1"]],
+        "its model's test F1": [cell_text(v, ".4f") for v in summary["median_model_test_weighted_f1"]],
+        "Spearman rho": [cell_text(v, "+.3f") for v in summary["spearman_all_trials"]],
+        "CPU-hours per search": [cell_text(v, ".3f") for v in summary["median_cpu_hours"]],
+        "regret saved per extra CPU-hour": [cell_text(v, ".3f") for v in summary.get(
             "regret_saved_per_extra_cpu_hour", pd.Series([np.nan] * len(summary)))]})
 
 
@@ -165,7 +168,7 @@ def finding_lines(summary: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         half = float(single["mean_regret"].iloc[0]) / 2 if len(single) else math.nan
         mine = table[table["rule"] == row["rule"]]
         every = bool(mine["at_least_median"].fillna(False).astype(bool).all())
-        lines.append(f"{row['rule']}: Spearman rho {_cell(row['spearman_all_trials'], '+.3f')} "
+        lines.append(f"{row['rule']}: Spearman rho {cell_text(row['spearman_all_trials'], '+.3f')} "
                      f"({'>= 0.7' if row['spearman_all_trials'] >= 0.7 else 'below 0.7'}); winner at or above the "
                      f"median trial in {int(row['at_least_median'])}/{int(row['searches'])} searches "
                      f"({'every' if every else 'NOT every'} search); mean regret {row['mean_regret']:.4f} vs one "
@@ -174,5 +177,5 @@ def finding_lines(summary: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     return lines
 
 
-__all__ = ["ONE_SPLIT", "SELECTION_COLUMNS", "finding_lines", "rerank_searches", "rule_of", "rule_summary",
+__all__ = ["ONE_SPLIT", "SELECTION_COLUMNS", "cell_text", "finding_lines", "rerank_searches", "rule_of", "rule_summary",
            "selection_table", "spearman", "strategy_groups", "summary_text", "winner_figures"]

@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from leukmodels.values import finite_or
 from search.benchmark import selection
 
 TOLERANCE = 1e-12  # a best "reaches" a target equal to it up to float noise
@@ -132,13 +133,9 @@ def headline(table: pd.DataFrame, order: Optional[Sequence[str]] = None) -> pd.D
     return pd.DataFrame(rows)
 
 
-def _cell(value: Any, spec: str) -> str:
-    return "-" if value is None or pd.isna(value) else format(value, spec)
-
-
 def headline_text(summary: pd.DataFrame, metric: str, baseline: str) -> pd.DataFrame:
     """The headline as the strings a reader sees (console and Markdown)."""
-    cell = _cell
+    cell = selection.cell_text
     return pd.DataFrame({
         "strategy": summary["strategy"],
         f"share of {baseline}'s epochs to reach its best": [share_text(s, r, n) for s, r, n in zip(
@@ -188,18 +185,19 @@ def target_verdict(summary: pd.DataFrame, baseline: str, strategy: str = "tpe-as
 
 def table_text(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The per-search table as strings (Markdown)."""
+    cell = selection.cell_text
     return pd.DataFrame({
         "strategy": table["strategy"], "seed": table["seed"], "exit": table["exit_code"],
-        f"best val {metric}": [_cell(v, ".4f") for v in table["best_val"]],
-        "epochs": [_cell(v, ".0f") for v in table["epochs"]],
-        "wall s": [_cell(v, ".0f") for v in table["wall_seconds"]],
-        "epochs to target": ["-" if pd.isna(share) else "not reached" if math.isinf(share) else _cell(needed, ".0f")
+        f"best val {metric}": [cell(v, ".4f") for v in table["best_val"]],
+        "epochs": [cell(v, ".0f") for v in table["epochs"]],
+        "wall s": [cell(v, ".0f") for v in table["wall_seconds"]],
+        "epochs to target": ["-" if pd.isna(share) else "not reached" if math.isinf(share) else cell(needed, ".0f")
                              for needed, share in zip(table["epochs_to_target"], table["epochs_share"])],
         "share": [_share_cell(share) for share in table["epochs_share"]],
         "trials (tested)": [f"{n} ({t})" for n, t in zip(table["trials"], table["tested"])],
         "winner": table["winner_trial_id"].fillna("-"),
-        "winner val weighted F1": [_cell(v, ".4f") for v in table["winner_val_weighted_f1"]],
-        "winner test weighted F1": [_cell(v, ".4f") for v in table["winner_test_weighted_f1"]]})
+        "winner val weighted F1": [cell(v, ".4f") for v in table["winner_val_weighted_f1"]],
+        "winner test weighted F1": [cell(v, ".4f") for v in table["winner_test_weighted_f1"]]})
 
 
 @dataclass
@@ -269,19 +267,16 @@ def selection_markdown(results: Results) -> list[str]:
 def headline_record(results: Results) -> dict:
     """headline.json: the headline's numbers (a share is null when not reached, with `reached` of `seeds`), the rank
     correlations and the target, for scripts."""
-    def number(value: Any) -> Any:
-        return None if value is None or pd.isna(value) or math.isinf(value) else float(value)
-
     return {"name": results.name, "command": results.command, "metric": results.metric, "baseline": results.baseline,
             "data": results.data,
-            "strategies": [{key: number(value) if isinstance(value, float) else value for key, value in row.items()}
+            "strategies": [{key: finite_or(value) if isinstance(value, float) else value for key, value in row.items()}
                            for row in results.summary.to_dict("records")],
-            "rank_correlation_with_test_weighted_f1": {name: {"spearman": number(rho), "trials": n} for name, (rho, n)
+            "rank_correlation_with_test_weighted_f1": {name: {"spearman": finite_or(rho), "trials": n} for name, (rho, n)
                                                        in correlations(results.trials, results.metric).items()},
             "trials_left_out": int(results.trials["left_out"].notna().sum()),
             "target": target_verdict(results.summary, results.baseline),
             "selection": [] if results.selection_summary is None else [
-                {key: number(value) if isinstance(value, float) else value for key, value in row.items()}
+                {key: finite_or(value) if isinstance(value, float) else value for key, value in row.items()}
                 for row in results.selection_summary.to_dict("records")]}
 
 

@@ -22,10 +22,11 @@ import pandas as pd
 import pyarrow as pa
 
 from leukmodels.metrics import LOWER_IS_BETTER
+from leukmodels.values import missing
 from search.board.files import (LeaderboardError, board_files, locked, migrate, read_file, read_tables,
                                 write_atomically, write_search, why)
 from search.board.paths import RESULTS, leaderboard_path
-from search.board.schema import COLUMNS, METRIC_COLUMNS, SCHEMA, missing, normalise_row, ranked
+from search.board.schema import COLUMNS, METRIC_COLUMNS, SCHEMA, normalise_row, ranked
 
 DEFAULT_PATH = str(leaderboard_path(RESULTS))
 

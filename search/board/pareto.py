@@ -14,11 +14,11 @@ holds each trial's last epoch.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from leukmodels.metrics import LOWER_IS_BETTER, SCALAR_METRICS
+from leukmodels.values import finite_or
 
 SIZE = "num_parameters"
 OBJECTIVES = (*SCALAR_METRICS, "val_loss", SIZE)  # what --objectives accepts
@@ -54,14 +54,6 @@ def searcher_objectives(metric: str, objectives: Optional[list[str]]) -> tuple[A
     return objectives, [direction(name) for name in objectives]
 
 
-def _number(value: Any) -> Optional[float]:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     """a is at least as good as b in every objective and better in one (values already signed: larger is better)."""
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
@@ -74,7 +66,7 @@ def pareto_flags(points: Sequence[Sequence[Any]], modes: Sequence[str]) -> list[
     signs = [1.0 if mode == "max" else -1.0 for mode in modes]
     signed = []
     for point in points:
-        values = [_number(v) for v in point]
+        values = [finite_or(v) for v in point]
         signed.append(None if None in values else [s * v for s, v in zip(signs, values)])
     return [a is not None and not any(b is not None and dominates(b, a) for b in signed) for a in signed]
 

@@ -6,7 +6,6 @@ of an older schema version is read with its renamed columns mapped and the new o
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 import typing
 from typing import Any, Optional
@@ -16,6 +15,7 @@ import pyarrow as pa
 
 from leukmodels.config import TrainConfig
 from leukmodels.metrics import LOWER_IS_BETTER, SCALAR_METRICS
+from leukmodels.values import missing
 
 SCHEMA_VERSION = 3  # 3: the cross-validation columns (cv_folds, fold_metrics, stage, reranked_from) and
 # metric_lo / metric_hi (the ranking metric's patient-bootstrap interval)
@@ -61,10 +61,6 @@ SCHEMA = pa.schema(
 COLUMNS = tuple(SCHEMA.names)
 COMPUTED_COLUMNS = ("rank", "schema_version")  # filled in by append_rows; values given in rows are ignored
 REQUIRED_COLUMNS = ("search", "trial_id", "metric", "status")
-
-
-def missing(value: Any) -> bool:
-    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
 
 
 def _coerce(name: str, kind: pa.DataType, value: Any) -> Any:
@@ -159,4 +155,4 @@ def upgraded(table: pa.Table, version: int) -> pa.Table:
 
 
 __all__ = ["ADDED_TO_CURRENT", "COLUMNS", "COMPUTED_COLUMNS", "METRIC_COLUMNS", "RENAMED", "REQUIRED_COLUMNS", "SCHEMA",
-           "SCHEMA_VERSION", "STATUSES", "VERSION_KEY", "missing", "normalise_row", "ranked", "upgraded"]
+           "SCHEMA_VERSION", "STATUSES", "VERSION_KEY", "normalise_row", "ranked", "upgraded"]

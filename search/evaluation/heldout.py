@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from leukmodels.data import DataError
+from leukmodels.values import missing
 from search.board.paths import split_path
 
 
@@ -38,7 +39,7 @@ def recorded_split(row: pd.Series, results_dir: Path) -> dict:
     for key, column in (("seed", "split_seed"), ("val_fraction", "val_fraction"), ("train", "train_patients"),
                         ("val", "val_patients"), ("fingerprint", "data_fingerprint")):
         value = row.get(column)
-        if found[key] is None and value is not None and not (np.isscalar(value) and pd.isna(value)):
+        if found[key] is None and not missing(value):
             found[key] = json.loads(value) if isinstance(value, str) and key in ("train", "val") else value
     return found
 
@@ -144,11 +145,11 @@ def held_out_set(first: pd.Series, results_dir: Path, data_root: Optional[str] =
     from leukmodels.data import discover
 
     data_root = data_root or first.get("data_root")
-    if not data_root or pd.isna(data_root):
+    if not data_root or missing(data_root):
         raise DataError("the leaderboard rows carry no data_root; pass --data ROOT")
     manifest = discover(data_root)
     recorded = recorded_split(first, results_dir)
-    config_seed = None if "seed" not in first or pd.isna(first["seed"]) else int(first["seed"])
+    config_seed = None if "seed" not in first or missing(first["seed"]) else int(first["seed"])
     seed = next(s for s in (split_seed, recorded["seed"], config_seed, 0) if s is not None)
     test, info, splits = held_out_test(manifest, int(seed), recorded)
     return TestSet(test, info, splits, str(data_root), bool(manifest.attrs.get("generated", False)), cache_dir)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from leukmodels.calibration import apply_temperature
+from leukmodels.values import missing
 from search.evaluation.heldout import TestSet
 from search.evaluation.predict import checkpoint_temperature, load_trial_model
 
@@ -77,7 +78,7 @@ def retrain_on_train_val(row: pd.Series, config, splits: dict, out_dir: Path, ca
 def best_epoch(row: pd.Series, config) -> int:
     for column in ("best_epoch", "epochs_run"):
         value = row.get(column)
-        if value is not None and not pd.isna(value) and int(value) >= 1:
+        if not missing(value) and int(value) >= 1:
             return int(value)
     return int(config.epochs)
 

@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from leukmodels.labels import ALL, CLASS_NAMES, HEM  # noqa: E402
+from leukmodels.values import missing  # noqa: E402
 from search.board import storage  # noqa: E402
 from search.evaluation.scoring import ENSEMBLE_FAMILY  # noqa: E402
 from search.board.study_storage import masked, open_storage  # noqa: E402
@@ -57,7 +58,7 @@ def single_class_note(rows: pd.DataFrame, test_rows: Optional[pd.DataFrame]) -> 
         return ""
     winner = rows.iloc[0]
     flag = winner.get("single_class")
-    where = ["validation"] if flag is not None and not pd.isna(flag) and bool(flag) else []
+    where = ["validation"] if not missing(flag) and bool(flag) else []
     if test_rows is not None and "single_class" in test_rows:
         mine = test_rows[test_rows["trial_id"].astype(str) == str(winner["trial_id"])]
         where += ["test"] if mine["single_class"].fillna(False).astype(bool).any() else []
@@ -189,7 +190,7 @@ def learning_curves_section(rows: pd.DataFrame, top: int) -> str:
         history = pd.DataFrame(trial_history(row["checkpoint"])) if isinstance(row["checkpoint"], str) else None
         if history is None or history.empty or "epoch" not in history:
             continue
-        if "epochs_run" in row and not pd.isna(row["epochs_run"]):  # an ASHA-stopped worker may finish one more
+        if "epochs_run" in row and not missing(row["epochs_run"]):  # an ASHA-stopped worker may finish one more
             history = history[history["epoch"] <= int(row["epochs_run"])]  # epoch than the search ever saw
         label = f"{row['trial_id']} ({row['family']})"
         line, = ax_score.plot(history["epoch"], history["weighted_f1"], marker="o", label=label)

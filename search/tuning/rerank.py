@@ -21,6 +21,7 @@ from ray import tune
 from ray.tune.search import BasicVariantGenerator
 
 from leukmodels.config import TrainConfig
+from leukmodels.values import plain
 from search.board import leaderboard
 from search.tuning.console import Console, ConsoleCallback
 from search.tuning.crossval import config_key, cv_refs, describe_folds
@@ -46,17 +47,10 @@ def top_configs(mine: pd.DataFrame, n: int) -> tuple[list[dict], dict[str, str]]
     usable = mine[(mine["status"] != "error") & mine[mine["metric"].iloc[0]].notna()] if len(mine) else mine
     configs, origins = [], {}
     for _, row in usable.sort_values("rank", kind="stable").head(n).iterrows():
-        config = TrainConfig.from_dict({key: leaderboard_value(row[key]) for key in fields}).to_dict()
+        config = TrainConfig.from_dict({key: plain(row[key]) for key in fields}).to_dict()
         configs.append(config)
         origins.setdefault(config_key(config), str(row["trial_id"]))
     return configs, origins
-
-
-def leaderboard_value(value: Any) -> Any:
-    """A parquet cell as the plain Python value a TrainConfig field takes (NaN/NA -> None, numpy -> Python)."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 def rerank(settings: SearchSettings, plan: Plan, console: Console, mine: pd.DataFrame, data: SearchData,

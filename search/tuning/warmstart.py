@@ -16,11 +16,11 @@ Every change is one console line.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional
 
 import pandas as pd
 
+from leukmodels.values import plain
 from search.board.paths import leaderboard_path
 from search.board.settings import SearchSettings
 from search.tuning.spaces import FAMILY_PREFIX_SEP, SearchSpace
@@ -37,13 +37,6 @@ def carried_limit(num_samples: int) -> int:
 class NotCarried(Exception):
     """A config that cannot run in the new search (its family is not searched there, or it does not build at the
     new sizes); the message says why."""
-
-
-def _plain(value: Any) -> Any:
-    """A parquet cell as a plain Python value (numpy scalars unwrapped); None for a missing one."""
-    value = value.item() if hasattr(value, "item") else value
-    missing = value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-    return None if missing else value
 
 
 def _show(value: Any) -> str:
@@ -142,7 +135,7 @@ def row_config(row: dict[str, Any]) -> dict[str, Any]:
     """The parameters an earlier leaderboard row was searched over, by TrainConfig name: those its family's space
     asks for on the row's own branch (a row holds every TrainConfig field, momentum of an adamw trial included),
     plus family, image size and batch size."""
-    values = {key: _plain(value) for key, value in row.items()}
+    values = {key: plain(value) for key, value in row.items()}
     own = SearchSpace([values["family"]], image_sizes=[int(values["image_size"])],
                       batch_sizes=[int(values["batch_size"])])
     replay = _Replay({k: v for k, v in values.items() if v is not None})
@@ -154,7 +147,7 @@ def row_config(row: dict[str, Any]) -> dict[str, Any]:
 def ranked_rows(board: Any, search: str) -> Any:
     """The earlier search's rows that have a score, best first by its metric (the leaderboard's rank)."""
     mine = board[(board["search"] == search) & (board["status"] != "error")]
-    scored = [_plain(row[row["metric"]]) is not None for _, row in mine.iterrows()]
+    scored = [plain(row[row["metric"]]) is not None for _, row in mine.iterrows()]
     return mine[pd.Series(scored, index=mine.index, dtype=bool)].sort_values("rank", kind="stable")
 
 

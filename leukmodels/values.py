@@ -1,0 +1,38 @@
+"""Missing and non-finite values, decided in one place: a leaderboard cell, a Tune report or a metric may be None,
+pandas' NA/NaT, NaN or infinite, and every reader asks one of the questions here.
+
+    missing(float("nan")), missing(pd.NA), missing(None)  # True: no value
+    finite_or(np.float64(0.5)), finite_or(math.inf)       # 0.5, None: a finite number as float, else the default
+    plain(np.int64(3)), plain(pd.NA)                      # 3, None: a cell as the plain Python value
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+
+def missing(value: Any) -> bool:
+    """None, pandas' NA or NaT, or a NaN (Python or numpy float): a cell or report with no value."""
+    return value is None or value is pd.NA or value is pd.NaT or (
+        isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def finite_or(value: Any, default: Optional[float] = None) -> Optional[float]:
+    """`value` as a float when it is a finite number (int, float or a numpy number; a bool is not), else `default`:
+    for a missing value, NaN, +-inf, text or anything else."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return default
+    number = float(value)
+    return number if math.isfinite(number) else default
+
+
+def plain(value: Any) -> Any:
+    """A parquet or pandas cell as the plain Python value (numpy scalars unwrapped), None for a missing one."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if missing(value) else value
+
+
+__all__ = ["finite_or", "missing", "plain"]
