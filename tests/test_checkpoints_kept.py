@@ -16,7 +16,7 @@ import pytest
 
 from leukmodels.metrics import classification_metrics, predict_proba
 from search.board import leaderboard
-from search.board.paths import leaderboard_path
+from search.board.paths import TEST_METRICS, leaderboard_path, split_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "kept"
@@ -41,7 +41,7 @@ def searched(ray_2cpu, tiny_cnmc, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("kept")
     data = prepare_data(str(tiny_cnmc), [24], split_seed=0, progress=False)
-    data.write_split(tmp / "results" / NAME / "split.json")
+    data.write_split(split_path(tmp / "results", NAME))
     board = leaderboard_path(tmp / "results")
     context = SearchContext(search=NAME, metric="roc_auc", max_epochs=EPOCHS, data_fingerprint=data.fingerprint,
                             data_generated=data.generated, data_root=data.root)
@@ -92,6 +92,6 @@ def test_evaluate_loads_every_trial_of_the_search(searched, capsys):
     err = capsys.readouterr().err
     assert code == 0, err
     assert "skipping" not in err
-    tested = pd.read_parquet(searched["tmp"] / "results" / "test_metrics.parquet")
+    tested = pd.read_parquet(searched["tmp"] / "results" / TEST_METRICS)
     assert set(tested["trial_id"]) == set(searched["rows"]["trial_id"])
     assert np.isfinite(tested["weighted_f1"]).all()

@@ -33,7 +33,7 @@ import pandas as pd
 import pytest
 
 from search.board import leaderboard, storage
-from search.board.paths import leaderboard_path
+from search.board.paths import SEARCH_LOG, leaderboard_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 NAME = "multinode"
@@ -176,7 +176,7 @@ def test_node_removed_mid_trial_resumes_from_checkpoint_on_another_node(search_l
     assert [e["epoch"] for e in json.loads(resumed["prior_epochs"])] == list(range(1, int(resumed["epoch"])))
     # and the retried worker said so (fit's log line, forwarded to the search's log file, not its console)
     last_before = int(before["epoch"].max())
-    search_log = (tmp / "results" / NAME / "search.log").read_text()
+    search_log = (tmp / "results" / NAME / SEARCH_LOG).read_text()
     # (from Train's local copy of the bucket's checkpoint folder)
     assert re.search(rf"resumed from \S+/checkpoint\.pt after epoch {last_before}\b",
                      search_log)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from search.cli.flags import parse_args
 from search.board.namelock import claim_name, lock_path
+from search.board.paths import settings_path
 from search.cli.run import main
 from search.cli.resolve import resolve_settings
 from search.board.settings import save_settings
@@ -38,7 +39,7 @@ def test_a_second_driver_of_a_running_name_is_refused_in_one_line_before_anythin
         assert code == 2 and len(err.splitlines()) == 1, err
         assert "--name same: another search of that name is running" in err and f"pid {holder.pid}" in err
         assert str(lock_path(tmp_path / "results", "same")) in err
-        assert not (tmp_path / "ray").exists() and not (tmp_path / "results" / "searches" / "same.json").exists()
+        assert not (tmp_path / "ray").exists() and not settings_path(tmp_path / "results", "same").exists()
         assert not (tmp_path / "results" / "same").exists()  # no log: refused before the console started
         saved = parse_args(_argv(tmp_path, tiny_cnmc))  # the running search's settings, as it saved them
         save_settings(resolve_settings(saved, [{"CPU": 2.0}], {})[0])

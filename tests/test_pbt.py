@@ -16,7 +16,7 @@ from leukmodels.checkpoint import load_checkpoint
 from leukmodels.config import TrainConfig
 from leukmodels.train import EXPLOIT_CHANGES, fit
 from search.board import leaderboard
-from search.board.paths import leaderboard_path
+from search.board.paths import SEARCHES, leaderboard_path
 from search.tuning.pbt import clip_to_space, make_pbt, perturbation_interval, population
 from search.tuning.rows import SearchContext, build_row
 from search.cli.run import main
@@ -165,7 +165,7 @@ def test_pbt_refuses_ddp_trials_and_a_searcher_before_anything_starts(argv, flag
                  "--storage", str(tmp_path / "ray")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and all(flag in err for flag in flags), err
-    assert not (tmp_path / "ray").exists() and not (tmp_path / "results" / "searches").exists()
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "results" / SEARCHES).exists()
 
 
 # -- end to end: one small PBT search --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from cnmc_trees import write_image
+from search.board.paths import settings_path
 from search.cli.preflight import forget_unlaunched, ray_start_error
 from search.cli.sizes import footprint, frame_size, frame_warnings, gb, judge
 
@@ -90,7 +91,7 @@ def test_ray_start_failure_is_one_line_saying_what_to_try():
 
 
 def test_settings_of_a_search_that_never_launched_are_forgotten(tmp_path):
-    settings = tmp_path / "results" / "searches" / "s.json"
+    settings = settings_path(tmp_path / "results", "s")
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"family": ["resnet"]}))
     assert forget_unlaunched(settings, str(tmp_path / "ray"), "s") and not settings.exists()

@@ -13,7 +13,7 @@ import pytest
 from leukmodels.config import TrainConfig
 from search.board import leaderboard
 from search.cli.flags import parse_args
-from search.board.paths import leaderboard_path
+from search.board.paths import SEARCHES, leaderboard_path
 from search.cli.run import main
 from search.tuning.spaces import SearchSpace
 from search.tuning.warmstart import NotCarried, carried_limit, map_config, points_from_rows, ranked_rows, row_config
@@ -147,7 +147,7 @@ def test_a_bad_warm_start_is_one_line_and_exit_2(tmp_path, capsys, extra, messag
     code = main((["--family", "resnet"] if "--family" not in extra else []) + argv)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith(f"error: {message}"), err
-    assert not (tmp_path / "searches").exists() and not (tmp_path / "ray").exists()
+    assert not (tmp_path / SEARCHES).exists() and not (tmp_path / "ray").exists()
 
 
 def test_a_warm_start_without_a_scored_trial_is_refused(tmp_path, capsys):
