@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from leukmodels.labels import ALL, HEM
+from leukmodels.patients import patient_table
 
 N_BOOT = 2000
 LEVEL = 0.95
@@ -87,8 +88,6 @@ def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[floa
 def cell_intervals(labels: Sequence[int], prob_all: Sequence[float], patients: Sequence, threshold: float = 0.5,
                    n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict[str, tuple[float, float]]:
     """Cell-level CELL_METRICS' intervals, resampling patients (with all their cells) within their class."""
-    from leukmodels.patients import patient_table
-
     _, cell_patient = np.unique(np.asarray(patients).astype(str), return_inverse=True)  # index into sorted names
     table = patient_table(labels, prob_all, patients)  # one row per patient, sorted by name as well
     counts = patient_counts(table["label"].to_numpy(), n_boot, seed)  # B x P

@@ -53,7 +53,7 @@ def nll(labels: Sequence[int], prob_all: Sequence[float]) -> float:
 def fit_temperature(logits: Sequence[float], labels: Sequence[int], bounds: tuple = T_BOUNDS) -> float:
     """The T in `bounds` minimising the NLL of sigmoid(logits / T) on 0/1 `labels` (one bounded scalar search over
     log T, scipy's Brent method). Logits (N,) are log P(ALL) - log P(HEM). Needs both classes; ValueError otherwise."""
-    from scipy.optimize import minimize_scalar
+    from scipy.optimize import minimize_scalar  # here: scipy, measured +0.55 s on evaluate's and predict's --help
 
     z = np.asarray(logits, dtype=np.float64).ravel()
     y = np.asarray(labels).astype(np.int64).ravel()

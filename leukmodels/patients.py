@@ -24,6 +24,7 @@ import pandas as pd
 
 from leukmodels.calibration import logit, sigmoid
 from leukmodels.labels import ALL, HEM
+from leukmodels.metrics import classification_metrics
 
 STRENGTHS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))  # the correction's grid: 0 (none) to 1 (the mean itself)
 
@@ -89,8 +90,6 @@ def choose_strength(labels: Sequence[int], prob_all: Sequence[float], patients: 
                     grid: Sequence[float] = STRENGTHS, metric: Optional[str] = "weighted_f1") -> float:
     """The correction strength in `grid` with the best cell-level `metric` (weighted F1, the challenge's metric) on
     these (validation) cells; ties go to the weakest correction."""
-    from leukmodels.metrics import classification_metrics
-
     scores = [classification_metrics(labels, shrink_to_patient(prob_all, patients, float(s)))[metric] for s in grid]
     return float(grid[int(np.argmax(np.round(scores, 12)))])  # argmax: the first (weakest) of equal scores
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from leukmodels.metrics import LOWER_IS_BETTER
 from leukmodels.values import missing
+from search.board import search_files
 from search.board.files import (LeaderboardError, board_files, locked, migrate, read_file, read_tables,
                                 write_atomically, write_search, why)
 from search.board.paths import RESULTS, leaderboard_path
@@ -205,8 +206,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.top is not None and args.top < 1:
             raise ValueError(f"--top {args.top} must be >= 1")
         if args.storage:
-            from search.board import search_files  # it reads and appends through this module
-
             print(search_files.for_reading(args.storage, args.search, Path(args.path)))
         table = rank_table(read(args.path), top=args.top, family=args.family, search=args.search, data=args.data)
         if table.empty:

@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 from leukmodels.metrics import LOWER_IS_BETTER, SCALAR_METRICS
 from leukmodels.values import finite_or
+from search.board import leaderboard
 
 SIZE = "num_parameters"
 OBJECTIVES = (*SCALAR_METRICS, "val_loss", SIZE)  # what --objectives accepts
@@ -83,8 +84,6 @@ def mark_front(rows: list[dict], objectives: Sequence[str]) -> list[dict]:
 def marked_search(board_path: Path, search: str, rows: list[dict], objectives: Sequence[str]) -> list[dict]:
     """Every row of `search` to write back once it ends: the ones already in the leaderboard (trials that ended in
     an earlier run of a resumed search) overlaid with `rows`, each with its `pareto` flag."""
-    from search.board import leaderboard
-
     earlier = []
     if leaderboard.exists(board_path):
         earlier = leaderboard.search_rows(board_path, search).to_dict("records")

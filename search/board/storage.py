@@ -71,7 +71,7 @@ def exists(location: str, *parts: str) -> bool:
 
 
 def cache_root() -> Path:
-    from leukmodels.data import default_cache_dir
+    from leukmodels.data import default_cache_dir  # here: the data layer measured +0.1 s on the leaderboard's --help
 
     return default_cache_dir() / CACHE_DIR
 

@@ -19,19 +19,20 @@ libpq's own `PGPASSWORD` or `~/.pgpass` when the URL has none.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from search.board.paths import optuna_url
+from search.board.paths import optuna_url, settings_path
 
 JOURNAL = "journal://"
 _PASSWORDS: dict[str, str] = {}  # URL without password -> password, for this process only
 
 
 def _url(url: str) -> Any:
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url  # here: measured +0.3-0.6 s on evaluate's and report's --help
 
     try:
         return make_url(url)
@@ -67,7 +68,7 @@ def masked(url: str) -> str:
     if "://" not in url or is_journal(url) or url.startswith("sqlite:"):  # a file URL holds no password
         return url
     try:
-        from sqlalchemy.engine import make_url
+        from sqlalchemy.engine import make_url  # here: see _url
 
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - unparsable: show the scheme only, never the rest
@@ -145,10 +146,6 @@ def open_storage(url: str) -> Any:
 
 def saved_url(results: str, search: str) -> str | None:
     """The --optuna-storage a search saved in results/searches/<search>.json (None when absent)."""
-    import json
-
-    from search.board.paths import settings_path
-
     path = settings_path(results, search)
     try:
         return json.loads(path.read_text()).get("optuna_storage") if path.is_file() else None

@@ -36,11 +36,12 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from leukmodels.atomic import atomic_path
+from leukmodels.data import DataError
 from leukmodels.metrics import SCALAR_METRICS
 from search.board import search_files
 from search.board.checks import check_cli_inputs
 from search.evaluation.heldout import TestSet, held_out_set
-from search.board.leaderboard import DEFAULT_PATH
+from search.board.leaderboard import DEFAULT_PATH, LeaderboardError, exists, read
 from search.evaluation.patient_scoring import PLAIN, method_of, patient_answers, print_patient_answers
 from search.board.paths import TEST_METRICS, TEST_PATIENTS, TEST_PREDICTIONS
 from search.board.schema import STATUSES
@@ -58,8 +59,6 @@ class EvaluateError(ValueError):
 # -- leaderboard and files ----------------------------------------------------------------------------------------
 def read_board(path: Path) -> pd.DataFrame:
     """The leaderboard at `path`; EvaluateError (one line naming the file) when it is missing or unreadable."""
-    from search.board.leaderboard import LeaderboardError, exists, read
-
     if not exists(path):
         raise EvaluateError(f"no leaderboard at {path}; run search/run.py first or pass --leaderboard")
     try:
@@ -256,11 +255,9 @@ def run(request: EvaluateRequest) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from leukmodels.data import DataError
-
     args = parse_args(argv)
     if args.device is None:
-        import torch
+        import torch  # here: torch, measured +2-4 s on the --help of evaluate, predict and report
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     request = EvaluateRequest(**vars(args))

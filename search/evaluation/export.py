@@ -31,7 +31,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from leukmodels.augment import STAIN_MEAN, STAIN_STD
+from leukmodels.calibration import apply_temperature
 from leukmodels.labels import ALL
+from leukmodels.metrics import predict_proba
 from search.evaluation.predict import checkpoint_temperature, expand_images, load_images, load_trial_model
 
 FORMATS = ("torchscript", "onnx")
@@ -43,8 +46,6 @@ class UInt8Classifier(nn.Module):
 
     def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
-        from leukmodels.augment import STAIN_MEAN, STAIN_STD
-
         self.model = model.eval()
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
         self.register_buffer("mean", torch.tensor(STAIN_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
@@ -85,7 +86,7 @@ def export_onnx(wrapper: UInt8Classifier, example: torch.Tensor, path: Path, ops
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **names)
         except Exception as second:  # noqa: BLE001
             raise RuntimeError(f"ONNX export failed: dynamo=True: {first}; dynamo=False: {second}") from second
-    import onnx
+    import onnx  # here: an optional dependency (pip install .[export]), measured +1 s
 
     onnx.checker.check_model(onnx.load(str(path)))
     return path
@@ -99,7 +100,7 @@ def run_torchscript(path: Path, images: np.ndarray) -> np.ndarray:
 
 
 def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    import onnxruntime as ort  # here: an optional dependency (pip install .[export])
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})[0]
@@ -121,9 +122,6 @@ def sample_images(items: Sequence[str], size: int, count: int, seed: int = 0) ->
 def export(checkpoint: str, out: Path, formats: Sequence[str] = FORMATS, images: Sequence[str] = (),
            count: int = 8, atol: float = 1e-4) -> dict:
     """Export and check; returns the summary written to export.json (summary["ok"] False when a check fails)."""
-    from leukmodels.calibration import apply_temperature
-    from leukmodels.metrics import predict_proba
-
     model, config, ckpt_file = load_trial_model(checkpoint)
     temperature = checkpoint_temperature(ckpt_file)
     wrapper = UInt8Classifier(model, temperature).eval()

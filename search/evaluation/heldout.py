@@ -17,9 +17,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from leukmodels.data import DataError
+from leukmodels.data import DataError, check_disjoint, decode, discover, split_by_patient
 from leukmodels.values import missing
 from search.board.paths import split_path
+from search.tuning.data import data_fingerprint
 
 
 def recorded_split(row: pd.Series, results_dir: Path) -> dict:
@@ -51,9 +52,6 @@ def held_out_test(manifest: pd.DataFrame, seed: int, recorded: dict) -> tuple[pd
     val images and the split settings) must equal the leaderboard's, else a DataError, except when the test set is the
     official preliminary test, which no split can move (then a warning). Returns (test manifest, info, splits).
     """
-    from leukmodels.data import check_disjoint, split_by_patient
-    from search.tuning.data import data_fingerprint
-
     val_fraction = float(recorded["val_fraction"]) if recorded.get("val_fraction") is not None else 0.2
     splits = split_by_patient(manifest, val_fraction=val_fraction, seed=seed)
     check_disjoint(splits)  # raises DataError naming a patient found in two sets
@@ -109,8 +107,6 @@ class TestSet:
 
     def decoded(self, size: int):
         """DecodedSet of the test images at `size` px (uint8 N x 3 x S x S), decoded on first use."""
-        from leukmodels.data import decode
-
         if size not in self._by_size:
             decoded = decode(self.frame, size, cache_dir=self.cache_dir, progress=False)
             # members of an ensemble are averaged image by image: every size must keep the manifest's order
@@ -120,8 +116,6 @@ class TestSet:
 
     def decoded_val(self, size: int):
         """DecodedSet of the search's validation patients at `size` px (patient threshold, correction strength)."""
-        from leukmodels.data import decode
-
         if ("val", size) not in self._by_size:
             self._by_size[("val", size)] = decode(self.splits["val"], size, cache_dir=self.cache_dir, progress=False)
         return self._by_size[("val", size)]
@@ -142,8 +136,6 @@ def held_out_set(first: pd.Series, results_dir: Path, data_root: Optional[str] =
     `data_root` defaults to the row's data_root; the seed to `split_seed`, else the one the search recorded, else the
     row's config seed (search/run.py seeds the split with --seed, which it also writes into every config), else 0.
     """
-    from leukmodels.data import discover
-
     data_root = data_root or first.get("data_root")
     if not data_root or missing(data_root):
         raise DataError("the leaderboard rows carry no data_root; pass --data ROOT")

@@ -9,6 +9,9 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
+from leukmodels.labels import CLASS_NAMES
+from leukmodels.patients import patient_calls, patient_table
+
 PATIENT_COLUMNS = ("image", "patient")
 
 
@@ -43,9 +46,6 @@ def read_patients(csv_path: str, paths: Sequence[str]) -> dict[str, str]:
 
 def patient_rows(rows: Sequence[tuple], threshold: float) -> pd.DataFrame:
     """Per-patient table of predict's (path, label, prob_all, patient) rows, the call at `threshold`."""
-    from leukmodels.labels import CLASS_NAMES
-    from leukmodels.patients import patient_calls, patient_table
-
     cells = pd.DataFrame(rows, columns=["path", "label", "prob_all", "patient"])
     table = patient_table([0] * len(cells), cells["prob_all"], cells["patient"])  # labels unknown: not used
     table = patient_calls(table, threshold).drop(columns=["label", "correct"])

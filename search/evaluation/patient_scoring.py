@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from leukmodels.bootstrap import CELL_METRICS, LEVEL, N_BOOT, cell_intervals, patient_intervals
+from leukmodels.bootstrap import CELL_METRICS, LEVEL, N_BOOT, cell_intervals, patient_intervals, weighted_metrics
 from leukmodels.calibration import expected_calibration_error, nll
 from leukmodels.patients import choose_strength, choose_threshold, patient_calls, patient_table, shrink_to_patient
 from search.evaluation.heldout import TestSet
@@ -97,8 +97,6 @@ def patient_columns(s: Scored, test_set: TestSet, choice: ValChoice, n_boot: int
 
 def _patient_metrics(table: pd.DataFrame) -> dict:
     """PATIENT_METRICS of the patient calls (patient score = mean calibrated P(ALL), against its threshold)."""
-    from leukmodels.bootstrap import weighted_metrics
-
     found = weighted_metrics(np.ones((1, len(table))), table["label"], table["mean_prob_all"],
                              float(table["threshold"].iloc[0]))
     return {name: float(found[name][0]) for name in PATIENT_METRICS}

@@ -33,8 +33,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from leukmodels.calibration import apply_temperature
+from leukmodels.data import DataError, load_image
 from leukmodels.data.layout import IMAGE_SUFFIXES
 from leukmodels.labels import CLASS_NAMES
+from leukmodels.metrics import predict_proba
 from search.board import storage
 from search.evaluation.patient_predict import read_patients, write_patients
 
@@ -42,6 +45,7 @@ from search.evaluation.patient_predict import read_patients, write_patients
 def load_trial_model(checkpoint, device=None):
     """(model in eval mode, TrainConfig, checkpoint file) from a checkpoint file or a directory holding one, local
     or at a storage URI (s3://...: fetched once into the cache, search/board/storage.py; the file is then named by URI)."""
+    # here: torch, measured +2-4 s on the --help of evaluate, predict and report
     from leukmodels.checkpoint import CHECKPOINT_FILE, load_model, resolve_checkpoint
 
     local = _fetched(str(checkpoint))
@@ -61,7 +65,7 @@ def load_trial_model(checkpoint, device=None):
 
 def checkpoint_temperature(checkpoint) -> float:
     """The temperature a checkpoint was calibrated with (1 without one), local or at a storage URI (its cached copy)."""
-    from leukmodels.checkpoint import load_temperature
+    from leukmodels.checkpoint import load_temperature  # here: torch, see load_trial_model
 
     return load_temperature(_fetched(str(checkpoint)))
 
@@ -92,8 +96,6 @@ def expand_images(items: Sequence[str]) -> list[str]:
 
 def load_images(paths: Sequence[str], size: int) -> tuple[np.ndarray, list[str], list[str]]:
     """uint8 N x 3 x size x size of the readable images, their paths, and one error line per unreadable one."""
-    from leukmodels.data import DataError, load_image
-
     images, good, errors = [], [], []
     for path in paths:
         try:
@@ -109,9 +111,6 @@ def predict_paths(model, config, paths: Sequence[str], tta: bool = False, device
                   temperature: float = 1.0):
     """-> (rows [(path, label, prob_all)], error lines). Images are decoded at the checkpoint's image_size; P(ALL)
     is temperature-scaled by `temperature` (1: the model's own)."""
-    from leukmodels.calibration import apply_temperature
-    from leukmodels.metrics import predict_proba
-
     images, good, errors = load_images(paths, config.image_size)
     prob_all = predict_proba(model, images, batch_size=batch_size, device=device, tta=tta) if len(good) else []
     prob_all = apply_temperature(prob_all, temperature) if len(good) else []

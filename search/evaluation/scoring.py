@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from leukmodels.calibration import apply_temperature
+from leukmodels.data import decode
+from leukmodels.metrics import classification_metrics, is_single_class, predict_proba
 from leukmodels.values import missing
 from search.evaluation.heldout import TestSet
 from search.evaluation.predict import checkpoint_temperature, load_trial_model
@@ -44,10 +46,6 @@ class Scored:
 
 def score(test_set: TestSet, prob_all: np.ndarray) -> dict:
     """Metrics of P(ALL) (N,) on the test labels (flat dict; per_patient_accuracy as JSON)."""
-    from leukmodels.metrics import classification_metrics
-
-    from leukmodels.metrics import is_single_class
-
     metrics = classification_metrics(test_set.labels, prob_all, patients=test_set.patients)
     metrics["per_patient_accuracy"] = json.dumps(metrics.get("per_patient_accuracy", {}), sort_keys=True)
     metrics["single_class"] = is_single_class(metrics["predicted_all"])
@@ -60,8 +58,7 @@ def retrain_on_train_val(row: pd.Series, config, splits: dict, out_dir: Path, ca
     The validation set handed to fit() is the old val split, now part of the training data: fit() needs one to
     report on, and its numbers are ignored (they are not held out). The test patients are never touched here.
     """
-    from leukmodels.data import decode
-    from leukmodels.train import fit
+    from leukmodels.train import fit  # here: torch, measured +2-4 s on the --help of evaluate, predict and report
 
     epochs = best_epoch(row, config)
     train_val = pd.concat([splits["train"], splits["val"]])
@@ -98,8 +95,6 @@ def evaluate_trial(rank: int, row: pd.Series, loaded: tuple, test_set: TestSet, 
                    retrain_dir: Optional[Path]) -> list[Scored]:
     """A trial's loaded best checkpoint (model, config, file), and with `retrain_dir` its config retrained on
     train+val, scored in every TTA mode of --tta."""
-    from leukmodels.metrics import predict_proba
-
     model, config, ckpt_file = loaded
     candidates = [(model, False, ckpt_file, None)]
     if retrain_dir is not None:

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from leukmodels.calibration import ECE_BINS, reliability_bins
 from search.evaluation.patient_scoring import PLAIN
 from search.reporting.sections import figure_html, new_figure, note, table_html
 
@@ -72,8 +73,6 @@ def patient_section(test_rows: pd.DataFrame, patients: Optional[pd.DataFrame]) -
 
 def calibration_section(test_rows: pd.DataFrame, preds: pd.DataFrame) -> str:
     """The winner's reliability diagram on the test cells, before and after its checkpoint's temperature."""
-    from leukmodels.calibration import ECE_BINS, reliability_bins
-
     winner = winner_of(test_rows)
     if winner is None or "prob_all_calibrated" not in preds or "ece" not in winner:
         return note("No calibration figures: the winner was not evaluated with them (run search/evaluate.py again).")
