@@ -13,6 +13,7 @@ import pytest
 from leukmodels.config import TrainConfig
 from leukmodels.models import list_families
 from search.board import leaderboard
+from search.board.paths import optuna_url
 from search.tuning.history import best_report
 from search.tuning.rows import SearchContext, build_row, is_over, rows_from_grid
 from search.cli.flags import parse_args
@@ -334,7 +335,7 @@ def test_resume_reads_a_settings_file_an_older_version_wrote(tmp_path):
     assert notes == [] and why == "the saved settings of the search"
     assert {key: getattr(settings, key) for key in OLD_SETTINGS} == OLD_SETTINGS
     assert (settings.objectives, settings.rerank_top, settings.warm_start) == (None, None, None)
-    assert settings.optuna_storage == f"sqlite:///{tmp_path}/optuna.db"  # today's default: the study beside it
+    assert settings.optuna_storage == optuna_url(tmp_path)  # today's default: the study beside it
     assert settings.cv == 0 and settings.resume and settings.name == "old"
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.num_samples = 9  # resolved once: nothing is set on it later
