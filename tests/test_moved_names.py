@@ -37,3 +37,17 @@ def test_an_unknown_old_name_is_still_an_import_error():
         assert "search.no_such_module" in str(error)
     else:
         raise AssertionError("search.no_such_module imported")
+
+
+def test_the_code_itself_imports_no_old_name():
+    """The old names are for pickles only: every import in search/ and tests/ names a module where it lives now."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted([*root.glob("search/**/*.py"), *root.glob("tests/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            old = [name for name in names if name.startswith("search.") and name.split(".")[1] in MOVED]
+            assert not old, f"{path.relative_to(root)}:{node.lineno} imports {old[0]} (now search.{MOVED[old[0].split('.')[1]]})"

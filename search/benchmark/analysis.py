@@ -9,10 +9,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-from search.benchmark import tables as report
+from leukmodels.atomic import atomic_path
+from leukmodels.checkpoint import load_model
+from leukmodels.data import DataError, decode, discover, split_by_patient
+from leukmodels.metrics import classification_metrics, predict_proba
 from search.benchmark import selection
+from search.benchmark import tables as report
 from search.benchmark.figures import curve_figure
+from search.board import leaderboard
+from search.board.leaderboard import rank_table
 from search.board.paths import leaderboard_path, split_path
 
 if TYPE_CHECKING:
@@ -36,8 +43,6 @@ def held_out_sets(args: BenchmarkSettings, searches: list[Search]) -> dict[str, 
     """search -> (split key, its held-out test rows): `split_by_patient` with the seed and validation fraction its
     split.json records (the official preliminary test set when the tree has one). A test patient the search trained
     or validated on is refused (DataError)."""
-    from leukmodels.data import DataError, discover, split_by_patient
-
     manifests: dict[str, pd.DataFrame] = {}
     tests: dict[tuple, pd.DataFrame] = {}
     out = {}
@@ -62,12 +67,6 @@ def held_out_sets(args: BenchmarkSettings, searches: list[Search]) -> dict[str, 
 def held_out_metrics(trials: pd.DataFrame, tests: dict, progress: bool = True) -> pd.DataFrame:
     """Per trial (index of `trials`): test weighted F1, balanced accuracy and ROC AUC of its best-epoch checkpoint on
     its search's test patients, decoded once per (test set, image size); `left_out` says why a trial has none."""
-    from tqdm.auto import tqdm
-
-    from leukmodels.checkpoint import load_model
-    from leukmodels.data import decode
-    from leukmodels.metrics import classification_metrics, predict_proba
-
     decoded: dict[tuple, Any] = {}
     out = {}
     for index, trial in tqdm(trials.iterrows(), total=len(trials), desc="test patients", disable=not progress):
@@ -93,8 +92,6 @@ def trial_rows(board: pd.DataFrame, search: Search, metric: str, label: str | No
                rule: str | None = None) -> pd.DataFrame:
     """A search's leaderboard rows (best first) as the benchmark's trial columns; `label` names its strategy in the
     tables (default search.label), `rule` its selection rule (default: one split or cvK)."""
-    from search.board.leaderboard import rank_table
-
     rows = rank_table(board, search=search.name)
     return pd.DataFrame({"strategy": label or search.label, "seed": search.seed, "search": search.name,
                          "rule": rule or selection.rule_of(search),
@@ -108,8 +105,6 @@ def trial_rows(board: pd.DataFrame, search: Search, metric: str, label: str | No
 def analyse(args: BenchmarkSettings, searches: list[Search], runs: dict, command: str,
             baseline: str) -> report.Results:
     """Curves from the searches' epoch reports, trials from their leaderboard rows plus test metrics, the tables."""
-    from search.board import leaderboard
-
     board = leaderboard.read(leaderboard_path(args.runs))
     curves = pd.concat([report.best_so_far(epoch_records(args.storage / s.name, args.metric), args.metric)
                         .assign(strategy=s.label, seed=s.seed) for s in searches], ignore_index=True)
@@ -135,8 +130,6 @@ def analyse(args: BenchmarkSettings, searches: list[Search], runs: dict, command
 
 def write_outputs(args: BenchmarkSettings, results: report.Results) -> list[Path]:
     """Every output file, each written atomically; returns their paths."""
-    from leukmodels.atomic import atomic_path
-
     figures = {"best_vs_epochs.png": "epochs", "best_vs_seconds.png": "seconds"}
     frames = {"table.parquet": results.table, "trials.parquet": results.trials, "curves.parquet": results.curves,
               "selection.parquet": results.selection}

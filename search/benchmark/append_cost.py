@@ -15,10 +15,12 @@ import statistics
 import tempfile
 import time
 
+from leukmodels.config import TrainConfig
+from search.board import leaderboard
+from search.board.paths import leaderboard_path
+
 
 def make_row(search: str, trial: int) -> dict:
-    from leukmodels.config import TrainConfig
-
     config = TrainConfig(family="resnet", filters=32, depth=3, lr=3e-4, pretrained=None).to_dict()
     return {**config, "search": search, "trial_id": f"t{trial:06d}", "metric": "balanced_accuracy",
             "status": "finished", "balanced_accuracy": (trial % 997) / 997, "accuracy": 0.8, "weighted_f1": 0.8,
@@ -32,9 +34,6 @@ def main() -> None:
     p.add_argument("--per-search", type=int, default=100)
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args()
-    from search.board import leaderboard
-    from search.board.paths import leaderboard_path
-
     print(f"code: {leaderboard.code_version()}")
     for total in args.rows:
         with tempfile.TemporaryDirectory() as tmp:

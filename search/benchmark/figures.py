@@ -6,8 +6,12 @@ from __future__ import annotations
 import math
 import warnings
 
+import matplotlib
 import numpy as np
 import pandas as pd
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
 
 
 def on_grid(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -34,11 +38,6 @@ def bands(curves: pd.DataFrame, x: str, grid: np.ndarray) -> dict[str, tuple[np.
 def curve_figure(curves: pd.DataFrame, x: str, metric: str, title: str, baseline: str, target: float = math.nan):
     """Best-so-far validation metric against `x` ("epochs" or "seconds"): one line per strategy (median over seeds)
     with the min-max band over seeds, and the baseline's final best (median over seeds) as a dotted line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     end = float(curves[x].max()) if len(curves) else 1.0
     grid = np.arange(1, int(end) + 1, dtype=float) if x == "epochs" else np.linspace(0.0, end, 400)
     figure, axes = plt.subplots(figsize=(8, 5))

@@ -22,12 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+import ray
 
+from leukmodels.atomic import atomic_path
+from leukmodels.data import DataError
 from search.benchmark import tables as report
+from search.benchmark.analysis import analyse, write_outputs
+from search.board import leaderboard
+from search.board.leaderboard import LeaderboardError
 from search.board.paths import RESULTS, leaderboard_path, settings_path
+from search.board.settings import DEFAULT_METRIC, METRICS
+from search.cli import run
 from search.cli.flags import RaisingParser
-from search.cli.ray_start import start_ray
+from search.cli.flags import parse_args as parse_search_flags
+from search.cli.preflight import Preflight, check_before_launch
 from search.cli.profiles import PROFILES
+from search.cli.ray_start import start_ray
 from search.tuning.strategies import SCHEDULERS, SEARCHERS
 
 BASELINE = "random-fifo"  # every strategy is measured against random sampling without early stopping
@@ -43,8 +53,6 @@ HEARTBEAT_S = 20.0  # a progress line this often while a search runs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from search.board.settings import DEFAULT_METRIC, METRICS
-
     p = RaisingParser(prog="python -m search.benchmark", description="How much training each search strategy (sampler "
                       "x scheduler) needs to reach random sampling's best, over several seeds, and how well validation "
                       "metrics rank trials for unseen test patients. Writes RESULTS/benchmarks/NAME/.")
@@ -173,9 +181,6 @@ def plan_searches(args: BenchmarkSettings) -> list[Search]:
     """Every (strategy, seed), seed-major so an interrupted benchmark has every strategy on its first seeds. Each
     search's flags are checked by search/run.py's own parser now, before Ray starts, and the data, sizes and storage
     by its pre-launch checks once per seed (the seed draws the patient split)."""
-    from search.cli.flags import parse_args
-    from search.cli.preflight import Preflight, check_before_launch
-
     searches = []
     for seed in args.seeds:
         for cv in ([0, args.cv] if args.cv else [0]):
@@ -185,7 +190,7 @@ def plan_searches(args: BenchmarkSettings) -> list[Search]:
                          for s in args.strategies]
     checked = set()
     for search in searches:
-        parsed = parse_args(search.argv(args))
+        parsed = parse_search_flags(search.argv(args))
         if search.seed not in checked:
             check_before_launch(parsed, Preflight())
             checked.add(search.seed)
@@ -194,8 +199,6 @@ def plan_searches(args: BenchmarkSettings) -> list[Search]:
 
 def prepare_folder(args: BenchmarkSettings, command: str) -> dict:
     """Write (or check) benchmark.json; returns what earlier runs of this --name recorded per search (runs.json)."""
-    from leukmodels.atomic import atomic_path
-
     settings = {key: getattr(args, key) for key in SETTINGS}
     saved_path, runs_path = args.folder / SAVED_SETTINGS, args.folder / RUNS
     if saved_path.is_file():
@@ -257,10 +260,6 @@ class Stop(Exception):
 def run_searches(args: BenchmarkSettings, searches: list[Search], runs: dict, say=print) -> dict:
     """Run (or reuse, or resume) every search in this process's Ray; runs.json after each. Raises Stop when a search
     refused its input or was interrupted (Ctrl-C: Tune stops the search, which returns 1 saying so)."""
-    from leukmodels.atomic import atomic_path
-    from search.board import leaderboard
-    from search.cli import run
-
     for index, search in enumerate(searches, start=1):
         label, before = f"[{index}/{len(searches)}] {search.label} seed {search.seed}", runs.get(search.name, {})
         if before.get("exit_code") == 0:
@@ -308,8 +307,6 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{rules if args.cv or args.rerank_top else ''} = {len(searches)} searches of {args.num_samples} trials x "
           f"up to {args.max_epochs} epochs ({' '.join(args.family)}, "
           f"{' '.join(map(str, args.image_sizes))} px, val {args.metric}) on {args.data or 'the generated set'}")
-    import ray
-
     done = [s for s in searches if runs.get(s.name, {}).get("exit_code") == 0]
     own_ray = start_ray(None) if len(done) < len(searches) else False  # a rerun with every search finished: no Ray
     try:
@@ -324,10 +321,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         if own_ray and ray.is_initialized():
             with output_to(args.folder / "logs" / "ray.log"):  # worker lines Ray forwards late land here too
                 ray.shutdown()
-    from leukmodels.data import DataError
-    from search.benchmark.analysis import analyse, write_outputs
-    from search.board.leaderboard import LeaderboardError
-
     try:
         results = analyse(args, searches, runs, command, BASELINE)
         written = write_outputs(args, results)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from leukmodels.values import missing
+from search.tuning.rerank import rerank_name
 
 if TYPE_CHECKING:
     from search.benchmark.runner import Search
@@ -36,8 +37,6 @@ def rule_of(search: Search) -> str:
 def rerank_searches(searches: list[Search]) -> list[tuple[Search, str]]:
     """The second stage of every --rerank-top search, as (a Search named <name>-rerank, its strategy label, its
     selection rule)."""
-    from search.rerank import rerank_name
-
     return [(dataclasses.replace(s, name=rerank_name(s.name), cv=s.rerank_folds, rerank=0),
              f"{s.strategy}+rerank{s.rerank}", f"rerank{s.rerank}") for s in searches if s.rerank]
 
@@ -81,8 +80,6 @@ def _first(trials: pd.DataFrame) -> Optional[pd.Series]:
 
 def selection_table(trials: pd.DataFrame, searches: list[Search]) -> pd.DataFrame:
     """One row per (search, rule): the winner's test rank, regret and the rule's cost (SELECTION_COLUMNS)."""
-    from search.rerank import rerank_name
-
     rows = []
     for search in searches:
         mine = trials[trials["search"] == search.name]

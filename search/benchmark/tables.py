@@ -18,6 +18,7 @@ import pandas as pd
 
 from leukmodels.values import finite_or
 from search.benchmark import selection
+from search.board.leaderboard import to_markdown
 
 TOLERANCE = 1e-12  # a best "reaches" a target equal to it up to float noise
 CURVE_COLUMNS = ("epochs", "seconds", "best")
@@ -235,8 +236,6 @@ def finding_lines(results: Results) -> list[str]:
 
 def markdown(results: Results, figures: Sequence[str]) -> str:
     """benchmark.md: what ran, on which data, the headline, the per-search table and the figures."""
-    from search.board.leaderboard import to_markdown
-
     parts = [f"# Search efficiency benchmark {results.name}", "",
              f"Data: {results.data}. Validation metric: {results.metric}. Command: `{results.command}`", "",
              f"Share: epochs (or seconds) a strategy trained, all trials together, until its best validation "
@@ -253,8 +252,6 @@ def markdown(results: Results, figures: Sequence[str]) -> str:
 
 def selection_markdown(results: Results) -> list[str]:
     """benchmark.md's section on the selection rules (none when the benchmark compared one rule only)."""
-    from search.board.leaderboard import to_markdown
-
     if results.selection_summary is None or len(results.selection_summary) < 2:
         return []
     return ["## Selection rules", "", "Per rule over every strategy and seed: where the winner ranks among its search's"

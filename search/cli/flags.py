@@ -14,10 +14,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from search.board.pareto import check_objectives
 from search.board.paths import RESULTS
 from search.board.settings import METRICS, SearchSettings
-from search.tuning.strategies import SCHEDULERS, SEARCHERS
 from search.board.study_storage import resolved
+from search.tuning.crossval import parse_cv
+from search.tuning.plan import TrialResources
+from search.tuning.spaces import resolve_families
+from search.tuning.strategies import SCHEDULERS, SEARCHERS
 
 EPILOG = """examples:
   python search/run.py --family resnet                 # the main job: generated data, local Ray, >= 8 trials
@@ -204,8 +208,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """The flags as given, normalised (families, paths, --cv) and checked, with `given` (the flags on the command
     line); profile defaults are filled once the cluster is known (search/cli/resolve.py). ValueError naming a bad
     flag."""
-    from search.tuning.spaces import resolve_families
-
     args = build_parser().parse_args(argv)
     _given(args)
     if args.resume and not args.name:
@@ -258,8 +260,6 @@ def validate(settings: Any) -> None:
         raise ValueError(f"--image-sizes {small[0]} is too small: use 16 px or more")
     _check_cv(settings)
     if settings.objectives:
-        from search.board.pareto import check_objectives
-
         check_objectives(settings.objectives, METRICS)
     if settings.data is not None and not Path(settings.data).expanduser().is_dir():
         raise ValueError(f"--data {settings.data}: no such folder")
@@ -272,8 +272,6 @@ def validate(settings: Any) -> None:
 def _check_resources(settings: Any) -> None:
     """Each amount given is checked now, before Ray starts; what is not given stands in for the profile's value."""
     if (settings.workers_per_trial, settings.cpus_per_worker, settings.gpus_per_worker) != (None, None, None):
-        from search.tuning.plan import TrialResources
-
         cpus = settings.cpus_per_worker if settings.cpus_per_worker is not None else 1.0
         gpus = settings.gpus_per_worker if settings.gpus_per_worker is not None else (0.0 if cpus else 1.0)
         TrialResources(settings.workers_per_trial or 1, cpus, gpus).validate()
@@ -282,8 +280,6 @@ def _check_resources(settings: Any) -> None:
 def _parse_cv(args: argparse.Namespace) -> None:
     """--cv and --rerank-folds parsed into fold counts (or 'official'); --rerank-top runs its first stage on one
     split, whatever a profile's --cv default."""
-    from search.tuning.crossval import parse_cv
-
     args.cv = parse_cv(args.cv) if args.cv is not None else None
     args.rerank_folds = parse_cv(args.rerank_folds or "3")
     if args.rerank_top and args.cv is None:

@@ -23,17 +23,28 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import sys
 import threading
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
+from ray import tune
+
+from leukmodels import synthetic
+from leukmodels.cells import FRAME
+from leukmodels.data import discover, split_by_patient
+from leukmodels.data.decode import cache_entry, fingerprint
+from leukmodels.data.layout import KAGGLE_TOP
 from search.board.checks import check_cache_folder, check_cli_inputs, check_storage, existing_ancestor
 from search.board.files import board_files
 from search.board.paths import SETTINGS_SUFFIX, in_storage
 from search.board.settings import SearchSettings
 from search.cli.sizes import Footprint, available_memory, footprint, frame_size, frame_warnings, judge
+from search.tuning.crossval import check_folds_before_launch
+from search.tuning.data import SEARCH_SPLITS
+from search.tuning.spaces import SearchSpace, check_buildable, sample_configs
 
 Settings = Union[argparse.Namespace, SearchSettings]  # the flags before Ray starts, the resolved settings after
 
@@ -79,8 +90,6 @@ def check_name(args: argparse.Namespace) -> None:
 def _check_address(address: Optional[str]) -> None:
     if not address or address in ("auto", "local"):
         return
-    import socket
-
     target = address.split("://", 1)[-1]
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
@@ -94,8 +103,6 @@ def _check_address(address: Optional[str]) -> None:
 
 def check_families(args: Settings) -> None:
     """A size no sampled config of a family fits would make every such trial an error."""
-    from search.tuning.spaces import SearchSpace, check_buildable, sample_configs
-
     for family in args.family:
         for size in args.image_sizes:
             why = None
@@ -132,8 +139,6 @@ class Preflight:
 
 def _check_data(args: argparse.Namespace, found: Preflight) -> None:
     if args.data is not None:
-        from search.tuning.crossval import check_folds_before_launch
-
         rerank_folds = args.rerank_folds if args.rerank_top else None
         check_folds_before_launch(_search_splits(args, args.data, found), args.seed, args.cv, rerank_folds)
 
@@ -145,8 +150,6 @@ def _search_splits(args: Settings, root: str, found: Preflight) -> dict:
     cached = found.search_splits
     if cached is not None and cached[0] == key:
         return cached[1]
-    from leukmodels.data import discover, split_by_patient
-
     manifest = discover(root)
     try:
         splits = split_by_patient(manifest, val_fraction=args.val_fraction, seed=args.seed)
@@ -194,12 +197,6 @@ def _report(warnings: list[str], problem: Optional[str], warn) -> None:
 def _data_footprint(args: Settings, cache: Path, found: Preflight) -> Footprint:
     """Discover and split the data (DataError naming the file, or `--data DIR: why`), then size its decoded set. The
     default generated set, not built yet, is sized from the generator's settings instead of being built here."""
-    from leukmodels import synthetic
-    from leukmodels.cells import FRAME
-    from leukmodels.data.layout import KAGGLE_TOP
-    from leukmodels.data.decode import cache_entry, fingerprint
-    from search.tuning.data import SEARCH_SPLITS
-
     root = args.data
     if root is None:
         if not synthetic.built(synthetic.default_root()):
@@ -254,8 +251,6 @@ def forget_unlaunched(settings: Path, storage: str, name: str) -> bool:
     if not settings.is_file():
         return False
     try:
-        from ray import tune
-
         if tune.Tuner.can_restore(in_storage(storage, name)):
             return False
     except Exception:  # noqa: BLE001 - an unreachable storage: keep what --resume may need

@@ -12,20 +12,28 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from search.board.paths import SEARCH_LOG, leaderboard_path
-from search.board.settings import SearchSettings
+import ray
+
+from search.board import leaderboard, search_files
+from search.board.checks import check_storage
+from search.board.namelock import claim_name
+from search.board.paths import SEARCH_LOG, leaderboard_path, settings_path
+from search.board.settings import SearchSettings, refuse_existing
 from search.cli.flags import parse_args, settings_text
-from search.cli.preflight import Preflight, check_sizes
+from search.cli.preflight import (Preflight, check_before_launch, check_name, check_not_read_only, check_sizes,
+                                  forget_unlaunched, sigterm_as_sigint)
+from search.cli.profiles import gpu_node_types, nodes_to_plan_on
 from search.cli.ray_start import start_ray
 from search.cli.resolve import resolve_settings, resumed_flags
-from search.tuning.plan import Plan, TrialResources, plan_concurrency
+from search.tuning.console import logged_console
+from search.tuning.plan import Plan, TrialResources, cluster_nodes, plan_concurrency
+from search.tuning.tuner import run_search
+from search.tuning.warmstart import check_warm_start
 
 
 def resolve_for_cluster(flags: argparse.Namespace, nodes: list[dict], found: Preflight,
                         say=print) -> tuple[SearchSettings, Plan]:
     """The settings and plan for the cluster Ray is connected to; ValueError naming the flag that cannot fit."""
-    from search.cli.profiles import gpu_node_types, nodes_to_plan_on
-
     node_types = gpu_node_types()
     settings, why = resolve_settings(flags, nodes, node_types)
     say(f"profile: {settings.profile} ({why})")
@@ -39,21 +47,13 @@ def resolve_for_cluster(flags: argparse.Namespace, nodes: list[dict], found: Pre
 def prepare(parsed: argparse.Namespace, found: Preflight) -> tuple[argparse.Namespace, list[str], Optional[Any]]:
     """What can be checked before Ray starts. Returns (the flags, with --resume's saved settings in place; notes on
     settings a --resume changed; the claim on the search's name, None for a dry run)."""
-    from search.board import leaderboard
-    from search.board.namelock import claim_name
-    from search.cli.preflight import check_before_launch, check_name, check_not_read_only
-    from search.board.settings import refuse_existing
-
     check_name(parsed)  # before anything is written under it
     check_not_read_only(leaderboard_path(parsed.results), parsed.name)  # chmod a-w holds: refused, not replaced
     leaderboard.append_rows(leaderboard_path(parsed.results), [])  # fail now on unwritable results
     notes = restore_search_files(parsed) if parsed.resume else []  # a new head: the search's files from --storage
     flags, resumed = resumed_flags(parsed)
     notes += resumed
-    if flags.warm_start and not flags.resume:
-        from search.tuning.warmstart import check_warm_start
-
-        # the earlier search exists and has a config of a family searched here
+    if flags.warm_start and not flags.resume:  # the earlier search exists, with a config of a family searched here
         check_warm_start(flags.warm_start, flags.name, flags.results, flags.family)
     check_before_launch(flags, found)
     # one driver per name, claimed after the checks (nothing under searches/ for a refused command) and before the
@@ -71,10 +71,6 @@ def prepare(parsed: argparse.Namespace, found: Preflight) -> tuple[argparse.Name
 def restore_search_files(args: argparse.Namespace) -> list[str]:
     """--resume on a head whose results folder lacks the search (a new head, an emptied folder): its files from
     <storage>/<name>/search_files/ (search/board/search_files.py); the storage is checked first."""
-    from search.board import search_files
-    from search.board.paths import settings_path
-    from search.board.checks import check_storage
-
     if settings_path(args.results, args.name).is_file():
         return []
     check_storage(args.storage)
@@ -88,9 +84,6 @@ def log_path(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from search.board import leaderboard
-    from search.tuning.console import logged_console
-
     started, name_lock, found = time.time(), None, Preflight()  # started: the summary's wall time counts everything
     try:                                                         # the user waits for
         try:
@@ -113,23 +106,16 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def launch(flags: argparse.Namespace, console: Any, found: Preflight, started: float) -> int:
     """Start (or join) Ray, resolve the settings for its cluster, then search (or, with --dry-run, stop there)."""
-    import ray
 
-    from search.cli.preflight import forget_unlaunched, sigterm_as_sigint
-    from search.board.paths import settings_path
 
     own_ray, code = not ray.is_initialized(), 2
     try:
         start_ray(flags.address)
-        from search.tuning.plan import cluster_nodes
-
         settings, plan = resolve_for_cluster(flags, cluster_nodes(), found, console.say)
         if flags.dry_run:
             console.say(settings_text(settings))
             console.say("dry run: nothing decoded or trained; run the same command without --dry-run")
             return 0
-        from search.tuning.tuner import run_search  # Ray-side half, imported once Ray is up
-
         with sigterm_as_sigint():  # a scheduler's SIGTERM stops the search as Ctrl-C does: state saved, rows kept
             code = run_search(settings, plan, console, started)
         return code

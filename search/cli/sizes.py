@@ -9,10 +9,12 @@ store for the whole search (Ray spills what does not fit and is not in use); a t
 from __future__ import annotations
 
 import contextlib
-import warnings
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence
+
+from PIL import Image
 
 FRAMES_READ = 16  # image headers read to learn the frames' size (PIL reads the header only: cheap)
 
@@ -89,8 +91,6 @@ def available_memory() -> Optional[int]:
 
 def frame_size(paths: Sequence[str], count: int = FRAMES_READ) -> Optional[int]:
     """The largest side among `count` image headers spread over `paths` (the rest of each file is not read)."""
-    from PIL import Image
-
     sides = []
     for path in paths[:: max(1, len(paths) // count)][:count]:
         # a broken file, or a decompression bomb, is named later, when decoded
