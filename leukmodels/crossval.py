@@ -156,8 +156,8 @@ def fit_cv(config: TrainConfig, data: Any, folds: Any, *, device: Any = None, ch
            on_epoch: Optional[Callable[[dict, Optional[str]], None]] = None,
            log: Optional[Callable[[str], None]] = print) -> FitResult:
     """Train `config`'s K fold models on `data` (a DecodedSet of every training patient) split by `folds`; see the
-    module docstring. The result's `model` is the last epoch's FoldEnsemble, `best` the epoch with the highest
-    pooled weighted F1 (as `fit`), `checkpoint_path` that epoch's CV checkpoint."""
+    module docstring. The result's `model` is the last epoch's FoldEnsemble; its `history` holds the pooled
+    out-of-fold metrics of every epoch."""
     config.validate()
     check_data(config, data, "cross-validation", min_items=4)
     folds = check_folds_array(folds, data)
@@ -193,7 +193,7 @@ def fit_cv(config: TrainConfig, data: Any, folds: Any, *, device: Any = None, ch
         if on_epoch is not None:
             on_epoch(dict(metrics), str(epoch_dir) if epoch_dir is not None else None)
     ensemble = FoldEnsemble([part.setup.model for part in parts])
-    return _result(history, per_patient, ensemble, checkpoint_dir, 0, last_checkpoint, resume_from)
+    return _result(history, ensemble, checkpoint_dir, 0, last_checkpoint, resume_from)
 
 
 __all__ = ["fit_cv", "FoldEnsemble", "pooled_metrics", "check_folds_array", "save_cv_checkpoint", "FOLD_METRICS"]

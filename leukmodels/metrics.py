@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from leukmodels.labels import ALL, HEM
+from leukmodels.values import finite_or
 
 if TYPE_CHECKING:  # torch and scikit-learn are imported on use: the leaderboard reads the names here without them
     import torch
@@ -23,6 +24,17 @@ LOWER_IS_BETTER = frozenset({"val_loss"})
 # A model that calls (almost) every cell one class has learnt the class ratio, not the cells: weighted F1 still
 # rewards it when that class is the majority (0.8 on a set of two thirds ALL), balanced accuracy gives it 0.5.
 SINGLE_CLASS_SHARE = 0.98
+
+
+def best_report(history: Sequence[dict], metric: str) -> Optional[dict]:
+    """The one best-epoch rule of the project: the report (one dict per epoch) with the best finite `metric`, lower
+    being better for LOWER_IS_BETTER; ties go to the later epoch, as Ray's checkpoint manager breaks them (it keeps the
+    later of two equal checkpoints), so the epoch named is the one whose weights were kept. None without a score."""
+    scored = [r for r in history if finite_or(r.get(metric)) is not None]
+    if not scored:
+        return None
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    return max(scored, key=lambda r: (sign * r[metric], r.get("epoch", 0)))
 
 
 def is_single_class(predicted_all: float) -> bool:
@@ -208,6 +220,6 @@ def predict_proba(model: torch.nn.Module, images_uint8, batch_size: int = 256, d
     return log_prob[:, ALL].exp().double().cpu().numpy()
 
 
-__all__ = ["classification_metrics", "predict_proba", "predict_log_proba", "SCALAR_METRICS", "LOWER_IS_BETTER",
+__all__ = ["best_report", "classification_metrics", "predict_proba", "predict_log_proba", "SCALAR_METRICS", "LOWER_IS_BETTER",
            "SINGLE_CLASS_SHARE", "is_single_class", "patient_interval", "interval_keys", "INTERVAL_METRICS",
            "tied_with"]

@@ -10,10 +10,9 @@ every rank computes the same validation metrics, rank 0 writes `checkpoint_dir/e
 """
 from __future__ import annotations
 
-import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -31,7 +30,6 @@ from leukmodels.labels import ALL, HEM
 from leukmodels.metrics import classification_metrics, patient_interval, predict_log_proba
 from leukmodels.models import build_model, count_parameters
 from leukmodels.optim import make_optimizer, schedule, set_rates
-from leukmodels.values import finite_or
 
 RESUMABLE_CHANGES = {"epochs", "pretrained"}  # config fields a resumed run may change (the rest must match)
 # Fields a run may change when it continues ANOTHER run's weights (`fit(..., exploit=True)`: population-based
@@ -42,13 +40,12 @@ EXPLOIT_CHANGES = {"lr", "weight_decay", "aug_strength"}
 
 @dataclass
 class FitResult:
+    """What a run leaves. Which epoch is best is the caller's choice (its metric): `leukmodels.metrics.best_report`
+    over `history`, the rule the search uses too; epoch N's checkpoint is `<checkpoint_dir>/epoch_NNNN/`."""
+
     history: list[dict]  # one flat metrics dict per epoch (including epochs done before a resume)
-    best: dict  # the metrics of the epoch with the highest weighted_f1
-    best_epoch: int
-    checkpoint_path: Optional[str]  # rank 0 with checkpoint_dir: the best epoch's checkpoint.pt, else None
     last_checkpoint_path: Optional[str]
     model: nn.Module  # the final (last-epoch) model, unwrapped from DDP, in eval mode
-    best_per_patient: dict = field(default_factory=dict)  # patient -> validation accuracy at the best epoch
 
 
 def epoch_shard(num_items: int, epoch: int, seed: int, rank: int, world_size: int) -> torch.Tensor:
@@ -306,26 +303,19 @@ def fit(config: TrainConfig, train: Any, val: Any, *, device: Any = None, rank: 
             f"auc {metrics['roc_auc']:.4f} {images_per_s:.0f} img/s lr {lr:.2e}")
         if on_epoch is not None:
             on_epoch(dict(metrics), str(epoch_dir) if epoch_dir is not None else None)
-    return _result(history, per_patient, setup.model, checkpoint_dir, rank, last_checkpoint, resume_from)
+    return _result(history, setup.model, checkpoint_dir, rank, last_checkpoint, resume_from)
 
 
-def _result(history: list[dict], per_patient: list[dict], model: nn.Module, checkpoint_dir: Any, rank: int,
-            last_checkpoint: Optional[Path], resume_from: Any) -> FitResult:
-    """The best epoch by weighted F1 (NaN never best) and where its checkpoint and the last one are."""
+def _result(history: list[dict], model: nn.Module, checkpoint_dir: Any, rank: int, last_checkpoint: Optional[Path],
+            resume_from: Any) -> FitResult:
+    """The run's history and where its last checkpoint is."""
     if not history:
         raise ValueError(f"{resume_from}: checkpoint has no epoch history to report")
-    best_index = max(range(len(history)), key=lambda i: finite_or(history[i]["weighted_f1"], -math.inf))
-    best_epoch = int(history[best_index]["epoch"])
-    best_file = _epoch_file(checkpoint_dir, best_epoch) if checkpoint_dir else None
     if last_checkpoint is None and checkpoint_dir is not None and rank == 0:  # resumed with nothing left to train
         candidate = _epoch_file(checkpoint_dir, history[-1]["epoch"])
         last_checkpoint = candidate if candidate.is_file() else None
-    return FitResult(
-        history=history, best=dict(history[best_index]), best_epoch=best_epoch,
-        checkpoint_path=str(best_file) if rank == 0 and best_file is not None and best_file.is_file() else (
-            str(last_checkpoint) if last_checkpoint else None),
-        last_checkpoint_path=str(last_checkpoint) if last_checkpoint else None,
-        model=model.eval(), best_per_patient=dict(per_patient[best_index]) if per_patient else {})
+    return FitResult(history=history, last_checkpoint_path=str(last_checkpoint) if last_checkpoint else None,
+                     model=model.eval())
 
 
 __all__ = ["fit", "FitResult", "epoch_shard", "RESUMABLE_CHANGES", "EXPLOIT_CHANGES"]

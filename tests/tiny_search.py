@@ -31,6 +31,7 @@ def build_tiny_search(base: Path) -> dict:
     from leukmodels.config import TrainConfig
     from leukmodels.data import discover, split_by_patient
     from leukmodels.synthetic import generate
+    from leukmodels.metrics import best_report
     from leukmodels.train import fit
     from search.tuning.data import prepare_data
     from search.board.leaderboard import append_rows
@@ -51,12 +52,14 @@ def build_tiny_search(base: Path) -> dict:
         result = fit(config, train, val, device="cpu", checkpoint_dir=str(results / SEARCH / "runs" / trial_id),
                      log=None)
         histories[trial_id] = result.history
-        metric_values = {k: result.best[k] for k in ("weighted_f1", "accuracy", "balanced_accuracy", "roc_auc",
+        best = best_report(result.history, "weighted_f1")
+        checkpoint = results / SEARCH / "runs" / trial_id / f"epoch_{best['epoch']:04d}" / "checkpoint.pt"
+        metric_values = {k: best[k] for k in ("weighted_f1", "accuracy", "balanced_accuracy", "roc_auc",
                                                       "macro_f1", "sensitivity", "specificity", "val_loss")}
         rows.append({"search": SEARCH, "trial_id": trial_id, "metric": "weighted_f1", "status": "finished",
-                     **config.to_dict(), **metric_values, "best_epoch": result.best_epoch,
+                     **config.to_dict(), **metric_values, "best_epoch": best["epoch"],
                      "epochs_run": len(result.history), "early_stopped": False,
-                     "num_parameters": int(result.best["num_parameters"]), "checkpoint": result.checkpoint_path,
+                     "num_parameters": int(best["num_parameters"]), "checkpoint": str(checkpoint),
                      "data_fingerprint": data.fingerprint, "data_generated": data.generated, "data_root": data.root,
                      "started_at": started, "finished_at": dt.datetime.now(dt.timezone.utc)})
     append_rows(leaderboard_path(results), rows)

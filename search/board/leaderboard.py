@@ -27,7 +27,7 @@ from search.board import search_files
 from search.board.files import (LeaderboardError, board_files, locked, migrate, read_file, read_tables,
                                 write_atomically, write_search, why)
 from search.board.paths import RESULTS, leaderboard_path
-from search.board.schema import COLUMNS, METRIC_COLUMNS, SCHEMA, normalise_row, ranked
+from search.board.schema import CLI_COLUMNS, COLUMNS, METRIC_COLUMNS, SCHEMA, normalise_row, ranked
 
 DEFAULT_PATH = str(leaderboard_path(RESULTS))
 
@@ -142,10 +142,6 @@ def rank_table(df: pd.DataFrame, top: Optional[int] = None, family: Optional[str
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------------
-KEY_COLUMNS = ("rank", "search", "trial_id", "family", "weighted_f1", "accuracy", "balanced_accuracy", "roc_auc",
-               "epochs_run", "status", "filters", "depth", "lr", "batch_size", "image_size", "dropout", "optimizer")
-
-
 def _cell(name: str, value: Any) -> str:
     if missing(value):
         return "-"
@@ -175,8 +171,8 @@ def to_markdown(shown: pd.DataFrame) -> str:
 
 def _columns(requested: Optional[list[str]], df: pd.DataFrame) -> list[str]:
     if not requested:
-        extra = [m for m in sorted(df["metric"].unique()) if m not in KEY_COLUMNS]  # show what ranked the rows
-        return list(KEY_COLUMNS[:4]) + extra + list(KEY_COLUMNS[4:]) + (["metric"] if df["metric"].nunique() > 1 else [])
+        extra = [m for m in sorted(df["metric"].unique()) if m not in CLI_COLUMNS]  # show what ranked the rows
+        return list(CLI_COLUMNS[:4]) + extra + list(CLI_COLUMNS[4:]) + (["metric"] if df["metric"].nunique() > 1 else [])
     names = [name for item in requested for name in item.split(",") if name]
     if names == ["all"]:
         return list(COLUMNS)

@@ -59,6 +59,20 @@ SCHEMA = pa.schema(
        pa.field("started_at", _UTC), pa.field("finished_at", _UTC), pa.field("schema_version", pa.int64())],
     metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()})
 COLUMNS = tuple(SCHEMA.names)
+
+# The columns each view shows of a search's rows, in order (every column: `search/leaderboard.py --columns all`).
+# The leaderboard CLI's default; the ranking metric of the rows is inserted after "family" when it is not here.
+CLI_COLUMNS = ("rank", "search", "trial_id", "family", "weighted_f1", "accuracy", "balanced_accuracy", "roc_auc",
+               "epochs_run", "status", "filters", "depth", "lr", "batch_size", "image_size", "dropout", "optimizer")
+# The table printed when a search ends (search/tuning/tuner.py), ranked within the search.
+SEARCH_END_COLUMNS = ("rank", "trial_id", "family", "status", "epochs_run", "balanced_accuracy", "weighted_f1",
+                      "roc_auc", "metric_lo", "metric_hi",  # the ranking metric's patient-bootstrap interval
+                      "filters", "depth", "lr", "batch_size", "image_size", "optimizer", "train_seconds")
+# The HTML report's leaderboard table (search/reporting/report.py).
+REPORT_COLUMNS = ("rank", "trial_id", "family", "status", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
+                  "single_class", "best_epoch", "epochs_run", "early_stopped", "num_parameters", "image_size",
+                  "filters", "depth", "lr", "batch_size", "optimizer", "dropout", "aug_strength", "train_seconds",
+                  "images_per_s")
 COMPUTED_COLUMNS = ("rank", "schema_version")  # filled in by append_rows; values given in rows are ignored
 REQUIRED_COLUMNS = ("search", "trial_id", "metric", "status")
 
@@ -154,5 +168,6 @@ def upgraded(table: pa.Table, version: int) -> pa.Table:
     return table
 
 
-__all__ = ["ADDED_TO_CURRENT", "COLUMNS", "COMPUTED_COLUMNS", "METRIC_COLUMNS", "RENAMED", "REQUIRED_COLUMNS", "SCHEMA",
-           "SCHEMA_VERSION", "STATUSES", "VERSION_KEY", "normalise_row", "ranked", "upgraded"]
+__all__ = ["ADDED_TO_CURRENT", "CLI_COLUMNS", "COLUMNS", "COMPUTED_COLUMNS", "METRIC_COLUMNS", "RENAMED",
+           "REPORT_COLUMNS", "REQUIRED_COLUMNS", "SCHEMA", "SCHEMA_VERSION", "SEARCH_END_COLUMNS", "STATUSES",
+           "VERSION_KEY", "normalise_row", "ranked", "upgraded"]

@@ -26,6 +26,8 @@ from search.board.checks import check_cli_inputs
 from search.evaluation.evaluate import EvaluateError, board_dir, read_board, read_parquet_or_none
 from search.board import search_files
 from search.board.leaderboard import DEFAULT_PATH
+from search.board.schema import REPORT_COLUMNS
+from search.board.settings import DEFAULT_METRIC
 from search.board.paths import REPORT, TEST_METRICS, TEST_PATIENTS, TEST_PREDICTIONS, optuna_url
 from search.reporting.patients import (calibration_section, patient_section, split_plain,
                                     transductive_section)
@@ -33,10 +35,6 @@ from search.board.study_storage import remember, saved_url, sqlite_path
 from search.reporting.sections import (family_section, learning_curves_section, note, optuna_section,
                                     pareto_section, single_class_note, table_html, winner_section)
 
-BOARD_COLUMNS = ("rank", "trial_id", "family", "status", "weighted_f1", "balanced_accuracy", "roc_auc", "accuracy",
-                 "single_class", "best_epoch", "epochs_run", "early_stopped", "num_parameters", "image_size",
-                 "filters", "depth",
-                 "lr", "batch_size", "optimizer", "dropout", "aug_strength", "train_seconds", "images_per_s")
 TEST_COLUMNS = ("val_rank", "trial_id", "family", "n_members", "tta", "retrained", "weighted_f1", "balanced_accuracy",
                 "roc_auc", "accuracy", "sensitivity", "specificity", "predicted_all", "single_class", "n_test_images",
                 "n_test_patients", "test_source")
@@ -50,7 +48,7 @@ def build_report(board: pd.DataFrame, search: str, test_metrics: Optional[pd.Dat
                  predictions: Optional[pd.DataFrame], storage: Optional[str], study: str, top: int = 5,
                  worst: int = 16, patients: Optional[pd.DataFrame] = None) -> str:
     rows = board[board["search"].astype(str) == search]
-    metric = str(rows["metric"].iloc[0]) if "metric" in rows and len(rows) else "weighted_f1"
+    metric = str(rows["metric"].iloc[0]) if "metric" in rows and len(rows) else DEFAULT_METRIC
     rows = rows.sort_values(metric, ascending=False, na_position="last")
     generated = bool(rows.get("data_generated", pd.Series([False])).fillna(False).any())
     test_rows = None if test_metrics is None else test_metrics[test_metrics["search"].astype(str) == search]
@@ -64,7 +62,7 @@ def build_report(board: pd.DataFrame, search: str, test_metrics: Optional[pd.Dat
         body.append('<div class="banner">GENERATED DATA — not C-NMC results</div>')
     body.append(f"<p>Data: {html.escape(str(root))}. {len(rows)} trials, ranked by validation "
                 f"{html.escape(metric)} (patient-level split). Written {dt.datetime.now():%Y-%m-%d %H:%M}.</p>")
-    body += ["<h2>Leaderboard</h2>", single_class_note(rows, test_rows), table_html(rows, BOARD_COLUMNS),
+    body += ["<h2>Leaderboard</h2>", single_class_note(rows, test_rows), table_html(rows, REPORT_COLUMNS),
              "<h2>Best score by family</h2>", family_section(rows, metric), *pareto_section(rows),
              "<h2>Optuna: optimisation history and parameter importances</h2>", optuna_section(storage, study),
              f"<h2>Learning curves of the top {top} trials</h2>", learning_curves_section(rows, top),

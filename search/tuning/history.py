@@ -10,22 +10,12 @@ import os
 import re
 from typing import Any, Optional
 
-from leukmodels.metrics import LOWER_IS_BETTER
+from leukmodels.metrics import best_report  # the one best-epoch rule, the core's (later epoch on ties)
 from search.tuning.trial import EXPLOITED_FROM, PRIOR_EPOCHS
 
 
 def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def best_report(history: list[dict], metric: str) -> Optional[dict]:
-    """The report with the best finite `metric`; ties go to the later epoch, as Ray's checkpoint manager breaks them
-    (it keeps the later of two equal checkpoints), so the row's epoch is the one whose weights exist."""
-    scored = [r for r in history if finite(r.get(metric))]
-    if not scored:
-        return None
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    return max(scored, key=lambda r: (sign * r[metric], r.get("epoch", 0)))
 
 
 def epochs_run(history: list[dict]) -> int:

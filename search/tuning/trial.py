@@ -253,7 +253,7 @@ def _train_with_ray_train(config: Any, refs: dict, settings: TrialSettings) -> N
 
 def checkpoint_config(metric: str, mode: str, for_tune: bool = False, keep_all: bool = False):
     """Keep the best epoch by the search metric (the leaderboard points at it) and, always, the latest (to resume
-    from). Ray breaks ties in favour of the later epoch; `search.tuning.history.best_report` does the same. `keep_all`
+    from). Ray breaks ties in favour of the later epoch; `leukmodels.metrics.best_report` does the same. `keep_all`
     (PBT): every checkpoint stays, since a donor's may be needed a round later (docs/ray-notes.md)."""
     from ray import train, tune
 

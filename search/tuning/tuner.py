@@ -26,6 +26,7 @@ from search.tuning.plan import Plan, cluster_nodes, driver_resources
 from search.tuning.history import result_trial_id
 from search.tuning.resume_guard import MissingCheckpointGuard
 from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_grid
+from search.board.schema import SEARCH_END_COLUMNS
 from search.board.settings import SearchSettings, save_settings
 from search.tuning.storage_full import fit_or_full
 from search.tuning.spaces import SearchSpace
@@ -215,11 +216,6 @@ def ranked_within(table: Any, search: str) -> Any:
     return mine.assign(rank=range(1, len(mine) + 1))
 
 
-BOARD_COLUMNS = ["rank", "trial_id", "family", "status", "epochs_run", "balanced_accuracy", "weighted_f1", "roc_auc",
-                 "metric_lo", "metric_hi",  # the ranking metric's patient-bootstrap interval
-                 "filters", "depth", "lr", "batch_size", "image_size", "optimizer", "train_seconds"]
-
-
 def finish(settings: SearchSettings, grid: Any, mine: Any, console: Console, summary: str) -> int:
     """Show the search's rows, timing and what to run next; tidy the Optuna study; the exit code says whether
     anything trained."""
@@ -227,7 +223,7 @@ def finish(settings: SearchSettings, grid: Any, mine: Any, console: Console, sum
     where = "pooled out-of-fold predictions" if settings.cv else "validation patients"
     say(f"\nleaderboard of {settings.name} ({len(mine)} trials, ranked by {settings.metric} on the {where}):")
     if len(mine):
-        say(leaderboard.render(mine, [c for c in BOARD_COLUMNS if c in mine.columns]))
+        say(leaderboard.render(mine, [c for c in SEARCH_END_COLUMNS if c in mine.columns]))
         say(f"(every column: python search/leaderboard.py --search {quote(settings.name)} --columns all"
             f"{_board_flag(settings, '--path')})")
     for line in front_lines(mine):  # multi-objective searches only
