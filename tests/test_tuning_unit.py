@@ -76,6 +76,19 @@ def test_a_report_carries_where_and_how_long_and_a_restart_says_once_what_came_b
     assert len(sent) == 2
 
 
+def test_fault_injection_is_chosen_once_per_trial_and_absent_from_a_production_epoch(tmp_path, monkeypatch):
+    for name in ("LEUKTUNE_FAULT_DIR", "LEUKTUNE_FAULT_KILL", "LEUKTUNE_FAULT_HOLD"):
+        monkeypatch.delenv(name, raising=False)
+    assert _Reporter(lambda *_: None, "t1", rank=0, world_size=1, nodes="n").fault is None  # nothing runs per epoch
+    monkeypatch.setenv("LEUKTUNE_FAULT_DIR", str(tmp_path / "faults"))
+    monkeypatch.setenv("LEUKTUNE_FAULT_RAISE", "0:2")
+    reporter = _Reporter(lambda *_: None, "t1", rank=0, world_size=1, nodes="n")
+    reporter.on_epoch({"epoch": 1}, None)  # trial index 0 claims its slot; epoch 1 is before the fault
+    with pytest.raises(RuntimeError, match="injected fault: trial 0 raises at epoch 2"):
+        reporter.on_epoch({"epoch": 2}, None)
+    assert (tmp_path / "faults" / "slot-0").read_text() == "t1"
+
+
 def test_each_checkpoint_names_its_trial_and_a_resumed_trial_with_nothing_left_still_reports(tmp_path, monkeypatch):
     monkeypatch.delenv("LEUKTUNE_FAULT_DIR", raising=False)
     origins, sent = [], []

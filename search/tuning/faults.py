@@ -1,6 +1,7 @@
 """TEST-ONLY fault injection for tests/test_faults.py. Inert unless $LEUKTUNE_FAULT_DIR is set (never in a real run).
 
-    after_report(trial_id, epoch, rank)   # called by search/tuning/trial.py's worker after each epoch's ray.train.report
+    hook = faults.hook()                   # once per trial: None unless $LEUKTUNE_FAULT_DIR is set
+    hook(trial_id, epoch, rank)            # then after each epoch's report (search/tuning/trial.py's _Reporter)
 
 Trials are told apart by the order their rank-0 worker first reports: trial index 0, 1, 2, ... (claimed with
 O_EXCL files `<dir>/slot-<i>` holding the Tune trial id, so a retried or resumed trial keeps its index).
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 WAIT_S = 300.0  # a held worker waits at most this long for the test's signal, then carries on
 
@@ -57,11 +58,13 @@ def _wait_here(path: Path) -> None:
         time.sleep(0.2)
 
 
-def after_report(trial_id: str, epoch: int, rank: int) -> None:
+def hook() -> Optional[Callable[[str, int, int], None]]:
+    """The fault hook for a trial's reports, or None (a production run: its epochs call nothing)."""
     folder = os.environ.get("LEUKTUNE_FAULT_DIR")
-    if not folder:
-        return  # the normal case: no fault injection
-    folder_path = Path(folder)
+    return None if not folder else lambda trial_id, epoch, rank: after_report(Path(folder), trial_id, epoch, rank)
+
+
+def after_report(folder_path: Path, trial_id: str, epoch: int, rank: int) -> None:
     folder_path.mkdir(parents=True, exist_ok=True)
     index = _slot(folder_path, trial_id) if rank == 0 else None
     if rank != 0:  # other ranks learn the index from the slot rank 0 claimed before its first report

@@ -62,6 +62,7 @@ class _Reporter:
         self.prior_epochs: Optional[str] = None
         self.exploited_from: Optional[str] = None
         self.epochs: list[int] = []
+        self.fault = faults.hook()  # TEST-ONLY (search/tuning/faults.py): None in a real run, checked once here
 
     def extras(self) -> dict:
         once = {} if self.epochs else {key: value for key, value in (
@@ -78,7 +79,8 @@ class _Reporter:
         self.epochs.append(int(metrics["epoch"]))
         if epoch_dir:
             shutil.rmtree(epoch_dir, ignore_errors=True)  # persisted to storage by the report above
-        faults.after_report(self.trial_id, int(metrics["epoch"]), self.rank)  # TEST-ONLY; inert by default
+        if self.fault is not None:
+            self.fault(self.trial_id, int(metrics["epoch"]), self.rank)
 
     def finish(self, result: Any) -> None:
         """A trial resumed from its last epoch's checkpoint has nothing left to train, but Tune must still hear a
