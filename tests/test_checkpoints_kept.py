@@ -34,8 +34,8 @@ def searched(ray_2cpu, tiny_cnmc, tmp_path_factory):
 
     from search.tuning.data import prepare_data
     from search.tuning.plan import TrialResources
+    from search.tuning.record import SearchRun, TrialRecorder
     from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_grid
-    from search.tuning.strategies import search_run
     from search.tuning.trial import TrialSettings, checkpoint_config
     from search.tuning.tuner import trainable_for
 
@@ -45,7 +45,8 @@ def searched(ray_2cpu, tiny_cnmc, tmp_path_factory):
     board = leaderboard_path(tmp / "results")
     context = SearchContext(search=NAME, metric="roc_auc", max_epochs=EPOCHS, data_fingerprint=data.fingerprint,
                             data_generated=data.generated, data_root=data.root)
-    recorder = LeaderboardCallback(context, str(board))
+    run = SearchRun()
+    recorder = LeaderboardCallback(context, str(board), run)
     settings = TrialSettings(TrialResources(1), metric="roc_auc")
     by_lr = {c["lr"]: c for c in CONFIGS.values()}  # one trial per case, told apart by its learning rate
     space = {**BASE, "lr": tune.grid_search(list(by_lr)),
@@ -54,10 +55,10 @@ def searched(ray_2cpu, tiny_cnmc, tmp_path_factory):
     tuner = tune.Tuner(
         trainable_for(settings, data.put()), param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),
-        run_config=tune.RunConfig(name=NAME, storage_path=str(tmp / "ray"), callbacks=[recorder], verbose=0,
+        run_config=tune.RunConfig(name=NAME, storage_path=str(tmp / "ray"), callbacks=[TrialRecorder(run), recorder], verbose=0,
                                   checkpoint_config=checkpoint_config("roc_auc", "max", for_tune=True)))
     grid = tuner.fit()
-    rows = rows_from_grid(context, grid, walls=search_run(NAME).trial_walls)  # where the callback keeps them
+    rows = rows_from_grid(context, run, grid)  # the trials' wall times: in the run's records
     leaderboard.append_rows(board, rows)
     table = leaderboard.read(board)
     return dict(tmp=tmp, board=board, rows=table[table["search"] == NAME], grid=grid, data=data)

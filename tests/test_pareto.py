@@ -125,12 +125,14 @@ def test_objectives_set_the_metric_and_a_different_metric_is_refused(tmp_path, c
 
 def test_a_multi_objective_searcher_gets_both_directions():
     from search.tuning.spaces import SearchSpace
+    from search.tuning.ray_private import optuna_study
+    from search.tuning.record import SearchRun
     from search.tuning.strategies import make_searcher
 
-    searcher = make_searcher("tpe", search="mo", space=SearchSpace(["resnet"]), metric=["balanced_accuracy",
+    searcher = make_searcher("tpe", search="mo", run=SearchRun(), space=SearchSpace(["resnet"]), metric=["balanced_accuracy",
                              "num_parameters"], mode=["max", "min"], storage=None, seed=0, num_samples=4,
                              max_epochs=2)
-    directions = [d.name for d in searcher._ot_study.directions]
+    directions = [d.name for d in optuna_study(searcher).directions]
     assert directions == ["MAXIMIZE", "MINIMIZE"]
 
 

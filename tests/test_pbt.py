@@ -18,6 +18,7 @@ from leukmodels.train import EXPLOIT_CHANGES, fit
 from search.board import leaderboard
 from search.board.paths import SEARCHES, leaderboard_path
 from search.tuning.pbt import clip_to_space, make_pbt, perturbation_interval, population
+from search.tuning.record import SearchRun, TrialRecord
 from search.tuning.rows import SearchContext, build_row
 from search.cli.run import main
 from search.tuning.spaces import SearchSpace
@@ -143,15 +144,15 @@ def test_row_of_an_exploited_trial_describes_the_weights_it_ended_with(tmp_path)
                report(4, 0.80, 4.0)]
     context = SearchContext(search="pbt-rows", metric="balanced_accuracy", max_epochs=4)
     config = tiny_config(epochs=4, lr=0.02).to_dict()  # Tune's final config of the trial
-    row = build_row(context, "t1", config, history)
+    row = build_row(context, SearchRun(), TrialRecord("t1", history), config)
     # best of the epochs trained since the exploit, not its own discarded epoch 1 (0.90) nor the donor's (0.97)
     assert (row["best_epoch"], row["balanced_accuracy"]) == (4, 0.80)
     assert row["checkpoint"] == history[3]["checkpoint_path"] and row["lr"] == 0.02
     assert (row["epochs_run"], row["status"]) == (4, "finished")
     assert row["notes"] == "exploited_from d0nor_00001@2"
     assert row["train_seconds"] == 10.0  # 6 s before the exploit, 4 s after
-    twice = build_row(context, "t1", config, history + [report(3, 0.75, 1.0, exploited_from="other_00002@2"),
-                                                        report(4, 0.77, 3.0)])
+    twice = build_row(context, SearchRun(), TrialRecord("t1", history + [
+        report(3, 0.75, 1.0, exploited_from="other_00002@2"), report(4, 0.77, 3.0)]), config)
     assert twice["notes"] == "exploited_from d0nor_00001@2 other_00002@2" and twice["balanced_accuracy"] == 0.77
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 from leukmodels.data import splits as splits_module
 from leukmodels.metrics import classification_metrics, patient_interval, tied_with
 from search.tuning.data import MIN_VAL_IMAGES, MIN_VAL_PATIENTS, SearchData, class_makeup, validation_warning
+from search.tuning.record import SearchRun, TrialRecord
 from search.tuning.rows import SearchContext, build_row
 from search.tuning.uncertainty import interval_text, tie_line
 
@@ -135,8 +136,8 @@ def test_console_text_and_row_carry_the_ranking_metric_interval():
     assert interval_text(report, "val_loss") == ""
     history = [{"epoch": 1, "balanced_accuracy": 0.6, "balanced_accuracy_lo": 0.5, "balanced_accuracy_hi": 0.7,
                 "timestamp": 1_700_000_000}, {**report, "timestamp": 1_700_000_010}]
-    row = build_row(SearchContext(search="s", metric="balanced_accuracy", max_epochs=2), "t1",
-                    {"family": "resnet"}, history)
+    row = build_row(SearchContext(search="s", metric="balanced_accuracy", max_epochs=2), SearchRun(),
+                    TrialRecord("t1", history), {"family": "resnet"})
     assert (row["metric_lo"], row["metric_hi"]) == (0.71, 0.88)     # the best epoch's
 
 

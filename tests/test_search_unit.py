@@ -14,13 +14,12 @@ from leukmodels.config import TrainConfig
 from leukmodels.models import list_families
 from search.board import leaderboard
 from search.board.paths import optuna_url
-from search.tuning.history import best_report
+from search.tuning.record import SearchRun, TrialRecord, best_report
 from search.tuning.rows import SearchContext, build_row, is_over, rows_from_grid
 from search.cli.flags import parse_args
 from search.cli.run import main
 from search.cli.profiles import PROFILES
 from search.cli.resolve import resolve_settings, resumed_flags
-from search.tuning.strategies import early_stops, search_run
 from search.tuning.spaces import SearchSpace, check_buildable, resolve_families, sample_configs, train_config
 
 
@@ -202,21 +201,20 @@ def test_row_takes_the_best_epoch_and_status(tmp_path):
         report["checkpoint_path"] = str(tmp_path / f"epoch{report['epoch']}")
         (tmp_path / f"epoch{report['epoch']}").mkdir()
         (tmp_path / f"epoch{report['epoch']}" / "checkpoint.pt").write_bytes(b"x")
-    row = build_row(context, "t1", CONFIG, history, wall_seconds=20.0)
+    run = SearchRun()
+    row = build_row(context, run, TrialRecord("t1", history, wall_seconds=20.0), CONFIG)
     assert row["status"] == "finished" and not row["early_stopped"] and row["notes"] is None
     assert (row["best_epoch"], row["weighted_f1"], row["epochs_run"]) == (2, 0.8, 3)
     assert row["checkpoint"] == str(tmp_path / "epoch2") and row["nodes"] == "a,b" and row["images_per_s"] == 200.0
     assert row["train_seconds"] == 15.0 and row["overhead_seconds"] == 5.0  # 20 s seen by the driver, 15 training
     assert "resnet:filters" not in row and row["filters"] == 8
-    early_stops("s").add("t2")
-    stopped = build_row(context, "t2", CONFIG, _history([0.4]))
+    run.early_stops.add("t2")
+    stopped = build_row(context, run, TrialRecord("t2", _history([0.4])), CONFIG)
     assert stopped["status"] == "stopped" and stopped["early_stopped"] and stopped["epochs_run"] == 1
     assert stopped["checkpoint"] is None and "best checkpoint missing: /ckpt/epoch1" in stopped["notes"]
-    search_run("budgeted").deadline = 0.0  # the time budget is spent
-    budget = build_row(SearchContext(search="budgeted", metric="weighted_f1", max_epochs=3), "t3", CONFIG,
-                       _history([0.4]))
+    budget = build_row(context, SearchRun(deadline=0.0), TrialRecord("t3", _history([0.4])), CONFIG)  # budget spent
     assert budget["status"] == "time_budget" and not budget["early_stopped"]
-    failed = build_row(context, "t4", CONFIG, [], error="ValueError: image_size=8 is too small")
+    failed = build_row(context, run, TrialRecord("t4", [], "ValueError: image_size=8 is too small"), CONFIG)
     assert failed["status"] == "error" and failed["epochs_run"] == 0 and "image_size" in failed["error"]
     assert best_report(_history([0.5, 0.8]), "val_loss")["epoch"] == 2  # lower is better for losses
     # a tie goes to the later epoch, as Ray's checkpoint manager keeps the later of two equal checkpoints
@@ -225,7 +223,7 @@ def test_row_takes_the_best_epoch_and_status(tmp_path):
     import json
     full = _history([0.5, 0.9, 0.7])
     resumed = [{**full[2], "prior_epochs": json.dumps(full[:2])}]
-    row = build_row(context, "t5", CONFIG, resumed)
+    row = build_row(context, run, TrialRecord("t5", resumed), CONFIG)
     assert (row["best_epoch"], row["weighted_f1"], row["epochs_run"], row["status"]) == (2, 0.9, 3, "finished")
 
 
@@ -241,9 +239,9 @@ def test_rows_from_a_fake_result_grid_land_in_the_leaderboard_ranked(tmp_path):
             FakeResult("aaaa0003", None, error=RuntimeError("Traceback...\nValueError: boom"))]
     grid.append(FakeResult("aaaa0004", [0.2, 0.3]))  # cut short by an interrupt: not over, no row (resume ends it)
     context = SearchContext(search="fake-grid", metric="weighted_f1", max_epochs=3)
-    early_stops("fake-grid").add("aaaa0002")  # what RecordingASHA records when it stops a trial before max_t
-    assert not is_over(context, "aaaa0004", _history([0.2, 0.3]), None)
-    rows = rows_from_grid(context, grid)
+    run = SearchRun(early_stops={"aaaa0002"})  # what RecordingASHA records when it stops a trial before max_t
+    assert not is_over(run, context, TrialRecord("aaaa0004", _history([0.2, 0.3])))
+    rows = rows_from_grid(context, run, grid)
     board = leaderboard.append_rows(tmp_path / "lb.parquet", rows)
     assert list(board["trial_id"]) == ["aaaa0001", "aaaa0002", "aaaa0003"]
     assert list(board["rank"]) == [1, 2, 3]
@@ -270,7 +268,7 @@ def test_a_one_class_model_on_an_imbalanced_validation_set_does_not_win(tmp_path
     assert all_alike["weighted_f1"] > real["weighted_f1"]  # the challenge metric alone would pick the one-class model
     metric = parse_args(["--family", "resnet"]).metric
     context = SearchContext(search="one-class", metric=metric, max_epochs=1)
-    rows = [build_row(context, trial, CONFIG, [{"epoch": 1, **scores}])
+    rows = [build_row(context, SearchRun(), TrialRecord(trial, [{"epoch": 1, **scores}]), CONFIG)
             for trial, scores in (("all-alike", all_alike), ("real", real))]
     board = leaderboard.append_rows(tmp_path / "lb.parquet", rows)
     assert list(board["trial_id"]) == ["real", "all-alike"]
@@ -352,7 +350,6 @@ def test_a_trial_the_budget_ends_before_its_first_report_keeps_its_sampled_setti
 
     from leukmodels.config import TrainConfig
     from search.tuning.rows import SearchContext, rows_from_grid
-    from search.tuning.strategies import search_run
 
     sampled = {"family": "resnet", "filters": 27, "lr": 0.02, "batch_size": 32, "image_size": 24, "epochs": 4}
     storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="cut",
@@ -365,8 +362,8 @@ def test_a_trial_the_budget_ends_before_its_first_report_keeps_its_sampled_setti
 
     grid = ResultGrid(Analysis())
     assert next(iter(grid)).config is None  # Tune's side of the defect
-    search_run("cut").deadline = time.time() - 1  # the budget is spent
-    rows = rows_from_grid(SearchContext(search="cut", metric="balanced_accuracy", max_epochs=4), grid)
+    spent = SearchRun(deadline=time.time() - 1)  # the budget is spent
+    rows = rows_from_grid(SearchContext(search="cut", metric="balanced_accuracy", max_epochs=4), spent, grid)
     assert len(rows) == 1 and rows[0]["status"] == "time_budget" and rows[0]["epochs_run"] == 0
     assert {key: rows[0][key] for key in sampled} == sampled
     assert rows[0]["filters"] != TrainConfig().filters

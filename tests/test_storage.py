@@ -137,11 +137,12 @@ def test_a_study_restored_older_than_tunes_state_does_not_stop_the_search(tmp_pa
     import optuna
 
     from search.tuning.spaces import SearchSpace
+    from search.tuning.record import SearchRun
     from search.tuning.strategies import make_searcher
 
     db, url = tmp_path / OPTUNA_DB, optuna_url(tmp_path)
-    searcher = make_searcher("tpe", search="lag", space=SearchSpace(["resnet"]), metric="balanced_accuracy",
-                             mode="max", storage=optuna.storages.RDBStorage(url), seed=0,
+    searcher = make_searcher("tpe", search="lag", run=SearchRun(), space=SearchSpace(["resnet"]),
+                             metric="balanced_accuracy", mode="max", storage=optuna.storages.RDBStorage(url), seed=0,
                              num_samples=2, max_epochs=2)
     assert searcher.suggest("copied") is not None
     shutil.copy(db, tmp_path / "copy.db")  # the bucket's copy of the study

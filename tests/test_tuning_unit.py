@@ -14,8 +14,7 @@ from search.board.paths import leaderboard_path, optuna_url
 from search.board.settings import SearchSettings
 from search.cli.profiles import PROFILES
 from search.tuning.plan import DRIVER_MEMORY_BYTES, DRIVER_NODE_RESOURCE, DRIVER_NODE_SHARE, Plan, TrialResources
-from search.tuning.rows import SearchContext, ending
-from search.tuning.strategies import search_run
+from search.tuning.record import SearchRun, TrialRecord
 from search.tuning.trial import ORIGIN_FILE, TrialSettings, _Reporter, run_trial
 from search.tuning.tuner import close_open_optuna_trials, next_steps, run_config, summary_line, trial_request, tune_config
 
@@ -50,7 +49,7 @@ def test_the_tuner_per_kind_of_trial(workers, scheduler, reuse_actors, tune_retr
     config = tune_config(args, plan(workers), searcher=None, scheduler=None)
     assert config.reuse_actors is reuse_actors and config.max_concurrent_trials == at_once
     assert config.num_samples == args.num_samples
-    run = run_config(args, plan(workers), callbacks=[])
+    run = run_config(args, plan(workers), callbacks=[], run=SearchRun())
     assert run.failure_config.max_failures == tune_retries
     assert run.checkpoint_config.num_to_keep == kept
     assert (run.checkpoint_config.checkpoint_score_attribute, run.checkpoint_config.checkpoint_score_order) == (
@@ -118,18 +117,20 @@ def test_a_trial_refuses_an_image_size_the_search_did_not_decode_and_a_config_th
 
 
 def test_how_a_trial_ended():
-    context = SearchContext(search=f"ending-{uuid.uuid4().hex[:8]}", metric="balanced_accuracy", max_epochs=4)
-    run = search_run(context.search)
-    assert ending(context, "t", [{"epoch": 4}], "RuntimeError: boom") == "error"
-    assert ending(context, "t", [{"epoch": 4}], None) == "finished"
-    assert ending(context, "t", [{"epoch": 2}], None) is None  # interrupted: --resume continues it, no row yet
-    assert ending(context, "t", [{"epoch": 2, "prior_epochs": json.dumps([{"epoch": 3}, {"epoch": 4}])}],
-                  None) == "finished"  # the epochs before a restart count
-    run.early_stops.add("t")
-    assert ending(context, "t", [{"epoch": 2}], None) == "stopped"
+    run = SearchRun()
+
+    def status(trial_id, history, error=None):
+        return run.status(TrialRecord(trial_id, history, error), max_epochs=4)
+
+    assert status("t", [{"epoch": 4}], "RuntimeError: boom") == "error"
+    assert status("t", [{"epoch": 4}]) == "finished"
+    assert status("t", [{"epoch": 2}]) is None  # interrupted: --resume continues it, no row yet
+    assert status("t", [{"epoch": 2, "prior_epochs": json.dumps([{"epoch": 3}, {"epoch": 4}])}]) == "finished"
+    run.early_stops.add("t")  # the epochs before a restart count (above); the scheduler stopped t
+    assert status("t", [{"epoch": 2}]) == "stopped"
     run.deadline = time.time() - 1
-    assert ending(context, "u", [{"epoch": 2}], None) == "time_budget"
-    assert ending(context, "t", [{"epoch": 2}], None) == "stopped"  # stopped before the budget ran out
+    assert status("u", [{"epoch": 2}]) == "time_budget"
+    assert status("t", [{"epoch": 2}]) == "stopped"  # stopped before the budget ran out
 
 
 def test_the_summary_line():
@@ -163,10 +164,8 @@ def test_open_optuna_trials_are_closed_by_what_ended_them(budget_spent, states, 
     trained, _never_trained, done = study.ask(), study.ask(), study.ask()
     trained.report(0.6, step=1)
     study.tell(done, 0.7)
-    if budget_spent:
-        search_run(args.name).deadline = time.time() - 1
     said = []
-    assert close_open_optuna_trials(args, said.append) == 2
+    assert close_open_optuna_trials(args, budget_spent, said.append) == 2
     study = optuna.load_study(study_name=args.name, storage=optuna_url(tmp_path))
     assert [trial.state.name for trial in study.trials] == states
     assert any(("cut by the time budget" if budget_spent else "orphans of an interrupted driver") in line

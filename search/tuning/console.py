@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional, TextIO
 
 from ray.tune import Callback
 
-from leukmodels.metrics import interval_keys
+from search.tuning.record import SearchRun, record_of
 from search.tuning.trial import EXPLOITED_FROM
 from search.tuning.uncertainty import interval_text
 
@@ -112,17 +112,16 @@ def _params(config: dict) -> str:
 
 @dataclass
 class ConsoleCallback(Callback):
-    """One line when a trial starts and one when it ends (how, after how many epochs, at what metric), then a
-    progress line over the search's budget. Picklable: Tune saves it for `--resume`; it finds the console through
+    """One line when a trial starts and one when it ends (how, after how many epochs, at what metric: read from the
+    trial's record, filed by `TrialRecorder` before this callback), then a progress line over the search's budget.
+    Picklable: Tune saves it for `--resume` (a resumed driver uses new callbacks); it finds the console through
     `current()`."""
 
-    search: str
+    run: SearchRun
     metric: str
     num_samples: int
     max_epochs: int
     numbers: dict = field(default_factory=dict)  # trial id -> 1, 2, ... in the order trials started
-    epochs: dict = field(default_factory=dict)  # trial id -> epochs reported
-    reports: dict = field(default_factory=dict)  # trial id -> its {epoch, metric} reports since its last exploit
     ended: set = field(default_factory=set)
     quiet_restarts: bool = False  # PBT restarts every trial at every round: say only its first start and exploits
 
@@ -139,58 +138,43 @@ class ConsoleCallback(Callback):
         current().say(f"{self._label(trial)} started: {family} {_params(config)}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "epoch" not in result:
-            return
-        epoch, value = int(result["epoch"]), result.get(self.metric)
         donor = result.get(EXPLOITED_FROM)  # PBT replaced its weights: its row ranks the epochs from here on
-        if isinstance(donor, str) and donor:
-            self.reports.pop(trial.trial_id, None)
+        if "epoch" in result and isinstance(donor, str) and donor:
             current().say(f"{self._label(trial)} continues the weights of {donor} with "
                           f"{_params(dict(trial.config))} wd={trial.config.get('weight_decay', 0):.1e} "
                           f"aug={trial.config.get('aug_strength', 0):.2f}")
-        self.epochs[trial.trial_id] = max(self.epochs.get(trial.trial_id, 0), epoch)
-        interval = {key: result.get(key) for key in interval_keys(self.metric)}  # patient bootstrap (uncertainty)
-        self.reports.setdefault(trial.trial_id, []).append({"epoch": epoch, self.metric: value, **interval})
 
-    def _ended(self, trial: Any, error: Optional[str], progress: bool = True) -> None:
-        from search.tuning.history import best_report
-        from search.tuning.rows import SearchContext, ending
-
-        last = trial.last_result or {}
-        epochs = self.epochs.get(trial.trial_id, int(last.get("epoch") or 0))
-        context = SearchContext(search=self.search, metric=self.metric, max_epochs=self.max_epochs)
-        how = ending_text(ending(context, trial.trial_id, [{"epoch": epochs}] if epochs else [], error), epochs)
-        best = best_report(self.reports.get(trial.trial_id, []), self.metric)  # the epoch the row will name
+    def _ended(self, trial: Any, progress: bool = True) -> None:
+        record = record_of(self.run, trial)
+        epochs = record.epochs_run()
+        how = ending_text(self.run.status(record, self.max_epochs), epochs)
+        best = record.best(self.metric)  # the epoch the row will name
         score = (f", best {self.metric} {best[self.metric]:.3f}{interval_text(best, self.metric)} (epoch "
-                 f"{best['epoch']})" if best and not error else "")
-        current().say(f"{self._label(trial)} {how}{score}" + (f": {error}" if error else ""))
+                 f"{best['epoch']})" if best and not record.error else "")
+        current().say(f"{self._label(trial)} {how}{score}" + (f": {record.error}" if record.error else ""))
         self.ended.add(trial.trial_id)
         if progress:
             current().say(self.progress())
 
     def progress(self) -> str:
-        from search.tuning.strategies import search_run
-
-        done, elapsed = len(self.ended), time.time() - search_run(self.search).launched
-        epochs, budget = sum(self.epochs.values()), self.num_samples * self.max_epochs
+        done, elapsed = len(self.ended), time.time() - self.run.launched
+        epochs, budget = sum(r.epochs_run() for r in self.run.trials.values()), self.num_samples * self.max_epochs
         filled = int(20 * done / max(1, self.num_samples))
         eta = f", ~{_duration(elapsed * (self.num_samples - done) / done)} left" if 0 < done < self.num_samples else ""
         return (f"  [{'#' * filled}{'.' * (20 - filled)}] {done}/{self.num_samples} trials, {epochs}/{budget} "
                 f"epochs (at most), {_duration(elapsed)} elapsed{eta}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trial, None)
+        self._ended(trial)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Trials the time budget (or an interrupt) ended get no completion callback from Tune: say how they ended."""
         for trial in trials:
             if trial.trial_id in self.numbers and trial.trial_id not in self.ended:
-                self._ended(trial, None, progress=False)
+                self._ended(trial, progress=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from search.tuning.rows import trial_error
-
-        self._ended(trial, trial_error(trial))
+        self._ended(trial)
 
 
 def ending_text(status: Optional[str], epochs: int) -> str:

@@ -20,6 +20,7 @@ from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from leukmodels.train import EXPLOIT_CHANGES
+from search.tuning.ray_private import next_pbt_round, pbt_interval, set_next_pbt_round, set_pbt_round
 from search.tuning.spaces import AUG_RANGE, LR_RANGE, WEIGHT_DECAY_RANGE, SearchSpace, check_buildable, sample_configs
 from search.tuning.trial import TIME_ATTR
 
@@ -68,10 +69,11 @@ class SearchPBT(PopulationBasedTraining):
         epoch = int((trial.last_result or {}).get(TIME_ATTR) or 0)
         if not epoch:  # a new trial
             return
-        state, interval = self._trial_state[trial], self._perturbation_interval
-        state.last_perturbation_time = state.last_train_time = epoch // interval * interval
-        upcoming = state.last_train_time + interval
-        self._next_perturbation_sync = min(self._next_perturbation_sync, upcoming) if self._resumed else upcoming
+        interval = pbt_interval(self)
+        last_round = epoch // interval * interval
+        set_pbt_round(self, trial, last_round)
+        upcoming = last_round + interval
+        set_next_pbt_round(self, min(next_pbt_round(self), upcoming) if self._resumed else upcoming)
         self._resumed = True
 
 

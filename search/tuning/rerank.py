@@ -29,6 +29,7 @@ from search.tuning.data import SearchData
 from search.board.paths import in_storage, leaderboard_path, split_path
 from search.board.settings import SearchSettings
 from search.tuning.plan import Plan
+from search.tuning.record import SearchRun, TrialRecorder
 from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.tuning.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config
 
@@ -73,8 +74,9 @@ def rerank(settings: SearchSettings, plan: Plan, console: Console, mine: pd.Data
     context = dataclasses.replace(context)
     context.search, context.searcher, context.scheduler, context.stage = name, "rerank", "fifo", STAGE
     context.origins = origins
-    recorder = LeaderboardCallback(context, str(leaderboard_path(settings.results)))
-    progress = ConsoleCallback(search=name, metric=settings.metric, num_samples=len(configs),
+    run = SearchRun()  # the second stage's own: its trials' records (no deadline, no early stops)
+    recorder = LeaderboardCallback(context, str(leaderboard_path(settings.results)), run)
+    progress = ConsoleCallback(run=run, metric=settings.metric, num_samples=len(configs),
                                max_epochs=settings.max_epochs)
     trial = dataclasses.replace(trial, cv=True, train_storage=in_storage(settings.storage, name, TRAIN_RUNS_DIR))
     tuner = tune.Tuner(
@@ -84,11 +86,12 @@ def rerank(settings: SearchSettings, plan: Plan, console: Console, mine: pd.Data
         tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=configs),
                                     num_samples=len(configs), max_concurrent_trials=plan.max_concurrent_trials,
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=settings.storage, verbose=1, callbacks=[recorder, progress],
+        run_config=tune.RunConfig(name=name, storage_path=settings.storage, verbose=1,
+                                  callbacks=[TrialRecorder(run), recorder, progress],
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                                   checkpoint_config=checkpoint_config(settings.metric, "max", for_tune=True)))
     grid = tuner.fit()
-    rows = rows_from_grid(context, grid)
+    rows = rows_from_grid(context, run, grid)
     table = leaderboard.append_rows(leaderboard_path(settings.results), rows) if rows else leaderboard.read(
         leaderboard_path(settings.results))
     ranked = leaderboard.rank_table(table, search=name)

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
+from search.tuning.ray_private import checkpoint_results, set_checkpoint_results, training_result
+
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's trial checkpoint folders: checkpoint_000000, checkpoint_000001, ...
 
 
@@ -27,7 +29,6 @@ def _on_storage(trial: Any) -> Optional[Any]:
     training result with no metrics, or None."""
     from pyarrow.fs import FileSelector, FileType
     from ray.train import Checkpoint
-    from ray.train._internal.session import _TrainingResult
 
     fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
     infos = fs.get_file_info(FileSelector(folder, allow_not_found=True))
@@ -35,21 +36,20 @@ def _on_storage(trial: Any) -> Optional[Any]:
         CHECKPOINT_PREFIX))
     if not names:
         return None
-    return _TrainingResult(checkpoint=Checkpoint(f"{folder}/{names[-1]}", filesystem=fs), metrics={})
+    return training_result(Checkpoint(f"{folder}/{names[-1]}", filesystem=fs))
 
 
 def repoint(trial: Any) -> Optional[str]:
     """When the trial's latest checkpoint is gone: drop every missing one from its checkpoint manager and make the
     newest that exists (the manager's, else the storage's) its latest, or none (it starts afresh). Returns a line
-    saying what changed, None when nothing was missing. Touches the manager's private lists (Ray 2.60)."""
+    saying what changed, None when nothing was missing. The manager's lists are private (search/tuning/ray_private.py)."""
     manager = trial.run_metadata.checkpoint_manager
     latest = manager.latest_checkpoint_result if manager else None
     if latest is None or _exists(latest.checkpoint):
         return None
-    manager._checkpoint_results = [r for r in manager._checkpoint_results if _exists(r.checkpoint)]
-    kept = sorted(manager._checkpoint_results, key=lambda r: r.checkpoint.path)
-    newest = kept[-1] if kept else _on_storage(trial)
-    manager._latest_checkpoint_result = newest
+    kept = [r for r in checkpoint_results(manager) if _exists(r.checkpoint)]  # in the manager's order
+    newest = max(kept, key=lambda r: r.checkpoint.path) if kept else _on_storage(trial)
+    set_checkpoint_results(manager, kept, newest)
     trial.run_metadata.invalidate_cache()
     trial.invalidate_json_state()
     where = f"continues from {newest.checkpoint.path}" if newest else "starts afresh (no checkpoint of it is left)"

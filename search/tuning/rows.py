@@ -1,32 +1,30 @@
 """Leaderboard rows from Tune trials, written as each trial ends and again from the ResultGrid at the end.
 
     context = SearchContext(search="resnet-20261127-2342", metric="balanced_accuracy", max_epochs=4, ...)
-    row = build_row(context, trial_id, config, history, error=None)
+    row = build_row(context, run, record, config)     # run: the search's SearchRun; record: a TrialRecord
 
-A row holds every TrainConfig field, the metrics of the best epoch by the search's metric (ties: the later epoch, as
+The trial's state (reports, best epoch, times, error) is its record (search/tuning/record.py); a row holds every
+TrainConfig field, the metrics of the best epoch by the search's metric (ties: the later epoch, as
 Ray's checkpoint manager keeps it), the epochs run, how the trial ended (`ending`) and where it ran. After a PBT
 exploit a row describes the weights the trial ended with: its last config, the epochs since its last exploit, and
 `notes` naming every donor (README, "Population-based training").
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import pandas as pd
 from ray.tune import Callback
 
 from leukmodels.metrics import interval_keys, is_single_class
 from search.board import storage
 from search.tuning.crossval import config_key, row_fields
-from search.tuning.history import (best_report, epochs_run, exploits, finite, since_last_exploit, trained_seconds,
-                            result_trial_id, with_checkpoint_paths, with_prior_epochs)
+from search.tuning.record import SearchRun, TrialRecord, finite, record_of, record_of_result, short_error
+from search.tuning.ray_private import grid_trials
 from search.board.schema import METRIC_COLUMNS
 from search.tuning.spaces import FAMILY_PREFIX_SEP, train_config
-from search.tuning.strategies import search_run
 
 
 @dataclass
@@ -48,23 +46,8 @@ class SearchContext:
     storage: str = ""  # --storage: Tune's scheme-less checkpoint paths inside it become URIs in the rows
 
 
-def ending(context: SearchContext, trial_id: str, history: list[dict], error: Optional[str]) -> Optional[str]:
-    """How a trial that Tune reports as ended ended: a leaderboard status, or None when it is not over (an interrupt
-    cut it short: `--resume` continues it, so it gets no row now)."""
-    run = search_run(context.search)
-    if error:
-        return "error"
-    if epochs_run(history) >= context.max_epochs:
-        return "finished"
-    if trial_id in run.early_stops:
-        return "stopped"
-    if run.budget_spent():
-        return "time_budget"
-    return None
-
-
-def is_over(context: SearchContext, trial_id: str, history: list[dict], error: Optional[str]) -> bool:
-    return ending(context, trial_id, history, error) is not None
+def is_over(run: SearchRun, context: SearchContext, record: TrialRecord) -> bool:
+    return run.status(record, context.max_epochs) is not None
 
 
 def checkpoint_exists(path: Optional[str]) -> bool:
@@ -83,19 +66,15 @@ def _config_fields(config: dict) -> tuple[dict, Optional[str]]:
         return {k: v for k, v in config.items() if FAMILY_PREFIX_SEP not in k}, f"config invalid: {bad}"
 
 
-def build_row(context: SearchContext, trial_id: str, config: dict, history: list[dict], error: Optional[str] = None,
-              wall_seconds: Optional[float] = None) -> dict[str, Any]:
-    """One leaderboard row (see the module docstring). `wall_seconds`: the trial's time as the driver saw it, from
-    its start to its end; minus the time in the training function it is the trial's overhead."""
+def build_row(context: SearchContext, run: SearchRun, record: TrialRecord, config: dict) -> dict[str, Any]:
+    """One leaderboard row (see the module docstring) of a trial's record."""
     train_fields, config_error = _config_fields(config)
-    error = error or config_error
-    exploited, train_seconds = exploits(history), trained_seconds(history)
-    # after an exploit the donor's epochs (the first report's prior_epochs) are not this trial's: see the docstring
-    history = since_last_exploit(history) if exploited else with_prior_epochs(history)
-    history = sorted(history, key=lambda r: (r.get("epoch", 0), r.get("timestamp", 0)))
-    best = best_report(history, context.metric) or {}
+    if config_error and not record.error:
+        record = TrialRecord(record.trial_id, record.reports, config_error, wall_seconds=record.wall_seconds)
+    exploited, history = record.exploits(), record.ranked_reports()
+    best = record.best(context.metric) or {}
     last = history[-1] if history else {}
-    status = ending(context, trial_id, history, error) or "stopped"
+    status = run.status(record, context.max_epochs) or "stopped"
     notes = [f"exploited_from {' '.join(exploited)}"] if exploited else []
     checkpoint = storage.storage_uri(context.storage, best.get("checkpoint_path") or last.get("checkpoint_path"))
     if checkpoint and not checkpoint_exists(checkpoint):
@@ -104,16 +83,16 @@ def build_row(context: SearchContext, trial_id: str, config: dict, history: list
     nodes = sorted({n for r in history for n in str(r.get("nodes") or "").split(",") if n})
     speeds = [r["images_per_s"] for r in history if finite(r.get("images_per_s"))]
     finished = float(last["timestamp"]) if finite(last.get("timestamp")) else time.time()
+    wall_seconds = record.wall_seconds
     return {
-        "search": context.search, "trial_id": trial_id, "metric": context.metric, "status": status,
+        "search": context.search, "trial_id": record.trial_id, "metric": context.metric, "status": status,
         **train_fields,
         **{key: best.get(key) for key in METRIC_COLUMNS},
-        "best_epoch": best.get("epoch"), "epochs_run": epochs_run(history), "early_stopped": status == "stopped",
+        "best_epoch": best.get("epoch"), "epochs_run": record.epochs_run(), "early_stopped": status == "stopped",
         "predicted_all": best.get("predicted_all"),
         "single_class": is_single_class(best["predicted_all"]) if finite(best.get("predicted_all")) else None,
-        "error": error, "notes": "; ".join(notes) or None, "num_parameters": last.get("num_parameters"),
-        "train_seconds": train_seconds,
-        "overhead_seconds": (max(0.0, wall_seconds - (train_seconds or 0.0)) if wall_seconds is not None else None),
+        "error": record.error, "notes": "; ".join(notes) or None, "num_parameters": last.get("num_parameters"),
+        "train_seconds": record.trained_seconds(), "overhead_seconds": record.overhead_seconds(),
         # rank 0's training images/s times the workers: the trial's throughput (every rank runs the same steps)
         "images_per_s": (sum(speeds) / len(speeds)) * int(last.get("world_size") or 1) if speeds else None,
         "nodes": ",".join(nodes) or None, "checkpoint": checkpoint,
@@ -134,34 +113,21 @@ def _started(last: dict) -> Optional[float]:
     return None
 
 
-def short_error(error: Any) -> Optional[str]:
-    """A one-line message: the last non-empty line of a traceback or exception text (parquet cells stay small)."""
-    if error is None:
-        return None
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(error).__name__)[:500]
-
-
-def rows_from_grid(context: SearchContext, grid: Any, walls: Optional[dict] = None) -> list[dict]:
+def rows_from_grid(context: SearchContext, run: SearchRun, grid: Any) -> list[dict]:
     """One row per ended trial of a Tune ResultGrid (its per-epoch metrics_dataframe gives the best epoch); trials
     that are not over get no row, so an earlier row of theirs (written before a kill) stays as it was."""
-    analysis = getattr(grid, "_experiment_analysis", None)
-    unfinished = {t.trial_id for t in getattr(analysis, "trials", []) if t.status not in ("TERMINATED", "ERROR")}
+    trials = grid_trials(grid)
+    unfinished = {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
     # a Result's config is read from its last report: a trial that never reported (the time budget ended it in its
     # first epoch) has none, and its row took TrainConfig's defaults. The trial itself holds what was sampled.
-    sampled = {str(t.path): t.config for t in getattr(analysis, "trials", [])}
+    sampled = {str(t.path): t.config for t in trials}
     rows = []
     for result in grid:
-        frame = result.metrics_dataframe
-        history = frame.to_dict("records") if isinstance(frame, pd.DataFrame) and len(frame) else []
-        history = with_checkpoint_paths(history, result.path)
-        trial_id = result_trial_id(result)
-        error = short_error(result.error) if result.error else None
-        if trial_id in unfinished or not is_over(context, trial_id, history, error):
+        record = record_of_result(run, result, short_error(result.error) if result.error else None)
+        if record.trial_id in unfinished or not is_over(run, context, record):
             continue
         config = result.config or sampled.get(str(result.path)) or {}
-        rows.append(build_row(context, trial_id, dict(config), history, error,
-                              wall_seconds=(walls or {}).get(trial_id)))
+        rows.append(build_row(context, run, record, dict(config)))
     return rows
 
 
@@ -170,18 +136,16 @@ RELEASE_DELAY_S = 5.0  # a stopped DDP trial's driver and Train controller are g
 
 @dataclass
 class LeaderboardCallback(Callback):
-    """Appends each trial's row to the leaderboard the moment the trial ends, so an interrupted search keeps what
-    is finished, and frees a DDP trial's worker placement group. Picklable (Tune saves it for `--resume`)."""
+    """Appends each trial's row to the leaderboard the moment the trial ends (from the record `TrialRecorder`, before
+    it in the callback list, has filed), so an interrupted search keeps what is finished, and frees a DDP trial's
+    worker placement group. Picklable (Tune saves it for `--resume`; a resumed driver uses new callbacks)."""
 
     context: SearchContext
     leaderboard_path: str
-    history: dict = field(default_factory=dict)  # trial id -> reports seen by this process
-
+    run: SearchRun
     to_release: list = field(default_factory=list)  # (when, placement group id, trial id) of ended DDP trials
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        # kept in this process's search_run, not here: `--resume` restores a pickled copy of this callback
-        search_run(self.context.search).trial_started.setdefault(trial.trial_id, time.time())
         if self.context.storage:  # the study now holds this trial: its copy in the storage should too
             from search.board import search_files
 
@@ -207,46 +171,23 @@ class LeaderboardCallback(Callback):
             except Exception as failure:  # noqa: BLE001 - never let cleanup take the search down
                 print(f"warning: could not free the placement group of trial {trial_id}: {failure}")
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        keep = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}  # drop config/ nested dicts
-        self.history.setdefault(trial.trial_id, []).extend(with_checkpoint_paths([keep], trial.path))
-
-    def _ended(self, trial: Any, error: Optional[str]) -> None:
+    def _ended(self, trial: Any) -> None:
         from search.board import leaderboard, search_files
 
-        history = self.history.pop(trial.trial_id, [])
-        if not history and trial.last_result and "epoch" in trial.last_result:
-            history = with_checkpoint_paths([trial.last_result], trial.path)
-        last = history[-1] if history else (trial.last_result or {})
+        record = record_of(self.run, trial)
+        last = record.reports[-1] if record.reports else (trial.last_result or {})
         if last.get("placement_group"):  # a DDP trial: its Train controller may die before freeing it
             self.to_release.append((time.time(), str(last["placement_group"]), trial.trial_id))
-        run = search_run(self.context.search)
-        if trial.trial_id in run.trial_started:
-            run.trial_walls[trial.trial_id] = time.time() - run.trial_started.pop(trial.trial_id)
-        if is_over(self.context, trial.trial_id, history, error):
-            row = build_row(self.context, trial.trial_id, dict(trial.config), history, error,
-                            wall_seconds=run.trial_walls.get(trial.trial_id))
-            leaderboard.append_rows(self.leaderboard_path, [row])
+        if is_over(self.run, self.context, record):
+            leaderboard.append_rows(self.leaderboard_path, [build_row(self.context, self.run, record, dict(trial.config))])
             if self.context.storage:  # the row reaches the storage too, without holding up the search
                 search_files.save_soon(self.context.storage, self.context.search, Path(self.leaderboard_path).parent)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trial, None)
+        self._ended(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trial, trial_error(trial))
+        self._ended(trial)
 
 
-def trial_error(trial: Any) -> str:
-    """The one-line cause of a trial's failure: from the trial's local error file (Tune writes it before it calls
-    back; the copy in the storage may not be synced yet), else from the storage."""
-    try:
-        local = trial.error_file
-        text = Path(local).read_text() if local and os.path.isfile(local) else None
-        return short_error(text or trial.get_pickled_error() or trial.get_error()) or "trial failed (no error recorded)"
-    except Exception:  # noqa: BLE001 - the row matters more than the message
-        return "trial failed (no error message recorded)"
-
-
-__all__ = ["SearchContext", "LeaderboardCallback", "build_row", "rows_from_grid", "is_over", "ending",
-           "checkpoint_exists", "short_error", "trial_error"]
+__all__ = ["SearchContext", "LeaderboardCallback", "build_row", "rows_from_grid", "is_over", "checkpoint_exists"]

@@ -1,23 +1,24 @@
 """Search strategies: which Optuna sampler proposes configs and which Tune scheduler stops trials early.
 
     sampler = make_sampler("tpe", seed=0, num_samples=12)
-    scheduler = make_scheduler("asha", search="resnet-1", metric="balanced_accuracy", max_epochs=8, grace_epochs=1)
+    scheduler = make_scheduler("asha", run=run, metric="balanced_accuracy", max_epochs=8, grace_epochs=1)
 
-Schedulers record which trials they stopped before max_epochs, so a leaderboard row can say "stopped early" (a STOP
-at max_epochs is only the end of training), and `BudgetStopper` ends the search at its deadline. What they share lives
-in a registry keyed by search name (`search_run`), not in attributes: `--resume` restores pickled copies of them.
+Schedulers record in the search's run (search/tuning/record.py) which trials they stopped before max_epochs, so a
+leaderboard row can say "stopped early" (a STOP at max_epochs is only the end of training), and `BudgetStopper` ends
+the search at the run's deadline. `--resume` restores pickled copies of the scheduler and searcher, each with an empty
+run: `attach_run` hands them the resumed driver's.
 """
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ray.tune import Stopper
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
+from search.tuning.ray_private import completed_trials, optuna_study, optuna_trials
+from search.tuning.record import SearchRun
 from search.tuning.trial import TIME_ATTR
 
 SEARCHERS = ("tpe", "random")
@@ -25,44 +26,18 @@ SCHEDULERS = ("asha", "median", "fifo", "pbt")
 
 
 
-@dataclass
-class SearchRun:
-    """What this driver process knows about a running search."""
-
-    early_stops: set = field(default_factory=set)  # trial ids the scheduler stopped before max_epochs
-    deadline: Optional[float] = None  # wall-clock time (time.time()) at which the time budget ends the search
-    launched: float = field(default_factory=time.time)  # when this process launched (or resumed) the search
-    trial_started: dict = field(default_factory=dict)  # trial id -> when this process saw it start
-    trial_walls: dict = field(default_factory=dict)  # trial id -> seconds from its start to its end, seen here
-
-    def budget_spent(self) -> bool:
-        return self.deadline is not None and time.time() >= self.deadline
-
-
-_RUNS: dict[str, SearchRun] = {}
-
-
-def search_run(search: str) -> SearchRun:
-    return _RUNS.setdefault(search, SearchRun())
-
-
-def early_stops(search: str) -> set:
-    """Trial ids of `search` that its scheduler stopped before max_epochs, as recorded in this process."""
-    return search_run(search).early_stops
-
-
 class BudgetStopper(Stopper):
-    """Ends the whole search at `search_run(search).deadline` (set anew by each run, so `--resume` may give a new
-    budget); Tune then stops every running trial."""
+    """Ends the whole search at the run's deadline (set anew by each run, so `--resume` may give a new budget); Tune
+    then stops every running trial."""
 
-    def __init__(self, search: str) -> None:
-        self.search = search
+    def __init__(self, run: SearchRun) -> None:
+        self.run = run
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return search_run(self.search).budget_spent()
+        return self.run.budget_spent()
 
 
 def make_sampler(name: str, seed: int, num_samples: int):
@@ -80,7 +55,7 @@ def make_sampler(name: str, seed: int, num_samples: int):
 class _RecordsEarlyStops:
     """Mixin for a Tune scheduler: remember each STOP decided before `max_epochs`."""
 
-    search: str = ""
+    run: SearchRun
     max_epochs: float = math.inf
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
@@ -91,7 +66,7 @@ class _RecordsEarlyStops:
             # the last epoch: the trial returns by itself. A STOP would kill it while a DDP trial's Train run is
             # still closing, and its controller would retry the workers whose placement group is being freed
             return TrialScheduler.CONTINUE
-        early_stops(self.search).add(trial.trial_id)
+        self.run.early_stops.add(trial.trial_id)
         return decision
 
 
@@ -103,7 +78,7 @@ class RecordingMedian(_RecordsEarlyStops, MedianStoppingRule):
     pass
 
 
-def make_scheduler(name: str, *, search: str, metric: str, max_epochs: int, grace_epochs: int,
+def make_scheduler(name: str, *, run: SearchRun, metric: str, max_epochs: int, grace_epochs: int,
                    reduction_factor: int = 2, mode: str = "max", seed: int = 0) -> Optional[TrialScheduler]:
     """ASHA (stops a trial at epoch grace x factor^k unless it is in the top 1/factor there), the median stopping
     rule (stops a trial whose running mean falls below the median of the others at the same epoch, after the grace
@@ -123,7 +98,7 @@ def make_scheduler(name: str, *, search: str, metric: str, max_epochs: int, grac
         return FIFOScheduler()
     else:
         raise ValueError(f"--scheduler {name!r}: choose from {SCHEDULERS}")
-    scheduler.search, scheduler.max_epochs = search, max_epochs
+    scheduler.run, scheduler.max_epochs = run, max_epochs
     return scheduler
 
 
@@ -131,9 +106,15 @@ class BudgetAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that closes a trial the time budget cut short as PRUNED at its last value (FAIL when it trained
     no epoch), not as COMPLETE: the study then holds the same ending as the leaderboard row."""
 
-    def __init__(self, *args: Any, search: str = "", max_epochs: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, run: Optional[SearchRun] = None, max_epochs: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.search, self.max_epochs = search, max_epochs
+        self.run, self.max_epochs = run or SearchRun(), max_epochs
+
+    def restore(self, checkpoint_path: str) -> None:
+        """OptunaSearch restores its whole __dict__ from the saved searcher: keep this driver's run."""
+        run = self.run
+        super().restore(checkpoint_path)
+        self.run = run
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         import optuna
@@ -145,7 +126,7 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         except optuna.exceptions.UpdateFinishedTrialError:
             # a trial that ended just before the driver died: the study has its end, Tune's saved state did not, so
             # --resume restored it and it re-reports its last epoch. The study keeps what it has.
-            self._completed_trials.add(trial_id)
+            completed_trials(self).add(trial_id)
         except KeyError as missing:  # optuna's "Record does not exist.": see _unrecorded
             self._note_unrecorded(trial_id, missing)
 
@@ -161,12 +142,12 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         return self.__dict__.setdefault("_unrecorded_trials", set())
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
-        run = search_run(self.search)
+        run = self.run
         epochs = int((result or {}).get(TIME_ATTR) or 0)
         cut = not error and run.budget_spent() and trial_id not in run.early_stops and epochs < self.max_epochs
         if trial_id in self._unrecorded():
             return None
-        if not cut or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if not cut or trial_id in completed_trials(self) or trial_id not in optuna_trials(self):
             try:
                 return super().on_trial_complete(trial_id, result=result, error=error)
             except KeyError as missing:  # not in the study: see _unrecorded
@@ -175,21 +156,27 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         import optuna
 
         state = optuna.trial.TrialState.PRUNED if epochs else optuna.trial.TrialState.FAIL
-        self._ot_study.tell(self._ot_trials[trial_id], state=state)
-        self._completed_trials.add(trial_id)
+        optuna_study(self).tell(optuna_trials(self)[trial_id], state=state)
+        completed_trials(self).add(trial_id)
 
 
-def make_searcher(sampler_name: str, *, search: str, space: Any, metric: Any, mode: Any, storage: Any,
+def make_searcher(sampler_name: str, *, search: str, run: SearchRun, space: Any, metric: Any, mode: Any, storage: Any,
                   seed: int, num_samples: int, max_epochs: int,
                   points_to_evaluate: Optional[list[dict]] = None) -> BudgetAwareOptunaSearch:
     """OptunaSearch over `space` with the named sampler; its study is stored under the search's name. `metric` and
     `mode` are lists for a multi-objective search (the sampler then proposes for all of them); `points_to_evaluate`
     (a warm start) are enqueued in the study, so they are the first trials."""
     return BudgetAwareOptunaSearch(space=space, metric=metric, mode=mode, study_name=search, storage=storage,
-                                   sampler=make_sampler(sampler_name, seed, num_samples), search=search,
+                                   sampler=make_sampler(sampler_name, seed, num_samples), run=run,
                                    max_epochs=max_epochs, points_to_evaluate=points_to_evaluate or None)
 
 
-__all__ = ["SEARCHERS", "SCHEDULERS", "make_sampler", "make_scheduler", "early_stops", "search_run", "SearchRun",
-           "BudgetStopper", "BudgetAwareOptunaSearch", "make_searcher", "RecordingASHA",
-           "RecordingMedian"]
+def attach_run(parts: list, run: SearchRun) -> None:
+    """Hand this driver's run to the scheduler and searcher of a restored Tuner (pickled, theirs is empty)."""
+    for part in parts:
+        if isinstance(part, (_RecordsEarlyStops, BudgetAwareOptunaSearch)):
+            part.run = run
+
+
+__all__ = ["SEARCHERS", "SCHEDULERS", "make_sampler", "make_scheduler", "attach_run", "BudgetStopper",
+           "BudgetAwareOptunaSearch", "make_searcher", "RecordingASHA", "RecordingMedian"]

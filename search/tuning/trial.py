@@ -287,7 +287,7 @@ def release_placement_group(group_hex: str) -> bool:
     group; Train's own cleaner cannot find its cluster when several Rays share a host."""
     if not group_hex:
         return False
-    from ray._raylet import PlacementGroupID
+    from ray import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
     group = PlacementGroup(PlacementGroupID(bytes.fromhex(group_hex)))

@@ -23,14 +23,15 @@ from search.tuning.data import SearchData, prepare_data
 from search.board.pareto import direction, front_lines, marked_search, searcher_objectives
 from search.board.paths import RESULTS, REPORT, in_storage, leaderboard_path, optuna_url, split_path
 from search.tuning.plan import Plan, cluster_nodes, driver_resources
-from search.tuning.history import result_trial_id
+from search.tuning.ray_private import restored_configs
+from search.tuning.record import SearchRun, TrialRecorder, result_trial_id
 from search.tuning.resume_guard import MissingCheckpointGuard
 from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.board.schema import SEARCH_END_COLUMNS
 from search.board.settings import SearchSettings, save_settings
 from search.tuning.storage_full import fit_or_full
 from search.tuning.spaces import SearchSpace
-from search.tuning.strategies import BudgetStopper, make_scheduler, make_searcher, search_run
+from search.tuning.strategies import BudgetStopper, attach_run, make_scheduler, make_searcher
 from search.tuning.timeline_tune import TimelineCallback
 from search.board.study_storage import dashboard_target, open_storage as optuna_storage
 from search.tuning.uncertainty import tie_line
@@ -69,24 +70,30 @@ def search_space(settings: SearchSettings) -> SearchSpace:
                        epochs=settings.max_epochs, seed=settings.seed)
 
 
-def build_tuner(settings: SearchSettings, plan: Plan, trainable: Any, callbacks: list,
+def build_tuner(settings: SearchSettings, plan: Plan, trainable: Any, callbacks: list, run: SearchRun,
                 warm_start_points: Optional[list[dict]] = None) -> tune.Tuner:
     """A new Tuner, whose first trials are `warm_start_points` (configs), or the search's own restored from its
-    storage with `--resume`."""
+    storage with `--resume`: it runs with this driver's callbacks and run (its pickled callbacks, scheduler and
+    searcher hold an empty run)."""
     experiment = in_storage(settings.storage, settings.name)
     if settings.resume:
         if not tune.Tuner.can_restore(experiment):
             raise ValueError(f"--resume: no Tune experiment at {experiment}")
-        return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    searcher, param_space = _searcher(settings, warm_start_points)
-    scheduler = make_scheduler(settings.scheduler, search=settings.name, metric=settings.metric,
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        restored_run, restored_tune = restored_configs(tuner)
+        restored_run.callbacks, restored_run.stop = callbacks, BudgetStopper(run)
+        attach_run([restored_tune.scheduler, restored_tune.search_alg], run)
+        return tuner
+    searcher, param_space = _searcher(settings, run, warm_start_points)
+    scheduler = make_scheduler(settings.scheduler, run=run, metric=settings.metric,
                                max_epochs=settings.max_epochs, grace_epochs=settings.grace_epochs,
                                reduction_factor=settings.reduction_factor, seed=settings.seed)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config(settings, plan, searcher, scheduler),
-                      run_config=run_config(settings, plan, callbacks))
+                      run_config=run_config(settings, plan, callbacks, run))
 
 
-def _searcher(settings: SearchSettings, warm_start_points: Optional[list[dict]]) -> tuple[Any, Optional[dict]]:
+def _searcher(settings: SearchSettings, run: SearchRun,
+              warm_start_points: Optional[list[dict]]) -> tuple[Any, Optional[dict]]:
     """(search algorithm, param_space): OptunaSearch over the define-by-run space (no param_space), or for PBT, which
     refuses a searcher, Tune's generator over a population drawn at random from the same space (search/tuning/pbt.py)."""
     if settings.scheduler == "pbt":
@@ -95,7 +102,7 @@ def _searcher(settings: SearchSettings, warm_start_points: Optional[list[dict]])
         return population(search_space(settings), settings.num_samples, seed=settings.seed)
     # lists with --objectives; the scheduler uses the first
     metric, mode = searcher_objectives(settings.metric, settings.objectives)
-    return make_searcher(settings.searcher, search=settings.name, space=search_space(settings), metric=metric,
+    return make_searcher(settings.searcher, search=settings.name, run=run, space=search_space(settings), metric=metric,
                          mode=mode, storage=optuna_storage(study_url(settings)), seed=settings.seed,
                          num_samples=settings.num_samples,
                          max_epochs=settings.max_epochs, points_to_evaluate=warm_start_points), None
@@ -112,10 +119,9 @@ def tune_config(settings: SearchSettings, plan: Plan, searcher: Any, scheduler: 
                            reuse_actors=plan.per_trial.in_process)
 
 
-def run_config(settings: SearchSettings, plan: Plan, callbacks: list) -> tune.RunConfig:
+def run_config(settings: SearchSettings, plan: Plan, callbacks: list, run: SearchRun) -> tune.RunConfig:
     return tune.RunConfig(
-        name=settings.name, storage_path=settings.storage, verbose=1, callbacks=callbacks,
-        stop=BudgetStopper(settings.name),
+        name=settings.name, storage_path=settings.storage, verbose=1, callbacks=callbacks, stop=BudgetStopper(run),
         # one-worker trials are retried by Tune from their last checkpoint; DDP trials by Ray Train
         failure_config=tune.FailureConfig(max_failures=settings.max_failures if plan.per_trial.in_process else 0),
         checkpoint_config=checkpoint_config(settings.metric, "max", for_tune=True,
@@ -146,18 +152,19 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
                         progress=console.out)
     console.say(data.describe())
     data.write_split(split_path(settings.results, settings.name))  # read by search/evaluate.py
-    recorder = LeaderboardCallback(search_context(settings, data), str(leaderboard_path(settings.results)))
-    progress = ConsoleCallback(search=settings.name, metric=settings.metric, num_samples=settings.num_samples,
+    run = SearchRun()  # what this driver learns of the search: its trials' records, early stops, deadline
+    recorder = LeaderboardCallback(search_context(settings, data), str(leaderboard_path(settings.results)), run)
+    progress = ConsoleCallback(run=run, metric=settings.metric, num_samples=settings.num_samples,
                                max_epochs=settings.max_epochs, quiet_restarts=settings.scheduler == "pbt")
     refs = search_refs(settings.cv, settings.seed, data, console.say)  # with --cv: the pooled set and its folds
-    callbacks = [recorder, progress, MissingCheckpointGuard()]  # the guard: a resumed trial never errors for a
+    # the recorder first: the callbacks after it read its records. The guard: a resumed trial never errors for a
     # checkpoint Tune's saved state names but the storage lost (search/tuning/resume_guard.py)
+    callbacks = [TrialRecorder(run), recorder, progress, MissingCheckpointGuard()]
     callbacks.append(NoRetryForUnbuildable())  # a config that cannot be built fails once (search/tuning/unbuildable.py)
     tuner = build_tuner(settings, plan, trainable_for(trial_settings(settings, plan), refs),
-                        callbacks + ([TimelineCallback()] if timeline.enabled() else []), points)
-    # a new head can resume
-    _say_failure(console, search_files.save_now(settings.storage, settings.name, settings.results))
-    run = search_run(settings.name)
+                        callbacks + ([TimelineCallback()] if timeline.enabled() else []), run, points)
+    _say_failure(console, search_files.save_now(settings.storage, settings.name, settings.results))  # a new head
+    # can resume
     run.launched, run.deadline = time.time(), (time.time() + settings.time_budget if settings.time_budget else None)
     console.say(f"searching: {settings.num_samples} trials of {'+'.join(settings.family)}, up to "
                 f"{settings.max_epochs} epochs each, {plan.max_concurrent_trials} at once ({settings.searcher} + "
@@ -171,13 +178,13 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
     fit_started = time.time()
     grid, full = fit_or_full(tuner, settings)  # full: the storage filled up; the rows are in the leaderboard already
     slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
-    mine = write_rows(settings, recorder.context, grid, console)
-    code = finish(settings, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
+    mine = write_rows(settings, recorder.context, run, grid, console)
+    code = finish(settings, run, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))
     if full:
         console.error(full)
         code = code or 1
-    # ended or interrupted
-    _say_failure(console, search_files.save_now(settings.storage, settings.name, settings.results))
+    _say_failure(console, search_files.save_now(settings.storage, settings.name, settings.results))  # ended or
+    # interrupted
     if code == 0 and settings.rerank_top:  # the second stage: the top trials re-trained with K folds
         from search.tuning.rerank import rerank
 
@@ -192,11 +199,12 @@ def _say_failure(console: Console, warning: Optional[str]) -> None:
         console.say(warning)
 
 
-def write_rows(settings: SearchSettings, context: SearchContext, grid: Any, console: Console) -> Any:
+def write_rows(settings: SearchSettings, context: SearchContext, run: SearchRun, grid: Any,
+               console: Console) -> Any:
     """Every ended trial of the ResultGrid into the leaderboard again (the Pareto flags set over the whole search,
     PBT's exploit-only checkpoints pruned once it finished); returns the search's ranked rows."""
     board = leaderboard_path(settings.results)
-    rows = rows_from_grid(context, grid, walls=search_run(settings.name).trial_walls)
+    rows = rows_from_grid(context, run, grid)
     if settings.objectives:  # the front over every ended trial of the search, this run's and a resumed one's earlier
         rows = marked_search(board, settings.name, rows, settings.objectives)
     table = leaderboard.append_rows(board, rows) if rows else leaderboard.search_rows(board, settings.name)
@@ -216,7 +224,7 @@ def ranked_within(table: Any, search: str) -> Any:
     return mine.assign(rank=range(1, len(mine) + 1))
 
 
-def finish(settings: SearchSettings, grid: Any, mine: Any, console: Console, summary: str) -> int:
+def finish(settings: SearchSettings, run: SearchRun, grid: Any, mine: Any, console: Console, summary: str) -> int:
     """Show the search's rows, timing and what to run next; tidy the Optuna study; the exit code says whether
     anything trained."""
     say = console.say
@@ -234,14 +242,14 @@ def finish(settings: SearchSettings, grid: Any, mine: Any, console: Console, sum
     for warning in single_class_warnings(mine):
         say(warning)
     pending = len({result_trial_id(result) for result in grid} - set(mine["trial_id"]))
-    if pending and not search_run(settings.name).budget_spent():  # an interrupt left trials to --resume
+    if pending and not run.budget_spent():  # an interrupt left trials to --resume
         say(f"search interrupted with {pending} trial(s) unfinished; continue it with: python search/run.py "
             f"--resume --name {quote(settings.name)} --results {quote(settings.results)} "
             f"--storage {quote(settings.storage)}")
         return 1
     try:
         if settings.scheduler != "pbt":  # a PBT search has no Optuna study
-            close_open_optuna_trials(settings, say)
+            close_open_optuna_trials(settings, run.budget_spent(), say)
     except Exception as failure:  # noqa: BLE001 - tidying the study must not fail a finished search
         say(f"warning: could not check the Optuna study {settings.name} for open trials: {failure}")
     if not (mine["epochs_run"].fillna(0) > 0).any():
@@ -293,7 +301,7 @@ def next_steps(settings: SearchSettings) -> str:
         f"   # learning curves of every trial"])
 
 
-def close_open_optuna_trials(settings: SearchSettings, say=print) -> int:
+def close_open_optuna_trials(settings: SearchSettings, spent: bool, say=print) -> int:
     """Once every Tune trial of the search has ended, a trial still RUNNING in its Optuna study is one Tune never
     reported back: cut by the time budget (Tune ends such trials without telling the searcher; PRUNED at its last
     value when it trained, as the row's time_budget), never started, or left by a driver killed between Optuna's
@@ -301,7 +309,6 @@ def close_open_optuna_trials(settings: SearchSettings, say=print) -> int:
     import optuna
 
     study = optuna.load_study(study_name=settings.name, storage=optuna_storage(study_url(settings)))
-    spent = search_run(settings.name).budget_spent()
     closed = {"PRUNED": [], "FAIL": []}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         state = optuna.trial.TrialState.PRUNED if spent and trial.intermediate_values else optuna.trial.TrialState.FAIL

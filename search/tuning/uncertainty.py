@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from leukmodels.metrics import interval_keys, tied_with
-from search.tuning.history import finite
+from search.tuning.record import finite
 
 SHOWN_TIES = 8  # trial ids named in the tie line; the rest are counted
 
