@@ -252,6 +252,42 @@ def test_rows_from_a_fake_result_grid_land_in_the_leaderboard_ranked(tmp_path):
     assert len(again) == 3
 
 
+def test_one_record_per_trial_feeds_the_console_and_the_row_written_when_it_ends(tmp_path, capsys):
+    """Tune's callbacks in a search's order: the recorder files each report once; the row and the console line read
+    the same record (best epoch: the later of a tie, as Ray keeps it; the status from the run's early stops)."""
+    from types import SimpleNamespace
+
+    from search.board.paths import leaderboard_path
+    from search.tuning.console import ConsoleCallback
+    from search.tuning.record import TrialRecorder
+    from search.tuning.rows import LeaderboardCallback
+
+    run = SearchRun(early_stops={"t2"})
+    context = SearchContext(search="callbacks", metric="weighted_f1", max_epochs=3)
+    board = leaderboard_path(tmp_path)
+    callbacks = [TrialRecorder(run), LeaderboardCallback(context, str(board), run),
+                 ConsoleCallback(run=run, metric="weighted_f1", num_samples=2, max_epochs=3)]
+    for trial_id, values in (("t1", [0.5, 0.8, 0.8]), ("t2", [0.4])):
+        trial = SimpleNamespace(trial_id=trial_id, config=dict(CONFIG), path=None, last_result=None)
+        for callback in callbacks:
+            callback.on_trial_start(0, [], trial)
+        for report in _history(values):
+            trial.last_result = {**report, "config": dict(CONFIG)}  # Tune's result holds the nested config too
+            for callback in callbacks:
+                callback.on_trial_result(0, [], trial, trial.last_result)
+        for callback in callbacks:
+            callback.on_trial_complete(0, [], trial)
+    record = run.trials["t1"]
+    assert len(record.reports) == 3 and "config" not in record.reports[0] and record.wall_seconds is not None
+    rows = leaderboard.read(board).set_index("trial_id")
+    assert (rows.loc["t1", "best_epoch"], rows.loc["t1", "status"], rows.loc["t1", "train_seconds"]) == (
+        3, "finished", 15.0)
+    assert rows.loc["t2", "status"] == "stopped" and rows.loc["t2", "overhead_seconds"] >= 0.0
+    out = capsys.readouterr().out
+    assert "t1 finished 3 epochs, best weighted_f1 0.800 (epoch 3)" in out
+    assert "t2 stopped early after 1 epoch(s), best weighted_f1 0.400 (epoch 1)" in out and "2/2 trials, 4/6" in out
+
+
 def test_a_one_class_model_on_an_imbalanced_validation_set_does_not_win(tmp_path):
     """Validation: 80% ALL. A model that calls every cell ALL scores weighted F1 0.71, more than a real model that
     is right on about three cells in four of either class; the search's default metric (balanced accuracy: 0.5 for

@@ -43,13 +43,13 @@ class Console:
     def error(self, text: str) -> None:
         self.say(f"error: {text}", error=True)
 
+    def __reduce__(self) -> tuple:
+        return plain_console, ()  # Tune pickles the callbacks holding it: a copy writes to the process's stdout
 
-_CURRENT: list[Console] = []
 
-
-def current() -> Console:
-    """The console of the search running in this process (plain stdout/stderr when there is none)."""
-    return _CURRENT[-1] if _CURRENT else Console(sys.stdout, sys.stderr, None)
+def plain_console() -> Console:
+    """Lines to this process's stdout/stderr, no log (a test's, or a pickled console's)."""
+    return Console(sys.stdout, sys.stderr, None)
 
 
 def _terminal(stream: TextIO, fd: int) -> tuple[TextIO, bool]:
@@ -77,11 +77,9 @@ def logged_console(log_path: Path, verbose: bool = False) -> Iterator[Console]:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         sys.stdout = sys.stderr = log
-    _CURRENT.append(console)
     try:
         yield console
     finally:
-        _CURRENT.remove(console)
         for stream in (sys.stdout, sys.stderr, log):
             with contextlib.suppress(Exception):
                 stream.flush()
@@ -114,8 +112,7 @@ def _params(config: dict) -> str:
 class ConsoleCallback(Callback):
     """One line when a trial starts and one when it ends (how, after how many epochs, at what metric: read from the
     trial's record, filed by `TrialRecorder` before this callback), then a progress line over the search's budget.
-    Picklable: Tune saves it for `--resume` (a resumed driver uses new callbacks); it finds the console through
-    `current()`."""
+    Picklable: Tune saves it for `--resume` (a resumed driver uses new callbacks)."""
 
     run: SearchRun
     metric: str
@@ -124,6 +121,7 @@ class ConsoleCallback(Callback):
     numbers: dict = field(default_factory=dict)  # trial id -> 1, 2, ... in the order trials started
     ended: set = field(default_factory=set)
     quiet_restarts: bool = False  # PBT restarts every trial at every round: say only its first start and exploits
+    console: Console = field(default_factory=plain_console)  # the search's (logged_console)
 
     def _label(self, trial: Any) -> str:
         number = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
@@ -135,12 +133,12 @@ class ConsoleCallback(Callback):
             return
         config = dict(trial.config)
         family = config.get("family", "?")
-        current().say(f"{self._label(trial)} started: {family} {_params(config)}")
+        self.console.say(f"{self._label(trial)} started: {family} {_params(config)}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         donor = result.get(EXPLOITED_FROM)  # PBT replaced its weights: its row ranks the epochs from here on
         if "epoch" in result and isinstance(donor, str) and donor:
-            current().say(f"{self._label(trial)} continues the weights of {donor} with "
+            self.console.say(f"{self._label(trial)} continues the weights of {donor} with "
                           f"{_params(dict(trial.config))} wd={trial.config.get('weight_decay', 0):.1e} "
                           f"aug={trial.config.get('aug_strength', 0):.2f}")
 
@@ -151,10 +149,10 @@ class ConsoleCallback(Callback):
         best = record.best(self.metric)  # the epoch the row will name
         score = (f", best {self.metric} {best[self.metric]:.3f}{interval_text(best, self.metric)} (epoch "
                  f"{best['epoch']})" if best and not record.error else "")
-        current().say(f"{self._label(trial)} {how}{score}" + (f": {record.error}" if record.error else ""))
+        self.console.say(f"{self._label(trial)} {how}{score}" + (f": {record.error}" if record.error else ""))
         self.ended.add(trial.trial_id)
         if progress:
-            current().say(self.progress())
+            self.console.say(self.progress())
 
     def progress(self) -> str:
         done, elapsed = len(self.ended), time.time() - self.run.launched
@@ -183,4 +181,4 @@ def ending_text(status: Optional[str], epochs: int) -> str:
             "error": f"FAILED after {epochs} epoch(s)"}.get(status or "", f"interrupted after {epochs} epoch(s)")
 
 
-__all__ = ["Console", "ConsoleCallback", "logged_console", "current"]
+__all__ = ["Console", "ConsoleCallback", "logged_console", "plain_console"]

@@ -77,7 +77,7 @@ def rerank(settings: SearchSettings, plan: Plan, console: Console, mine: pd.Data
     run = SearchRun()  # the second stage's own: its trials' records (no deadline, no early stops)
     recorder = LeaderboardCallback(context, str(leaderboard_path(settings.results)), run)
     progress = ConsoleCallback(run=run, metric=settings.metric, num_samples=len(configs),
-                               max_epochs=settings.max_epochs)
+                               max_epochs=settings.max_epochs, console=console)
     trial = dataclasses.replace(trial, cv=True, train_storage=in_storage(settings.storage, name, TRAIN_RUNS_DIR))
     tuner = tune.Tuner(
         # every key must be in the space for points_to_evaluate to set it: each a choice of the values the configs hold

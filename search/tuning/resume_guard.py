@@ -9,7 +9,7 @@ trial is restored, and points such a trial at what exists.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ray.tune import Callback
 
@@ -42,7 +42,7 @@ def _on_storage(trial: Any) -> Optional[Any]:
 def repoint(trial: Any) -> Optional[str]:
     """When the trial's latest checkpoint is gone: drop every missing one from its checkpoint manager and make the
     newest that exists (the manager's, else the storage's) its latest, or none (it starts afresh). Returns a line
-    saying what changed, None when nothing was missing. The manager's lists are private (search/tuning/ray_private.py)."""
+    saying what changed, None when nothing was missing. The manager's lists are private: search/tuning/ray_private.py."""
     manager = trial.run_metadata.checkpoint_manager
     latest = manager.latest_checkpoint_result if manager else None
     if latest is None or _exists(latest.checkpoint):
@@ -60,18 +60,17 @@ class MissingCheckpointGuard(Callback):
     """Checks each trial once per driver, before Tune's loop restores it. Tune pickles it for `--resume`: what it
     checked is not pickled, so a resumed driver checks every trial again."""
 
-    def __init__(self) -> None:
+    def __init__(self, say: Callable[[str], None] = print) -> None:
         self.checked: set = set()
+        self.say = say  # the search's console
 
     def __getstate__(self) -> dict:
         return {}
 
     def __setstate__(self, state: dict) -> None:
-        self.checked = set()
+        self.checked, self.say = set(), print
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        from search.tuning.console import current
-
         for trial in trials:
             if trial.trial_id in self.checked or trial.status not in ("PENDING", "PAUSED"):
                 continue
@@ -81,7 +80,7 @@ class MissingCheckpointGuard(Callback):
             except Exception as failure:  # noqa: BLE001 - an unreachable storage: Tune reports the restore itself
                 line = f"warning: could not check the checkpoints of trial {trial.trial_id}: {failure}"
             if line:
-                current().say(f"resume: {line}")
+                self.say(f"resume: {line}")
 
 
 __all__ = ["MissingCheckpointGuard", "repoint"]

@@ -179,7 +179,8 @@ class LeaderboardCallback(Callback):
         if last.get("placement_group"):  # a DDP trial: its Train controller may die before freeing it
             self.to_release.append((time.time(), str(last["placement_group"]), trial.trial_id))
         if is_over(self.run, self.context, record):
-            leaderboard.append_rows(self.leaderboard_path, [build_row(self.context, self.run, record, dict(trial.config))])
+            row = build_row(self.context, self.run, record, dict(trial.config))
+            leaderboard.append_rows(self.leaderboard_path, [row])
             if self.context.storage:  # the row reaches the storage too, without holding up the search
                 search_files.save_soon(self.context.storage, self.context.search, Path(self.leaderboard_path).parent)
 

@@ -155,11 +155,12 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
     run = SearchRun()  # what this driver learns of the search: its trials' records, early stops, deadline
     recorder = LeaderboardCallback(search_context(settings, data), str(leaderboard_path(settings.results)), run)
     progress = ConsoleCallback(run=run, metric=settings.metric, num_samples=settings.num_samples,
-                               max_epochs=settings.max_epochs, quiet_restarts=settings.scheduler == "pbt")
+                               max_epochs=settings.max_epochs, quiet_restarts=settings.scheduler == "pbt",
+                               console=console)
     refs = search_refs(settings.cv, settings.seed, data, console.say)  # with --cv: the pooled set and its folds
     # the recorder first: the callbacks after it read its records. The guard: a resumed trial never errors for a
     # checkpoint Tune's saved state names but the storage lost (search/tuning/resume_guard.py)
-    callbacks = [TrialRecorder(run), recorder, progress, MissingCheckpointGuard()]
+    callbacks = [TrialRecorder(run), recorder, progress, MissingCheckpointGuard(console.say)]
     callbacks.append(NoRetryForUnbuildable())  # a config that cannot be built fails once (search/tuning/unbuildable.py)
     tuner = build_tuner(settings, plan, trainable_for(trial_settings(settings, plan), refs),
                         callbacks + ([TimelineCallback()] if timeline.enabled() else []), run, points)
