@@ -114,6 +114,19 @@ def test_resume_on_a_new_head_says_when_the_bucket_holds_nothing(s3, tmp_path, c
     assert "no settings at" in capsys.readouterr().err
 
 
+def test_a_searchs_background_copies_reach_the_bucket_and_the_final_copy_waits_for_them(s3, tmp_path):
+    import pickle
+
+    leaderboard.append_rows(leaderboard_path(tmp_path), [make_row("t1", search="bg")])
+    copies = search_files.BackgroundCopies(s3.uri("bg-store"), "bg", tmp_path)
+    copies.soon()
+    copies.soon()  # the first has not started or takes the same files
+    assert copies.now() is None
+    assert any(key.endswith("bg/search_files/rows.parquet") for key in s3.keys("bg-store"))
+    assert pickle.loads(pickle.dumps(copies)).now() is None  # Tune's pickled copy of the callback holding it
+    search_files.BackgroundCopies("", "bg", tmp_path).soon()  # no --storage: nothing to copy
+
+
 def test_an_endpoint_that_goes_down_is_named_when_the_files_cannot_be_copied(tmp_path):
     server = S3Server.start(bucket="down")  # its own server: this test stops it
     try:

@@ -7,7 +7,8 @@
         split.json      results/<name>/split.json             (the patient split evaluate tests on)
         search.log      results/<name>/search.log
 
-    save(storage, name, results)      # at launch, after each trial's row (in the background), at the end
+    save(storage, name, results)      # at launch and at the end (save_now); after each trial's row in the
+                                      # background (BackgroundCopies(storage, name, results).soon())
     restore(storage, name, results)   # --resume on a new head; leaderboard/evaluate/report --storage URI --search N
 
 While a search runs its results folder is the source of truth and the storage holds a copy at most one trial behind;
@@ -148,37 +149,48 @@ def for_reading(storage_location: str, name: Optional[str], board: Path) -> str:
 
 
 # -- in the background while the search runs -----------------------------------------------------------------------
-_uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search-files")
-_pending: dict[str, Future] = {}  # search name -> its latest queued or running copy
-_queued: set[str] = set()  # searches whose queued copy has not started yet (a later one would copy the same)
-_lock = threading.Lock()
+class BackgroundCopies:
+    """A search's copies of its files to its storage while it runs, one at a time in a background thread; owned by
+    the search (search/tuning/tuner.py) and its leaderboard callback. Inert without a storage."""
 
+    def __init__(self, storage_location: str, name: str, results: str | Path) -> None:
+        self.storage_location, self.name, self.results = storage_location, name, results
+        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search-files")
+        self._pending: Optional[Future] = None  # the latest queued or running copy
+        self._queued = False  # a queued copy has not started yet (a later one would copy the same)
+        self._lock = threading.Lock()
 
-def save_soon(storage_location: str, name: str, results: str | Path) -> None:
-    """`save` in a background thread (the driver goes on with the search); a copy that has not started yet already
-    takes the latest files, so no second one is queued behind it."""
-    with _lock:
-        if name not in _queued:
-            _queued.add(name)
-            _pending[name] = _uploader.submit(_save_quietly, storage_location, name, results)
+    def __reduce__(self) -> tuple:  # Tune pickles the callback holding it: a copy starts with no copy pending
+        return BackgroundCopies, (self.storage_location, self.name, self.results)
 
+    def soon(self) -> None:
+        """`save` in the background (the driver goes on with the search); a copy that has not started yet already
+        takes the latest files, so no second one is queued behind it."""
+        with self._lock:
+            if self.storage_location and not self._queued:
+                self._queued = True
+                self._pending = self._uploader.submit(self._save_quietly)
 
-def _save_quietly(storage_location: str, name: str, results: str | Path) -> None:
-    with _lock:
-        _queued.discard(name)
-    try:
-        save(storage_location, name, results)
-    except Exception as failure:  # noqa: BLE001 - the search goes on; the final save says what failed
-        print(f"warning: could not copy the search's files to {folder(storage_location, name)}: "
-              f"{storage.reason(failure)}")
+    def _save_quietly(self) -> None:
+        with self._lock:
+            self._queued = False
+        try:
+            save(self.storage_location, self.name, self.results)
+        except Exception as failure:  # noqa: BLE001 - the search goes on; the final save says what failed
+            print(f"warning: could not copy the search's files to {folder(self.storage_location, self.name)}: "
+                  f"{storage.reason(failure)}")
+
+    def now(self) -> Optional[str]:
+        """Wait for the background copy, then copy once more; returns a one-line warning when the storage failed."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+        return save_now(self.storage_location, self.name, self.results)
 
 
 def save_now(storage_location: str, name: str, results: str | Path) -> Optional[str]:
-    """Wait for a background copy, then copy once more; returns a one-line warning when the storage failed."""
-    with _lock:
-        pending = _pending.pop(name, None)
-    if pending is not None:
-        pending.result()
+    """Copy the search's files now; returns a one-line warning when the storage failed."""
     try:
         save(storage_location, name, results)
     except Exception as failure:  # noqa: BLE001 - the results folder still holds everything
@@ -187,4 +199,4 @@ def save_now(storage_location: str, name: str, results: str | Path) -> Optional[
     return None
 
 
-__all__ = ["FOLDER", "folder", "for_reading", "restore", "rows_from_storage", "rows_to_storage", "save", "save_now", "save_soon"]
+__all__ = ["FOLDER", "folder", "for_reading", "restore", "rows_from_storage", "rows_to_storage", "save", "save_now", "BackgroundCopies"]

@@ -23,6 +23,7 @@ from ray.tune.search import BasicVariantGenerator
 from leukmodels.config import TrainConfig
 from leukmodels.values import plain
 from search.board import leaderboard
+from search.board.search_files import BackgroundCopies
 from search.tuning.console import Console, ConsoleCallback
 from search.tuning.crossval import config_key, cv_refs, describe_folds
 from search.tuning.data import SearchData
@@ -75,7 +76,8 @@ def rerank(settings: SearchSettings, plan: Plan, console: Console, mine: pd.Data
     context.search, context.searcher, context.scheduler, context.stage = name, "rerank", "fifo", STAGE
     context.origins = origins
     run = SearchRun()  # the second stage's own: its trials' records (no deadline, no early stops)
-    recorder = LeaderboardCallback(context, str(leaderboard_path(settings.results)), run)
+    recorder = LeaderboardCallback(context, str(leaderboard_path(settings.results)), run,
+                                   BackgroundCopies(settings.storage, name, settings.results) if context.storage else None)
     progress = ConsoleCallback(run=run, metric=settings.metric, num_samples=len(configs),
                                max_epochs=settings.max_epochs, console=console)
     trial = dataclasses.replace(trial, cv=True, train_storage=in_storage(settings.storage, name, TRAIN_RUNS_DIR))

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from ray.tune import Callback
 
 from leukmodels.metrics import interval_keys, is_single_class
 from search.board import storage
+from search.board.search_files import BackgroundCopies
 from search.tuning.crossval import config_key, row_fields
 from search.tuning.record import SearchRun, TrialRecord, finite, record_of, record_of_result, short_error
 from search.tuning.ray_private import grid_trials
@@ -143,13 +143,12 @@ class LeaderboardCallback(Callback):
     context: SearchContext
     leaderboard_path: str
     run: SearchRun
+    copies: Optional[BackgroundCopies] = None  # the search's files to its --storage, in the background
     to_release: list = field(default_factory=list)  # (when, placement group id, trial id) of ended DDP trials
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.context.storage:  # the study now holds this trial: its copy in the storage should too
-            from search.board import search_files
-
-            search_files.save_soon(self.context.storage, self.context.search, Path(self.leaderboard_path).parent)
+        if self.copies:  # the study now holds this trial: its copy in the storage should too
+            self.copies.soon()
 
     def on_step(self, iteration: int, trials: list, **info: Any) -> None:
         self.release_placement_groups(older_than=RELEASE_DELAY_S)
@@ -172,7 +171,7 @@ class LeaderboardCallback(Callback):
                 print(f"warning: could not free the placement group of trial {trial_id}: {failure}")
 
     def _ended(self, trial: Any) -> None:
-        from search.board import leaderboard, search_files
+        from search.board import leaderboard
 
         record = record_of(self.run, trial)
         last = record.reports[-1] if record.reports else (trial.last_result or {})
@@ -181,8 +180,8 @@ class LeaderboardCallback(Callback):
         if is_over(self.run, self.context, record):
             row = build_row(self.context, self.run, record, dict(trial.config))
             leaderboard.append_rows(self.leaderboard_path, [row])
-            if self.context.storage:  # the row reaches the storage too, without holding up the search
-                search_files.save_soon(self.context.storage, self.context.search, Path(self.leaderboard_path).parent)
+            if self.copies:  # the row reaches the storage too, without holding up the search
+                self.copies.soon()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trial)

@@ -153,7 +153,9 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
     console.say(data.describe())
     data.write_split(split_path(settings.results, settings.name))  # read by search/evaluate.py
     run = SearchRun()  # what this driver learns of the search: its trials' records, early stops, deadline
-    recorder = LeaderboardCallback(search_context(settings, data), str(leaderboard_path(settings.results)), run)
+    copies = search_files.BackgroundCopies(settings.storage, settings.name, settings.results)  # to --storage
+    recorder = LeaderboardCallback(search_context(settings, data), str(leaderboard_path(settings.results)), run,
+                                   copies)
     progress = ConsoleCallback(run=run, metric=settings.metric, num_samples=settings.num_samples,
                                max_epochs=settings.max_epochs, quiet_restarts=settings.scheduler == "pbt",
                                console=console)
@@ -164,8 +166,7 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
     callbacks.append(NoRetryForUnbuildable())  # a config that cannot be built fails once (search/tuning/unbuildable.py)
     tuner = build_tuner(settings, plan, trainable_for(trial_settings(settings, plan), refs),
                         callbacks + ([TimelineCallback()] if timeline.enabled() else []), run, points)
-    _say_failure(console, search_files.save_now(settings.storage, settings.name, settings.results))  # a new head
-    # can resume
+    _say_failure(console, copies.now())  # a new head can resume
     run.launched, run.deadline = time.time(), (time.time() + settings.time_budget if settings.time_budget else None)
     console.say(f"searching: {settings.num_samples} trials of {'+'.join(settings.family)}, up to "
                 f"{settings.max_epochs} epochs each, {plan.max_concurrent_trials} at once ({settings.searcher} + "
@@ -184,8 +185,7 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
     if full:
         console.error(full)
         code = code or 1
-    _say_failure(console, search_files.save_now(settings.storage, settings.name, settings.results))  # ended or
-    # interrupted
+    _say_failure(console, copies.now())  # ended or interrupted
     if code == 0 and settings.rerank_top:  # the second stage: the top trials re-trained with K folds
         from search.tuning.rerank import rerank
 
