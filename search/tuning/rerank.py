@@ -76,8 +76,8 @@ def rerank(settings: SearchSettings, plan: Plan, console: Console, mine: pd.Data
     context.search, context.searcher, context.scheduler, context.stage = name, "rerank", "fifo", STAGE
     context.origins = origins
     run = SearchRun()  # the second stage's own: its trials' records (no deadline, no early stops)
-    recorder = LeaderboardCallback(context, str(leaderboard_path(settings.results)), run,
-                                   BackgroundCopies(settings.storage, name, settings.results) if context.storage else None)
+    copies = BackgroundCopies(settings.storage, name, settings.results)  # inert without --storage
+    recorder = LeaderboardCallback(context, str(leaderboard_path(settings.results)), run, copies)
     progress = ConsoleCallback(run=run, metric=settings.metric, num_samples=len(configs),
                                max_epochs=settings.max_epochs, console=console)
     trial = dataclasses.replace(trial, cv=True, train_storage=in_storage(settings.storage, name, TRAIN_RUNS_DIR))
