@@ -16,6 +16,7 @@ from ray.tune.experiment import Trial
 from ray.tune.result_grid import ResultGrid
 
 from leukmodels.metrics import best_report
+from search.board.paths import optuna_url
 from search.tuning.pbt import SearchPBT, make_pbt
 from search.tuning.ray_private import (checkpoint_results, completed_trials, grid_trials, next_pbt_round, optuna_study,
                                        optuna_trials, pbt_interval, restored_configs, set_checkpoint_results,
@@ -81,7 +82,7 @@ def test_the_trials_behind_a_result_grid(tmp_path):
 
 def _searcher(run: SearchRun, tmp_path) -> BudgetAwareOptunaSearch:
     return make_searcher("random", search="o", run=run, space=SearchSpace(["resnet"]), metric="balanced_accuracy",
-                         mode="max", storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"), seed=0,
+                         mode="max", storage=optuna.storages.RDBStorage(optuna_url(tmp_path)), seed=0,
                          num_samples=3, max_epochs=4)
 
 

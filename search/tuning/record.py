@@ -13,7 +13,6 @@ trial's first report carries the epochs before the restart); a row ranks the rep
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import time
@@ -23,16 +22,14 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
+from leukmodels.values import finite_or
 from leukmodels.metrics import best_report  # the one best-epoch rule, the core's (later epoch on ties)
 from search.tuning.trial import EXPLOITED_FROM, PRIOR_EPOCHS
 
 
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def epochs_run(history: list[dict]) -> int:
-    return max((int(r["epoch"]) for r in with_prior_epochs(history) if finite(r.get("epoch"))), default=0)
+    epochs = (finite_or(r.get("epoch")) for r in with_prior_epochs(history))
+    return max((int(epoch) for epoch in epochs if epoch is not None), default=0)
 
 
 def with_prior_epochs(history: list[dict]) -> list[dict]:
@@ -70,7 +67,7 @@ def trained_seconds(history: list[dict]) -> Optional[float]:
     total, last = 0.0, None
     for report in history:
         value = report.get("train_seconds")
-        if not finite(value):
+        if finite_or(value) is None:
             continue
         if last is not None and value < last:
             total += last
@@ -250,6 +247,6 @@ def trial_error(trial: Any) -> str:
         return "trial failed (no error message recorded)"
 
 
-__all__ = ["SearchRun", "TrialRecord", "TrialRecorder", "record_of", "record_of_result", "finite", "best_report",
+__all__ = ["SearchRun", "TrialRecord", "TrialRecorder", "record_of", "record_of_result", "best_report",
            "epochs_run", "exploits", "since_last_exploit", "trained_seconds", "result_trial_id", "trial_id_from_path",
            "with_checkpoint_paths", "with_prior_epochs", "short_error", "trial_error"]

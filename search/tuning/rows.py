@@ -18,10 +18,11 @@ from typing import Any, Optional
 from ray.tune import Callback
 
 from leukmodels.metrics import interval_keys, is_single_class
+from leukmodels.values import finite_or
 from search.board import storage
 from search.board.search_files import BackgroundCopies
 from search.tuning.crossval import config_key, row_fields
-from search.tuning.record import SearchRun, TrialRecord, finite, record_of, record_of_result, short_error
+from search.tuning.record import SearchRun, TrialRecord, record_of, record_of_result, short_error
 from search.tuning.ray_private import grid_trials
 from search.board.schema import METRIC_COLUMNS
 from search.tuning.spaces import FAMILY_PREFIX_SEP, train_config
@@ -81,8 +82,8 @@ def build_row(context: SearchContext, run: SearchRun, record: TrialRecord, confi
         notes.append(f"best checkpoint missing: {checkpoint}")
         checkpoint = None
     nodes = sorted({n for r in history for n in str(r.get("nodes") or "").split(",") if n})
-    speeds = [r["images_per_s"] for r in history if finite(r.get("images_per_s"))]
-    finished = float(last["timestamp"]) if finite(last.get("timestamp")) else time.time()
+    speeds = [r["images_per_s"] for r in history if finite_or(r.get("images_per_s")) is not None]
+    finished = finite_or(last.get("timestamp"), time.time())
     wall_seconds = record.wall_seconds
     return {
         "search": context.search, "trial_id": record.trial_id, "metric": context.metric, "status": status,
@@ -90,7 +91,8 @@ def build_row(context: SearchContext, run: SearchRun, record: TrialRecord, confi
         **{key: best.get(key) for key in METRIC_COLUMNS},
         "best_epoch": best.get("epoch"), "epochs_run": record.epochs_run(), "early_stopped": status == "stopped",
         "predicted_all": best.get("predicted_all"),
-        "single_class": is_single_class(best["predicted_all"]) if finite(best.get("predicted_all")) else None,
+        "single_class": is_single_class(best["predicted_all"]) if finite_or(best.get("predicted_all")) is not None
+        else None,
         "error": record.error, "notes": "; ".join(notes) or None, "num_parameters": last.get("num_parameters"),
         "train_seconds": record.trained_seconds(), "overhead_seconds": record.overhead_seconds(),
         # rank 0's training images/s times the workers: the trial's throughput (every rank runs the same steps)
@@ -108,8 +110,9 @@ def build_row(context: SearchContext, run: SearchRun, record: TrialRecord, confi
 
 def _started(last: dict) -> Optional[float]:
     """When a trial started, from Tune's record of its last report (a trial restored by --resume: no wall clock)."""
-    if finite(last.get("timestamp")) and finite(last.get("time_total_s")):
-        return float(last["timestamp"]) - float(last["time_total_s"])
+    stamp, total = finite_or(last.get("timestamp")), finite_or(last.get("time_total_s"))
+    if stamp is not None and total is not None:
+        return stamp - total
     return None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from leukmodels.metrics import interval_keys, tied_with
-from search.tuning.record import finite
+from leukmodels.values import finite_or
 
 SHOWN_TIES = 8  # trial ids named in the tie line; the rest are counted
 
@@ -19,7 +19,7 @@ SHOWN_TIES = 8  # trial ids named in the tie line; the rest are counted
 def interval_text(report: dict, metric: str) -> str:
     """" [0.741-0.883]" from a report's `<metric>_lo`/`<metric>_hi`, or "" when it has none (e.g. val_loss)."""
     lo, hi = (report.get(key) for key in interval_keys(metric))
-    return f" [{lo:.3f}-{hi:.3f}]" if finite(lo) and finite(hi) else ""
+    return f" [{lo:.3f}-{hi:.3f}]" if finite_or(lo) is not None and finite_or(hi) is not None else ""
 
 
 def tie_line(mine: Any) -> Optional[str]:
@@ -30,11 +30,12 @@ def tie_line(mine: Any) -> Optional[str]:
     winner = mine.iloc[0]
     metric = str(winner["metric"])
     lo, hi, value = winner["metric_lo"], winner["metric_hi"], winner[metric]
-    if not (finite(lo) and finite(hi) and finite(value)) or winner["status"] == "error":
+    if None in (finite_or(lo), finite_or(hi), finite_or(value)) or winner["status"] == "error":
         return None
     others = mine.iloc[1:]
     tied = [(row["trial_id"], float(row[metric])) for _, row in others.iterrows()
-            if row["status"] != "error" and finite(row[metric]) and tied_with(float(lo), float(row[metric]))]
+            if row["status"] != "error" and finite_or(row[metric]) is not None
+            and tied_with(float(lo), float(row[metric]))]
     head = (f"winner {winner['trial_id']}: {metric} {value:.3f}, 95% patient-bootstrap interval {lo:.3f}-{hi:.3f}")
     if not tied:
         return f"{head}; no other trial reaches its lower bound"
