@@ -4,6 +4,7 @@ changes one fails here, not in a search. No Ray cluster: Tune's objects are buil
 from __future__ import annotations
 
 import pickle
+import time
 from types import SimpleNamespace
 
 import optuna
@@ -23,8 +24,8 @@ from search.tuning.ray_private import (checkpoint_results, completed_trials, gri
                                        set_next_pbt_round, set_pbt_round, training_result)
 from search.tuning.record import SearchRun
 from search.tuning.spaces import SearchSpace
-from search.tuning.strategies import (BudgetAwareOptunaSearch, BudgetStopper, RecordingASHA, attach_run,
-                                      make_scheduler, make_searcher)
+from search.tuning.strategies import (BudgetAwareOptunaSearch, BudgetStopper, RecordingASHA, attach_run, make_scheduler,
+                                      make_searcher, write_deadline)
 
 
 class Marker(tune.Callback):
@@ -42,7 +43,7 @@ def test_a_restored_tuner_runs_with_the_configs_reached_here_and_takes_new_callb
                              mode="max", storage=None, seed=0, num_samples=2, max_epochs=4)
     tune.Tuner(_trainable, tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=2),
                run_config=tune.RunConfig(name="r", storage_path=str(tmp_path), callbacks=[Marker()],
-                                         stop=BudgetStopper(built)))
+                                         stop=BudgetStopper(tmp_path / "deadline.json")))
     tuner = tune.Tuner.restore(str(tmp_path / "r"), trainable=_trainable)
     run_config, tune_config = restored_configs(tuner)
     # what Tune pickled in tuner.pkl when the Tuner was built: copies, with an empty run each
@@ -51,10 +52,36 @@ def test_a_restored_tuner_runs_with_the_configs_reached_here_and_takes_new_callb
                                                                            BudgetAwareOptunaSearch)
     assert tune_config.scheduler.run is not built
     live = SearchRun(early_stops={"x"})
-    run_config.callbacks, run_config.stop = [Marker()], BudgetStopper(live)
+    run_config.callbacks = [Marker()]
     attach_run([tune_config.scheduler, tune_config.search_alg], live)
     again_run, again_tune = restored_configs(tuner)  # the same objects: what tuner.fit() will use
-    assert again_run.stop.run is live and again_tune.scheduler.run is live and again_tune.search_alg.run is live
+    assert again_tune.scheduler.run is live and again_tune.search_alg.run is live
+
+
+def test_a_resumed_tune_puts_back_the_stopper_pickled_in_its_experiment_state():
+    """Why BudgetStopper reads its deadline from a file: Tune's controller saves its `_stopper` with its state and a
+    resume restores it over the stopper the RunConfig gives (Ray 2.60: TuneController.__getstate__ drops the
+    callbacks, the scheduler and the searcher, which come back fresh, but keeps the stopper)."""
+    import inspect
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    dropped = inspect.getsource(TuneController.__getstate__)
+    assert '"_callbacks"' in dropped and '"_scheduler_alg"' in dropped and '"_search_alg"' in dropped
+    assert '"_stopper"' not in dropped
+
+
+def test_a_restored_stopper_ends_the_search_at_the_deadline_its_resumed_driver_wrote(tmp_path):
+    deadline = tmp_path / "s" / "deadline.json"
+    write_deadline(deadline, None)  # the first run had no budget
+    stopper = BudgetStopper(deadline)
+    assert not stopper.stop_all()
+    restored = pickle.loads(pickle.dumps(stopper))  # what a resumed Tune runs with
+    write_deadline(deadline, time.time() - 1)  # the resumed run's --time-budget, already spent
+    assert restored.stop_all()
+    old = BudgetStopper.__new__(BudgetStopper)
+    old.__setstate__({"search": "s"})  # pickled by a version whose stopper held its search's name
+    assert not old.stop_all()
 
 
 def test_a_search_run_pickles_empty_and_is_shared_by_copies():

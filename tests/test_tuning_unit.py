@@ -49,7 +49,7 @@ def test_the_tuner_per_kind_of_trial(workers, scheduler, reuse_actors, tune_retr
     config = tune_config(args, plan(workers), searcher=None, scheduler=None)
     assert config.reuse_actors is reuse_actors and config.max_concurrent_trials == at_once
     assert config.num_samples == args.num_samples
-    run = run_config(args, plan(workers), callbacks=[], run=SearchRun())
+    run = run_config(args, plan(workers), callbacks=[])
     assert run.failure_config.max_failures == tune_retries
     assert run.checkpoint_config.num_to_keep == kept
     assert (run.checkpoint_config.checkpoint_score_attribute, run.checkpoint_config.checkpoint_score_order) == (

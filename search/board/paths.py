@@ -14,6 +14,7 @@ SEARCHES = "searches"  # searches/<name>.json: a search's resolved settings, rea
 SETTINGS_SUFFIX = ".json"  # searches/<name>.json: the longest file name a search makes from --name
 SPLIT = "split.json"  # <name>/split.json: the patient split, read by evaluate and the benchmark
 SEARCH_LOG = "search.log"  # <name>/search.log: everything Ray, Tune and Train printed
+DEADLINE = "deadline.json"  # <name>/deadline.json: when this run's --time-budget ends the search (read by its stopper)
 REPORT = "report.html"  # <name>/report.html
 TEST_METRICS = "test_metrics.parquet"  # evaluate's rows, beside the leaderboard
 TEST_PREDICTIONS = "test_predictions.parquet"  # evaluate's per-cell P(ALL), beside the leaderboard
@@ -36,6 +37,10 @@ def settings_path(results: str | Path, name: str) -> Path:
 
 def split_path(results: str | Path, name: str) -> Path:
     return Path(results) / name / SPLIT
+
+
+def deadline_path(results: str | Path, name: str) -> Path:
+    return Path(results) / name / DEADLINE
 
 
 def in_storage(storage: str, *parts: str) -> str:

@@ -6,17 +6,22 @@
 Schedulers record in the search's run (search/tuning/record.py) which trials they stopped before max_epochs, so a
 leaderboard row can say "stopped early" (a STOP at max_epochs is only the end of training), and `BudgetStopper` ends
 the search at the run's deadline. `--resume` restores pickled copies of the scheduler and searcher, each with an empty
-run: `attach_run` hands them the resumed driver's.
+run: `attach_run` hands them the resumed driver's. The stopper cannot be handed one (Tune puts back the stopper
+pickled in its experiment state), so it reads the deadline from the file the driver writes (`write_deadline`).
 """
 from __future__ import annotations
 
+import json
 import math
+import time
+from pathlib import Path
 from typing import Any, Optional
 
 from ray.tune import Stopper
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
+from leukmodels.atomic import atomic_path
 from search.tuning.ray_private import completed_trials, optuna_study, optuna_trials
 from search.tuning.record import SearchRun
 from search.tuning.trial import TIME_ATTR
@@ -27,17 +32,45 @@ SCHEDULERS = ("asha", "median", "fifo", "pbt")
 
 
 class BudgetStopper(Stopper):
-    """Ends the whole search at the run's deadline (set anew by each run, so `--resume` may give a new budget); Tune
-    then stops every running trial."""
+    """Ends the whole search at its deadline; Tune then stops every running trial. The deadline is read from the file
+    the driver writes for each run (`write_deadline`: `--resume` may give a new budget), not held: a resumed Tune
+    runs with the stopper pickled in its experiment state, not the one it is given (tests/test_ray_private.py)."""
 
-    def __init__(self, run: SearchRun) -> None:
-        self.run = run
+    READ_EVERY_S = 1.0  # Tune asks every step; the file is read at most this often
+
+    def __init__(self, deadline_file: Optional[str]) -> None:
+        self.deadline_file = str(deadline_file) if deadline_file else None
+        self._deadline, self._read_at = None, -math.inf
+
+    def __getstate__(self) -> dict:
+        return {"deadline_file": self.deadline_file}
+
+    def __setstate__(self, state: dict) -> None:
+        # a stopper pickled before the deadline file (it held its search's name) reads none: no deadline
+        self.__init__(state.get("deadline_file"))
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return self.run.budget_spent()
+        now = time.time()
+        if self.deadline_file and now - self._read_at >= self.READ_EVERY_S:
+            self._deadline, self._read_at = read_deadline(self.deadline_file), now
+        return self._deadline is not None and now >= self._deadline
+
+
+def write_deadline(path: Path, deadline: Optional[float]) -> None:
+    """This run's deadline (None: no --time-budget) where its stopper reads it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"deadline": deadline}))
+
+
+def read_deadline(path: str) -> Optional[float]:
+    try:
+        return json.loads(Path(path).read_text()).get("deadline")
+    except (OSError, ValueError, AttributeError):  # not written (yet), or not ours: no deadline
+        return None
 
 
 def make_sampler(name: str, seed: int, num_samples: int):
@@ -178,5 +211,5 @@ def attach_run(parts: list, run: SearchRun) -> None:
             part.run = run
 
 
-__all__ = ["SEARCHERS", "SCHEDULERS", "make_sampler", "make_scheduler", "attach_run", "BudgetStopper",
+__all__ = ["SEARCHERS", "SCHEDULERS", "make_sampler", "make_scheduler", "attach_run", "BudgetStopper", "write_deadline",
            "BudgetAwareOptunaSearch", "make_searcher", "RecordingASHA", "RecordingMedian"]

@@ -21,7 +21,7 @@ from search.tuning.console import Console, ConsoleCallback
 from search.tuning.crossval import search_refs
 from search.tuning.data import SearchData, prepare_data
 from search.board.pareto import direction, front_lines, marked_search, searcher_objectives
-from search.board.paths import RESULTS, REPORT, in_storage, leaderboard_path, optuna_url, split_path
+from search.board.paths import RESULTS, REPORT, deadline_path, in_storage, leaderboard_path, optuna_url, split_path
 from search.tuning.plan import Plan, cluster_nodes, driver_resources
 from search.tuning.ray_private import restored_configs
 from search.tuning.record import SearchRun, TrialRecorder, result_trial_id
@@ -31,7 +31,7 @@ from search.board.schema import SEARCH_END_COLUMNS
 from search.board.settings import SearchSettings, save_settings
 from search.tuning.storage_full import fit_or_full
 from search.tuning.spaces import SearchSpace
-from search.tuning.strategies import BudgetStopper, attach_run, make_scheduler, make_searcher
+from search.tuning.strategies import BudgetStopper, attach_run, make_scheduler, make_searcher, write_deadline
 from search.tuning.timeline_tune import TimelineCallback
 from search.board.study_storage import dashboard_target, open_storage as optuna_storage
 from search.tuning.uncertainty import tie_line
@@ -81,7 +81,7 @@ def build_tuner(settings: SearchSettings, plan: Plan, trainable: Any, callbacks:
             raise ValueError(f"--resume: no Tune experiment at {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
         restored_run, restored_tune = restored_configs(tuner)
-        restored_run.callbacks, restored_run.stop = callbacks, BudgetStopper(run)
+        restored_run.callbacks, restored_run.stop = callbacks, budget_stopper(settings)
         attach_run([restored_tune.scheduler, restored_tune.search_alg], run)
         return tuner
     searcher, param_space = _searcher(settings, run, warm_start_points)
@@ -89,7 +89,7 @@ def build_tuner(settings: SearchSettings, plan: Plan, trainable: Any, callbacks:
                                max_epochs=settings.max_epochs, grace_epochs=settings.grace_epochs,
                                reduction_factor=settings.reduction_factor, seed=settings.seed)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config(settings, plan, searcher, scheduler),
-                      run_config=run_config(settings, plan, callbacks, run))
+                      run_config=run_config(settings, plan, callbacks))
 
 
 def _searcher(settings: SearchSettings, run: SearchRun,
@@ -119,9 +119,14 @@ def tune_config(settings: SearchSettings, plan: Plan, searcher: Any, scheduler: 
                            reuse_actors=plan.per_trial.in_process)
 
 
-def run_config(settings: SearchSettings, plan: Plan, callbacks: list, run: SearchRun) -> tune.RunConfig:
+def budget_stopper(settings: SearchSettings) -> BudgetStopper:
+    return BudgetStopper(deadline_path(settings.results, settings.name))
+
+
+def run_config(settings: SearchSettings, plan: Plan, callbacks: list) -> tune.RunConfig:
     return tune.RunConfig(
-        name=settings.name, storage_path=settings.storage, verbose=1, callbacks=callbacks, stop=BudgetStopper(run),
+        name=settings.name, storage_path=settings.storage, verbose=1, callbacks=callbacks,
+        stop=budget_stopper(settings),
         # one-worker trials are retried by Tune from their last checkpoint; DDP trials by Ray Train
         failure_config=tune.FailureConfig(max_failures=settings.max_failures if plan.per_trial.in_process else 0),
         checkpoint_config=checkpoint_config(settings.metric, "max", for_tune=True,
@@ -168,6 +173,7 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
                         callbacks + ([TimelineCallback()] if timeline.enabled() else []), run, points)
     _say_failure(console, copies.now())  # a new head can resume
     run.launched, run.deadline = time.time(), (time.time() + settings.time_budget if settings.time_budget else None)
+    write_deadline(deadline_path(settings.results, settings.name), run.deadline)
     console.say(f"searching: {settings.num_samples} trials of {'+'.join(settings.family)}, up to "
                 f"{settings.max_epochs} epochs each, {plan.max_concurrent_trials} at once ({settings.searcher} + "
                 f"{settings.scheduler}, {goal(settings)} "
