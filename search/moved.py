@@ -19,7 +19,7 @@ MOVED = {
     "benchmark_report": "benchmark.tables", "benchmark_selection": "benchmark.selection",
     "board_files": "board.files", "console": "tuning.console", "crossval": "tuning.crossval", "data": "tuning.data",
     "faults": "tuning.faults", "feasible": "tuning.feasible", "flags": "cli.flags", "heldout": "evaluation.heldout",
-    "history": "tuning.record", "leaderboard_append_cost": "benchmark.append_cost", "loopback": "cli.loopback",
+    "history": "tuning.rows", "leaderboard_append_cost": "benchmark.append_cost", "loopback": "cli.loopback",
     "namelock": "board.namelock", "pareto": "board.pareto", "paths": "board.paths",
     "patient_predict": "evaluation.patient_predict", "patient_scoring": "evaluation.patient_scoring",
     "pbt": "tuning.pbt", "plan": "tuning.plan", "preflight": "cli.preflight", "report_patients": "reporting.patients",

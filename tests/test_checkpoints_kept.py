@@ -34,7 +34,7 @@ def searched(ray_2cpu, tiny_cnmc, tmp_path_factory):
 
     from search.tuning.data import prepare_data
     from search.tuning.plan import TrialResources
-    from search.tuning.record import SearchRun, TrialRecorder
+    from search.tuning.rows import SearchRun, TrialRecorder
     from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_grid
     from search.tuning.trial import TrialSettings, checkpoint_config
     from search.tuning.tuner import trainable_for

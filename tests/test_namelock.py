@@ -11,7 +11,7 @@ from search.cli.flags import parse_args
 from search.board.namelock import claim_name, lock_path
 from search.board.paths import settings_path
 from search.cli.run import main
-from search.cli.resolve import resolve_settings
+from search.cli.run import resolve_settings
 from search.board.settings import save_settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from search.cli.flags import parse_args
 from search.board.paths import OPTUNA_DB, optuna_url, settings_path
 from search.cli.run import main
 from search.board.settings import save_settings
-from search.cli.resolve import resolve_settings, resumed_flags
+from search.cli.run import resolve_settings, resumed_flags
 from search.board.study_storage import masked, open_storage, remember, resolved
 
 

@@ -126,7 +126,7 @@ def test_objectives_set_the_metric_and_a_different_metric_is_refused(tmp_path, c
 def test_a_multi_objective_searcher_gets_both_directions():
     from search.tuning.spaces import SearchSpace
     from search.tuning.ray_private import optuna_study
-    from search.tuning.record import SearchRun
+    from search.tuning.rows import SearchRun
     from search.tuning.strategies import make_searcher
 
     searcher = make_searcher("tpe", search="mo", run=SearchRun(), space=SearchSpace(["resnet"]), metric=["balanced_accuracy",

@@ -18,7 +18,7 @@ from leukmodels.train import EXPLOIT_CHANGES, fit
 from search.board import leaderboard
 from search.board.paths import SEARCHES, leaderboard_path
 from search.tuning.pbt import clip_to_space, make_pbt, perturbation_interval, population
-from search.tuning.record import SearchRun, TrialRecord
+from search.tuning.rows import SearchRun, TrialRecord
 from search.tuning.rows import SearchContext, build_row
 from search.cli.run import main
 from search.tuning.spaces import SearchSpace

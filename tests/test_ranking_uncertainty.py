@@ -9,7 +9,7 @@ import pandas as pd
 from leukmodels.data import splits as splits_module
 from leukmodels.metrics import classification_metrics, patient_interval, tied_with
 from search.tuning.data import MIN_VAL_IMAGES, MIN_VAL_PATIENTS, SearchData, class_makeup, validation_warning
-from search.tuning.record import SearchRun, TrialRecord
+from search.tuning.rows import SearchRun, TrialRecord
 from search.tuning.rows import SearchContext, build_row
 from search.tuning.uncertainty import interval_text, tie_line
 

@@ -22,7 +22,7 @@ from search.tuning.pbt import SearchPBT, make_pbt
 from search.tuning.ray_private import (checkpoint_results, completed_trials, grid_trials, next_pbt_round, optuna_study,
                                        optuna_trials, pbt_interval, restored_configs, set_checkpoint_results,
                                        set_next_pbt_round, set_pbt_round, training_result)
-from search.tuning.record import SearchRun
+from search.tuning.rows import SearchRun
 from search.tuning.spaces import SearchSpace
 from search.tuning.strategies import (BudgetAwareOptunaSearch, BudgetStopper, RecordingASHA, attach_run, make_scheduler,
                                       make_searcher, write_deadline)

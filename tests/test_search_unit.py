@@ -14,12 +14,12 @@ from leukmodels.config import TrainConfig
 from leukmodels.models import list_families
 from search.board import leaderboard
 from search.board.paths import optuna_url
-from search.tuning.record import SearchRun, TrialRecord, best_report
+from search.tuning.rows import SearchRun, TrialRecord, best_report
 from search.tuning.rows import SearchContext, build_row, is_over, rows_from_grid
 from search.cli.flags import parse_args
 from search.cli.run import main
 from search.cli.profiles import PROFILES
-from search.cli.resolve import resolve_settings, resumed_flags
+from search.cli.run import resolve_settings, resumed_flags
 from search.tuning.spaces import SearchSpace, check_buildable, resolve_families, sample_configs, train_config
 
 
@@ -259,7 +259,7 @@ def test_one_record_per_trial_feeds_the_console_and_the_row_written_when_it_ends
 
     from search.board.paths import leaderboard_path
     from search.tuning.console import ConsoleCallback
-    from search.tuning.record import TrialRecorder
+    from search.tuning.rows import TrialRecorder
     from search.tuning.rows import LeaderboardCallback
 
     run = SearchRun(early_stops={"t2"})

@@ -150,7 +150,7 @@ def test_a_study_restored_older_than_tunes_state_does_not_stop_the_search(tmp_pa
     import optuna
 
     from search.tuning.spaces import SearchSpace
-    from search.tuning.record import SearchRun
+    from search.tuning.rows import SearchRun
     from search.tuning.strategies import make_searcher
 
     db, url = tmp_path / OPTUNA_DB, optuna_url(tmp_path)

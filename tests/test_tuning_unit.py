@@ -14,13 +14,13 @@ from search.board.paths import leaderboard_path, optuna_url
 from search.board.settings import SearchSettings
 from search.cli.profiles import PROFILES
 from search.tuning.plan import DRIVER_MEMORY_BYTES, DRIVER_NODE_RESOURCE, DRIVER_NODE_SHARE, Plan, TrialResources
-from search.tuning.record import SearchRun, TrialRecord
+from search.tuning.rows import SearchRun, TrialRecord
 from search.tuning.trial import ORIGIN_FILE, TrialSettings, _Reporter, run_trial
 from search.tuning.tuner import close_open_optuna_trials, next_steps, run_config, summary_line, trial_request, tune_config
 
 
 def settings(**changes) -> SearchSettings:
-    """The resolved settings of a search (what search/cli/resolve.py hands search/tuning/tuner.py)."""
+    """The resolved settings of a search (what search/cli/run.py hands search/tuning/tuner.py)."""
     base = dict(PROFILES["cpu"], name=f"unit-{uuid.uuid4().hex[:8]}", storage="/storage/ray",
                 results=str(Path("results").resolve()), family=["resnet"], profile="cpu", num_samples=6)
     return SearchSettings(**{**base, **changes})

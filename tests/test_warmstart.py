@@ -158,7 +158,7 @@ def test_a_warm_start_without_a_scored_trial_is_refused(tmp_path, capsys):
 
 def test_the_warm_start_and_the_objectives_are_saved_and_resume_keeps_them(tmp_path, capsys):
     from search.cli.profiles import PROFILES
-    from search.cli.resolve import resolve_settings, resumed_flags
+    from search.cli.run import resolve_settings, resumed_flags
     from search.board.settings import read_saved, save_settings
 
     settings, _ = resolve_settings(parse_args(["--family", "resnet", "--name", "new", "--results", str(tmp_path),

@@ -1,4 +1,4 @@
-"""A search's settings: one frozen `SearchSettings`, resolved once by search/cli/resolve.py, and the file
+"""A search's settings: one frozen `SearchSettings`, resolved once by search/cli/run.py, and the file
 `results/searches/<name>.json` that holds them, written when the search starts and read back by `--resume`,
 `--warm-start`, the evaluation and the report.
 

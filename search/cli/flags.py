@@ -206,7 +206,7 @@ def _how_it_runs(add: Callable[..., None]) -> None:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """The flags as given, normalised (families, paths, --cv) and checked, with `given` (the flags on the command
-    line); profile defaults are filled once the cluster is known (search/cli/resolve.py). ValueError naming a bad
+    line); profile defaults are filled once the cluster is known (search/cli/run.py). ValueError naming a bad
     flag."""
     args = build_parser().parse_args(argv)
     _given(args)
@@ -239,7 +239,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def validate(settings: Any) -> None:
     """Each setting that is set, checked on its own; ValueError with one line naming the flag. `settings`: the parsed
-    flags (before the profile) or the resolved SearchSettings (search/cli/resolve.py)."""
+    flags (before the profile) or the resolved SearchSettings (search/cli/run.py)."""
     for flag in ("num_samples", "max_epochs", "grace_epochs", "workers_per_trial"):
         value = getattr(settings, flag)
         if value is not None and value < 1:

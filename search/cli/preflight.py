@@ -7,7 +7,7 @@ or value (`search/run.py` prints it and exits 2); warnings are printed and the s
     check_sizes(settings, nodes, warn, found)    # once the cluster's profile set the sizes, before decoding: families
                                                  # fit them, the decoded set fits the disk, memory and object store
 
-`flags` are the parsed flags (search/cli/flags.py), `settings` the resolved SearchSettings (search/cli/resolve.py);
+`flags` are the parsed flags (search/cli/flags.py), `settings` the resolved SearchSettings (search/cli/run.py);
 the size checks take either: before Ray starts only the sizes given on the command line are known.
 
 And what `main()` needs when the launch itself fails or is stopped: `ray_start_error` (one line for a Ray that does

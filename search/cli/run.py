@@ -1,7 +1,11 @@
 """The main job: an Optuna + early-stopping search in Ray Tune over the model families, ranked into the leaderboard.
 
-Its flags are search/cli/flags.py; once Ray is up, search/cli/resolve.py resolves them (with the cluster's profile)
-into one SearchSettings, and search/tuning/tuner.py runs the search with it.
+Its flags are search/cli/flags.py. Here they become the search's settings, in one place: --resume's saved file in
+place of the flags not given (`resumed_flags`, before Ray starts, so a clash is refused early), then, once Ray is up,
+the hardware profile of the cluster it is connected to (search/cli/profiles.py) fills the rest into one frozen
+SearchSettings (`resolve_settings`; search/board/settings.py) that everything below the command line reads.
+search/tuning/tuner.py runs the search with it. --warm-start is a saved setting like the others; the configs it
+carries are computed once the search space is known (search/tuning/tuner.py) and travel beside the settings.
 """
 from __future__ import annotations
 
@@ -18,17 +22,39 @@ from search.board import leaderboard, search_files
 from search.board.checks import check_storage
 from search.board.namelock import claim_name
 from search.board.paths import SEARCH_LOG, leaderboard_path, settings_path
-from search.board.settings import SearchSettings, refuse_existing
-from search.cli.flags import parse_args, settings_text
+from search.board.settings import SearchSettings, refuse_existing, resumed_values
+from search.cli.flags import parse_args, settings_text, validate
 from search.cli.preflight import (Preflight, check_before_launch, check_name, check_not_read_only, check_sizes,
                                   forget_unlaunched, sigterm_as_sigint)
-from search.cli.profiles import gpu_node_types, nodes_to_plan_on
+from search.cli.profiles import apply_profile, choose_profile, gpu_node_types, nodes_to_plan_on
 from search.cli.ray_start import start_ray
-from search.cli.resolve import resolve_settings, resumed_flags
 from search.tuning.console import logged_console
 from search.tuning.plan import Plan, TrialResources, cluster_nodes, plan_concurrency
 from search.tuning.tuner import run_search
 from search.tuning.warmstart import check_warm_start
+
+RESUMED_PROFILE = "the saved settings of the search"
+
+
+def resumed_flags(flags: argparse.Namespace) -> tuple[argparse.Namespace, list[str]]:
+    """--resume: a copy of the flags with the saved settings in place of those not given (a contradiction is a
+    ValueError naming the flag), and one note per setting the resumed run changes. Without --resume: the flags."""
+    if not flags.resume:
+        return flags, []
+    values, notes = resumed_values(vars(flags), flags.given)
+    return argparse.Namespace(**values), notes
+
+
+def resolve_settings(flags: argparse.Namespace, nodes: list[dict[str, Any]],
+                     node_types: Optional[dict[str, dict]] = None) -> tuple[SearchSettings, str]:
+    """(the search's settings, why its profile): the profile a resumed search saved, or the one the cluster's nodes
+    (and the GPU nodes its autoscaler can start) call for; each setting no flag gave comes from it. ValueError naming
+    a flag the profile's values contradict."""
+    saved_profile = vars(flags).get("profile") if flags.resume else None
+    profile, why = (saved_profile, RESUMED_PROFILE) if saved_profile else choose_profile(flags, nodes, node_types)
+    settings = SearchSettings.from_values(apply_profile(vars(flags), profile, nodes, node_types))
+    validate(settings)
+    return settings, why
 
 
 def resolve_for_cluster(flags: argparse.Namespace, nodes: list[dict], found: Preflight,

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional, TextIO
 
 from ray.tune import Callback
 
-from search.tuning.record import SearchRun, record_of
+from search.tuning.rows import SearchRun, record_of
 from search.tuning.trial import EXPLOITED_FROM
 from search.tuning.uncertainty import interval_text
 

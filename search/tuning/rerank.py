@@ -30,7 +30,7 @@ from search.tuning.data import SearchData
 from search.board.paths import in_storage, leaderboard_path, split_path
 from search.board.settings import SearchSettings
 from search.tuning.plan import Plan
-from search.tuning.record import SearchRun, TrialRecorder
+from search.tuning.rows import SearchRun, TrialRecorder
 from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.tuning.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config
 

@@ -3,7 +3,7 @@
     sampler = make_sampler("tpe", seed=0, num_samples=12)
     scheduler = make_scheduler("asha", run=run, metric="balanced_accuracy", max_epochs=8, grace_epochs=1)
 
-Schedulers record in the search's run (search/tuning/record.py) which trials they stopped before max_epochs, so a
+Schedulers record in the search's run (search/tuning/rows.py) which trials they stopped before max_epochs, so a
 leaderboard row can say "stopped early" (a STOP at max_epochs is only the end of training), and `BudgetStopper` ends
 the search at the run's deadline. `--resume` restores pickled copies of the scheduler and searcher, each with an empty
 run: `attach_run` hands them the resumed driver's. The stopper cannot be handed one (Tune puts back the stopper
@@ -23,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
 from leukmodels.atomic import atomic_path
 from search.tuning.ray_private import completed_trials, optuna_study, optuna_trials
-from search.tuning.record import SearchRun
+from search.tuning.rows import SearchRun
 from search.tuning.trial import TIME_ATTR
 
 SEARCHERS = ("tpe", "random")

@@ -1,6 +1,6 @@
 """The Ray side of `search/run.py`: prepare the data, build the Tuner (or restore it), fit, write the leaderboard.
 
-    code = run_search(settings, plan, console, started)   # settings: search/cli/resolve.py; Ray already up
+    code = run_search(settings, plan, console, started)   # settings: search/cli/run.py; Ray already up
 
 The data are decoded and `ray.put` once, then Tune runs with a leaderboard row per ended trial; at the end every
 trial of the ResultGrid is written again (same (search, trial_id) key: replaced, never duplicated).
@@ -24,7 +24,7 @@ from search.board.pareto import direction, front_lines, marked_search, searcher_
 from search.board.paths import RESULTS, REPORT, deadline_path, in_storage, leaderboard_path, optuna_url, split_path
 from search.tuning.plan import Plan, cluster_nodes, driver_resources
 from search.tuning.ray_private import restored_configs
-from search.tuning.record import SearchRun, TrialRecorder, result_trial_id
+from search.tuning.rows import SearchRun, TrialRecorder, result_trial_id
 from search.tuning.resume_guard import MissingCheckpointGuard
 from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_grid
 from search.board.schema import SEARCH_END_COLUMNS
