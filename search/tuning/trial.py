@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from search.tuning import faults, timeline
 from search.tuning.plan import TrialResources
+from search.tuning.reporting_thread import BackgroundReports
 from search.board.settings import DEFAULT_METRIC
 from search.tuning.spaces import check_buildable, train_config
 
@@ -144,11 +145,12 @@ def _train_in_trial(config: Any, refs: dict, settings: TrialSettings) -> None:
         checkpoint = tune.Checkpoint.from_directory(epoch_dir) if epoch_dir else None
         tune.report(metrics, checkpoint=checkpoint)  # persisted to the trial's storage before it returns
 
-    reporter = _Reporter(send, tune.get_context().get_trial_id(), rank=0, world_size=1,
-                         nodes=ray.get_runtime_context().get_node_id())
     try:
-        _fit_and_report(config, train_set, val_set, "cuda" if use_gpu else "cpu", 0, 1, reporter,
-                        tune.get_checkpoint())
+        with BackgroundReports(send) as send_later:  # the upload of epoch N overlaps the training of epoch N+1
+            reporter = _Reporter(send_later, tune.get_context().get_trial_id(), rank=0, world_size=1,
+                                 nodes=ray.get_runtime_context().get_node_id())
+            _fit_and_report(config, train_set, val_set, "cuda" if use_gpu else "cpu", 0, 1, reporter,
+                            tune.get_checkpoint())
     finally:
         if use_gpu:
             torch.cuda.empty_cache()  # the actor is reused by the next trial
@@ -171,14 +173,15 @@ def train_cv_in_trial(config: Any, refs: dict, settings: Any) -> None:
     def send(metrics: dict, epoch_dir: Optional[str]) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(epoch_dir) if epoch_dir else None)
 
-    reporter = _Reporter(send, tune.get_context().get_trial_id(), rank=0, world_size=1,
-                         nodes=ray.get_runtime_context().get_node_id())
     local_dir = tempfile.mkdtemp(prefix="leuk-cv-")
     try:
-        with _resume_point(tune.get_checkpoint(), reporter) as (resume_from, exploit):
-            result = fit_cv(config, data, folds, device="cuda" if use_gpu else "cpu", checkpoint_dir=local_dir,
-                            on_epoch=reporter.on_epoch, resume_from=resume_from, exploit=exploit)
-        reporter.finish(result)
+        with BackgroundReports(send) as send_later:  # the upload of epoch N overlaps the training of epoch N+1
+            reporter = _Reporter(send_later, tune.get_context().get_trial_id(), rank=0, world_size=1,
+                                 nodes=ray.get_runtime_context().get_node_id())
+            with _resume_point(tune.get_checkpoint(), reporter) as (resume_from, exploit):
+                result = fit_cv(config, data, folds, device="cuda" if use_gpu else "cpu", checkpoint_dir=local_dir,
+                                on_epoch=reporter.on_epoch, resume_from=resume_from, exploit=exploit)
+            reporter.finish(result)
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
         if use_gpu:
