@@ -103,6 +103,39 @@ def test_bad_storage_is_refused_in_one_line_before_anything_is_decoded(s3, tiny_
     assert not settings_path(tmp_path / "r", "refused").exists()
 
 
+@pytest.fixture(scope="module")
+def locked_s3():
+    """Its own S3 server, with an IAM user that may write and one that may only read; the test checks credentials
+    inside `checking_credentials()` (the other tests' server runs in this process too and is checked meanwhile)."""
+    server = S3Server.start(bucket="locked")
+    server.writer = server.user("writer", ["s3:*"])
+    server.reader = server.user("reader", ["s3:GetObject", "s3:ListBucket"])
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("who, why", [
+    ("unknown key", "credentials rejected: unknown access key id"),  # AWS code InvalidAccessKeyId
+    ("wrong secret", "credentials rejected: wrong secret key"),  # SignatureDoesNotMatch
+    ("reader", "access denied (no write permission?)"),  # AccessDenied on the probe's write
+    ("writer", None)])
+def test_credentials_rejected_or_without_write_permission_are_named_in_one_line(locked_s3, tiny_cnmc, tmp_path,
+                                                                                 monkeypatch, capsys, who, why):
+    key, secret = {"unknown key": ("AKIAUNKNOWN000000000", "x"), "wrong secret": (locked_s3.writer[0], "wrong"),
+                   "reader": locked_s3.reader, "writer": locked_s3.writer}[who]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", locked_s3.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    where = locked_s3.uri("x")
+    with locked_s3.checking_credentials():
+        assert storage.probe(where) == why
+        if why is not None:  # the search's pre-flight says the same, before anything is decoded
+            code = main(["--family", "baseline", "--data", str(tiny_cnmc), "--results",
+                         str(tmp_path / "r"), "--storage", where, "--name", "locked", "--image-sizes", "24"])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert code == 2 and err == [f"error: --storage {where}: cannot write there ({why})"]
+
+
 def test_probe_writes_reads_and_deletes_a_small_object(s3):
     assert storage.probe(s3.uri("probe")) is None
     assert not [key for key in s3.keys("probe") if storage.PROBE_FILE in key]  # nothing left but a folder marker

@@ -132,25 +132,38 @@ def download(location: str, local: Path) -> bool:
 
 
 # -- pre-flight ------------------------------------------------------------------------------------------------------
-REASONS = (  # (text in pyarrow's / the AWS SDK's error, what the user is told)
+REASONS = (  # (text in pyarrow's / the AWS SDK's error, lower case without "_", what the user is told), in order:
+    # the credential codes first, since their messages say "does not exist" too
+    ("invalidaccesskeyid", "credentials rejected: unknown access key id"),
+    ("signaturedoesnotmatch", "credentials rejected: wrong secret key"),
+    ("expiredtoken", "credentials expired"), ("tokenrefreshrequired", "credentials expired"),
+    ("no credentials", "no credentials"), ("unable to locate credentials", "no credentials"),
     ("couldn't connect", "endpoint unreachable"), ("connection refused", "endpoint unreachable"),
     ("curlcode: 6", "endpoint unreachable (host not found)"), ("curlcode: 7", "endpoint unreachable"),
     ("curlcode: 28", "endpoint unreachable (timed out)"), ("nosuchbucket", "bucket does not exist"),
     ("bucket does not exist", "bucket does not exist"), ("does not exist", "bucket does not exist"),
-    ("invalidaccesskeyid", "credentials rejected"), ("signaturedoesnotmatch", "credentials rejected"),
-    ("expiredtoken", "credentials expired"), ("no credentials", "no credentials"),
-    ("unable to locate credentials", "no credentials"), ("access_denied", "access denied (no write permission?)"),
     ("accessdenied", "access denied (no write permission?)"), ("forbidden", "access denied (no write permission?)"))
 
 
 def reason(error: BaseException) -> str:
     """A short reason for a storage error, from its text; else the error's first line."""
-    text = str(error).lower()
+    text = str(error).lower().replace("_", "")  # pyarrow says INVALID_ACCESS_KEY_ID, boto InvalidAccessKeyId
     for needle, said in REASONS:
         if needle in text:
             return said
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return first[:200]
+
+
+def _bucket_missing(fs: pafs.FileSystem, bucket: str) -> bool:
+    """Whether `bucket` does not exist. A HEAD request's refusal carries no error code (no body): a wrong key, a
+    wrong secret and a missing permission all read "access denied" there, so the probe's write names which."""
+    try:
+        return fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except OSError as error:
+        if reason(error).startswith("access denied"):
+            return False
+        raise
 
 
 def probe(storage: str) -> Optional[str]:
@@ -159,7 +172,7 @@ def probe(storage: str) -> Optional[str]:
     try:
         fs, inner = filesystem(storage)
         bucket = inner.split("/", 1)[0]
-        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        if _bucket_missing(fs, bucket):
             return f"bucket {bucket!r} does not exist"
         target = f"{inner.rstrip('/')}/{PROBE_FILE}-{uuid.uuid4().hex[:8]}"
         with fs.open_output_stream(target) as out:
