@@ -123,3 +123,48 @@ def test_search_on_a_bucket_survives_its_head(s3, tiny_cnmc, tmp_path, capsys):
     assert str(cell) in capsys.readouterr().out
     assert report.main(reading) == 0
     assert (fresh.parent / NAME / "report.html").stat().st_size > 10_000
+
+
+def test_an_endpoint_that_goes_down_mid_search_ends_it_with_every_row_and_the_resume_line(tiny_cnmc, tmp_path):
+    """The S3 server stops while a trial trains (held after its first epoch by the test-only fault hook, then
+    killed): its retry cannot restore from the bucket, the search stops starting trials, the head's leaderboard keeps
+    the finished trial's row (its checkpoint an s3:// URI) and the failed trial's one-line error, and the last line
+    says what failed and the --resume command."""
+    from s3_server import S3Server
+    from search.board.paths import leaderboard_path
+
+    server = S3Server.start(bucket="down")  # its own server: this test stops it
+    results, faults = tmp_path / "results", tmp_path / "faults"
+    where = server.uri("tune")
+    argv = ["--family", "baseline", "--data", str(tiny_cnmc), "--image-sizes", "24", "--num-samples", "3",
+            "--max-epochs", "2", "--grace-epochs", "2", "--workers-per-trial", "1", "--seed", "0",
+            "--results", str(results), "--storage", where, "--name", "going-down"]
+    search = _search(argv, tmp_path, tmp_path / "search.log", LEUKTUNE_FAULT_DIR=str(faults),
+                     LEUKTUNE_FAULT_HOLD="1:1")
+    try:
+        deadline = time.time() + 300
+        board = leaderboard_path(results)
+        while time.time() < deadline and search.poll() is None and not (
+                (faults / "hold-1.pid").exists() and board.exists() and len(leaderboard.read(board))):
+            time.sleep(0.5)
+        assert search.poll() is None, (tmp_path / "search.log").read_text()[-3000:]
+        finished_before = leaderboard.read(board)
+        server.stop()  # the endpoint is down from here on
+        os.kill(int((faults / "hold-1.pid").read_text()), 9)  # the held trial dies: Tune retries it from the bucket
+        code = search.wait(timeout=240)
+    finally:
+        kill_group(search)
+        server.close()
+    log = (tmp_path / "search.log").read_text()
+    assert code == 1, log[-3000:]
+    last_error = [line for line in log.splitlines() if "stopped working during the search" in line]
+    assert len(last_error) == 1 and "(endpoint unreachable)" in last_error[0], log[-3000:]
+    assert f"--resume --name going-down --results {results} --storage {where}" in last_error[0]
+    rows = leaderboard.read(board)
+    assert rows["trial_id"].is_unique and len(rows) >= len(finished_before)
+    for _, row in finished_before.iterrows():  # nothing finished is lost
+        kept = rows[rows["trial_id"] == row["trial_id"]].iloc[0]
+        assert kept["status"] == row["status"] and kept["checkpoint"] == row["checkpoint"]
+        assert str(kept["checkpoint"]).startswith(f"{where}/going-down/")
+    for error in rows.loc[rows["status"] == "error", "error"]:  # a failed trial says why, in one line
+        assert "\n" not in error and ("connect" in error.lower() or "network" in error.lower())

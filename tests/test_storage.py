@@ -203,3 +203,33 @@ def test_a_study_restored_older_than_tunes_state_does_not_stop_the_search(tmp_pa
     restored.on_trial_complete("copied", result=report)
     assert [t.state.name for t in optuna.load_study(study_name="lag", storage=url).trials] == \
         ["COMPLETE"]
+
+
+def test_a_bucket_deleted_mid_search_stops_it_with_the_resume_line(tmp_path):
+    """A trial fails (or is about to be retried) and the bucket is gone: the watch records why, the stopper ends the
+    search, and the closing line says what failed and how to continue; a storage that works changes nothing."""
+    import argparse
+
+    from search.tuning.rows import SearchRun
+    from search.tuning.storage_lost import StorageWatch, lost_line
+    from search.tuning.strategies import BudgetStopper
+
+    server = S3Server.start(bucket="short-lived")  # its own server: this test deletes its bucket
+    try:
+        args = argparse.Namespace(storage=server.uri("tune"), name="lost-bucket", results=str(tmp_path))
+        run = SearchRun()
+        watch, stopper = StorageWatch(args.storage, run), BudgetStopper(run)
+        watch.on_trial_recover(0, [], None)  # the bucket is there: a trial's own failure, the search goes on
+        assert run.storage_lost is None and not stopper.stop_all() and lost_line(args, run) is None
+        for key in server.keys():  # the probe's folder marker: a bucket must be empty to be deleted
+            server.client().delete_object(Bucket="short-lived", Key=key)
+        server.client().delete_bucket(Bucket="short-lived")
+        watch.on_trial_error(0, [], None)
+    finally:
+        server.close()
+    assert run.storage_lost == "bucket 'short-lived' does not exist" and stopper.stop_all()
+    assert lost_line(args, run) == (
+        f"--storage s3://short-lived/tune stopped working during the search (bucket 'short-lived' does not exist): "
+        f"the trials that needed it failed (their rows say why); every row is in {leaderboard_path(tmp_path)}. Once "
+        f"it works again, continue with: python search/run.py --resume --name lost-bucket --results {tmp_path} "
+        f"--storage s3://short-lived/tune")

@@ -168,6 +168,7 @@ class SearchRun:
     launched: float = field(default_factory=time.time)  # when this process launched (or resumed) the search
     early_stops: set = field(default_factory=set)  # trial ids the scheduler stopped before max_epochs
     trials: dict = field(default_factory=dict)  # trial id -> TrialRecord
+    storage_lost: Optional[str] = None  # why the --storage URI stopped working mid-search (storage_lost.py)
 
     def __reduce__(self) -> tuple:
         return SearchRun, ()

@@ -1,7 +1,7 @@
 """A `--storage` that fills up: every trial still gets its row, the search its summary, and one line says how much the
 storage would need.
 
-    grid, full = fit_or_full(tuner, settings)   # full: "--storage DIR is full (...)", or None
+    grid, full = fit_or_full(tuner, settings, run)   # full: "--storage DIR is full (...)", or None
 
 On a full disk each trial fails writing its checkpoint (`[Errno 28] No space left on device`, its row says so), and
 Tune then writes each trial's `error.pkl` on the same disk, truncated. `Tuner.fit` builds its ResultGrid by unpickling
@@ -20,6 +20,8 @@ from search.board.paths import leaderboard_path
 from search.board.settings import SearchSettings
 from search.tuning.spaces import check_buildable, train_config
 from search.board.storage import is_uri
+from search.tuning.rows import SearchRun
+from search.tuning.storage_lost import lost_line
 
 NO_SPACE = "No space left on device"  # strerror(ENOSPC), in the rows of trials that could not write
 BYTES_PER_VALUE = 4  # float32 weights and optimizer state
@@ -77,17 +79,21 @@ def full_line(storage: str, rows: Any, num_samples: int, kept_per_trial: int = C
             f"free space there or pass another --storage")
 
 
-def fit_or_full(tuner: Any, settings: SearchSettings) -> tuple[Any, str | None]:
-    """Tune's ResultGrid and None; or, when the storage filled up, an empty grid (the rows are in the leaderboard
-    already) and the line that says so. Any other failure is raised as it was."""
+def fit_or_full(tuner: Any, settings: SearchSettings, run: SearchRun) -> tuple[Any, str | None]:
+    """Tune's ResultGrid and None; or, when the storage filled up or a storage URI stopped working, an empty grid (the
+    rows are in the leaderboard already) and the line that says so. Any other failure is raised as it was."""
     try:
-        return tuner.fit(), None
+        grid = tuner.fit()
     except Exception as failure:
         rows = leaderboard.search_rows(leaderboard_path(settings.results), settings.name)
         if not out_of_space(failure, rows):
-            raise
+            lost = lost_line(settings, run, failure)  # a bucket gone mid-search: Tune's end of run cannot read it either
+            if lost is None:
+                raise
+            return [], lost
         kept = settings.max_epochs if settings.scheduler == "pbt" else CHECKPOINTS_AT_ONCE  # PBT: every epoch's
         return [], full_line(settings.storage, rows, settings.num_samples, kept)
+    return grid, lost_line(settings, run)
 
 
 __all__ = ["checkpoint_bytes", "fit_or_full", "full_line", "out_of_space"]

@@ -30,6 +30,7 @@ from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_gri
 from search.board.schema import SEARCH_END_COLUMNS
 from search.board.settings import SearchSettings, save_settings
 from search.tuning.storage_full import fit_or_full
+from search.tuning.storage_lost import StorageWatch
 from search.tuning.spaces import SearchSpace
 from search.tuning.strategies import BudgetStopper, attach_run, make_scheduler, make_searcher, write_deadline
 from search.tuning.timeline_tune import TimelineCallback
@@ -169,6 +170,7 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
     # checkpoint Tune's saved state names but the storage lost (search/tuning/resume_guard.py)
     callbacks = [TrialRecorder(run), recorder, progress, MissingCheckpointGuard(console.say)]
     callbacks.append(NoRetryForUnbuildable())  # a config that cannot be built fails once (search/tuning/unbuildable.py)
+    callbacks.append(StorageWatch(settings.storage, run))  # a bucket gone mid-search ends it (storage_lost.py)
     tuner = build_tuner(settings, plan, trainable_for(trial_settings(settings, plan), refs),
                         callbacks + ([TimelineCallback()] if timeline.enabled() else []), run, points)
     _say_failure(console, copies.now())  # a new head can resume
@@ -184,7 +186,7 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
 
         console.say(describe(settings.max_epochs, settings.num_samples))
     fit_started = time.time()
-    grid, full = fit_or_full(tuner, settings)  # full: the storage filled up; the rows are in the leaderboard already
+    grid, full = fit_or_full(tuner, settings, run)  # full: the storage filled up or stopped working; the rows are kept
     slot_seconds = (time.time() - fit_started) * plan.max_concurrent_trials  # what the trial slots were held for
     mine = write_rows(settings, recorder.context, run, grid, console)
     code = finish(settings, run, grid, mine, console, summary_line(mine, time.time() - started, slot_seconds))

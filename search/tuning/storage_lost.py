@@ -1,0 +1,60 @@
+"""A --storage URI that stops working during a search (its endpoint goes down, its bucket is deleted, its credentials
+expire): the search stops starting trials, keeps every row on the head, and says in one line what failed and how to
+continue.
+
+    callbacks.append(StorageWatch(args.storage, args.name))   # a trial fails or retries: probe the storage
+    line = lost_line(settings)                                     # None, or "--storage URI stopped working (...)"
+
+Every trial that needs the storage fails while it is gone (its report cannot persist its checkpoint), so starting
+the remaining trials would only record them as errors; when a failing trial's storage no longer passes the
+pre-flight probe (search/board/storage.py), the search ends there, like a spent --time-budget, with the trials not
+yet started left to `--resume`. Tune's own end of run reads the bucket too, and raises: the rows the
+LeaderboardCallback wrote as trials ended are then the search's record (search/tuning/storage_full.py).
+"""
+from __future__ import annotations
+
+from shlex import quote
+from typing import Any, Optional
+
+from ray.tune import Callback
+
+from search.board import storage
+from search.board.paths import leaderboard_path
+from search.tuning.rows import SearchRun
+
+
+class StorageWatch(Callback):
+    """When a trial fails (and before Tune retries it), probe a URI storage; if it no longer works, record why in
+    the search's run, which ends the search (BudgetStopper.stop_all). Pickled for --resume, its run comes back empty
+    and a resumed driver hands it its own (search/tuning/tuner.py)."""
+
+    def __init__(self, storage_uri: str, run: SearchRun) -> None:
+        self.storage_uri, self.run = storage_uri, run
+
+    def _check(self) -> None:
+        if storage.is_uri(self.storage_uri) and self.run.storage_lost is None:
+            self.run.storage_lost = storage.probe(self.storage_uri)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._check()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._check()
+
+
+def lost_line(settings: Any, run: SearchRun, failure: Optional[BaseException] = None) -> Optional[str]:
+    """The line that says the storage stopped working and how to continue, or None when it works (or is local).
+    `settings`: the search's SearchSettings (its storage, name and results folder).
+    `failure`: what Tune's fit raised, if anything; the storage is probed again then."""
+    if not storage.is_uri(settings.storage):
+        return None
+    why = run.storage_lost or (storage.probe(settings.storage) if failure is not None else None)
+    if why is None:
+        return None
+    return (f"--storage {settings.storage} stopped working during the search ({why}): the trials that needed it failed "
+            f"(their rows say why); every row is in {leaderboard_path(settings.results)}. Once it works again, continue "
+            f"with: python search/run.py --resume --name {quote(settings.name)} --results {quote(str(settings.results))} "
+            f"--storage {quote(settings.storage)}")
+
+
+__all__ = ["StorageWatch", "lost_line"]
