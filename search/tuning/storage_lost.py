@@ -2,7 +2,7 @@
 expire): the search stops starting trials, keeps every row on the head, and says in one line what failed and how to
 continue.
 
-    callbacks.append(StorageWatch(args.storage, args.name))   # a trial fails or retries: probe the storage
+    callbacks.append(StorageWatch(settings.storage, settings.name))   # a trial fails or retries: probe it
     line = lost_line(settings)                                     # None, or "--storage URI stopped working (...)"
 
 Every trial that needs the storage fails while it is gone (its report cannot persist its checkpoint), so starting
@@ -51,10 +51,11 @@ def lost_line(settings: Any, run: SearchRun, failure: Optional[BaseException] = 
     why = run.storage_lost or (storage.probe(settings.storage) if failure is not None else None)
     if why is None:
         return None
-    return (f"--storage {settings.storage} stopped working during the search ({why}): the trials that needed it failed "
-            f"(their rows say why); every row is in {leaderboard_path(settings.results)}. Once it works again, continue "
-            f"with: python search/run.py --resume --name {quote(settings.name)} --results {quote(str(settings.results))} "
-            f"--storage {quote(settings.storage)}")
+    resume = (f"python search/run.py --resume --name {quote(settings.name)} --results "
+              f"{quote(str(settings.results))} --storage {quote(settings.storage)}")
+    return (f"--storage {settings.storage} stopped working during the search ({why}): the trials that needed it "
+            f"failed (their rows say why); every row is in {leaderboard_path(settings.results)}. Once it works again, "
+            f"continue with: {resume}")
 
 
 __all__ = ["StorageWatch", "lost_line"]
