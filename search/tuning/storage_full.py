@@ -87,7 +87,7 @@ def fit_or_full(tuner: Any, settings: SearchSettings, run: SearchRun) -> tuple[A
     except Exception as failure:
         rows = leaderboard.search_rows(leaderboard_path(settings.results), settings.name)
         if not out_of_space(failure, rows):
-            lost = lost_line(settings, run, failure)  # a bucket gone mid-search: Tune's end of run cannot read it either
+            lost = lost_line(settings, run, failure)  # a bucket gone mid-search: Tune cannot read it either
             if lost is None:
                 raise
             return [], lost

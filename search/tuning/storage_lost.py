@@ -2,8 +2,8 @@
 expire): the search stops starting trials, keeps every row on the head, and says in one line what failed and how to
 continue.
 
-    callbacks.append(StorageWatch(settings.storage, settings.name))   # a trial fails or retries: probe it
-    line = lost_line(settings)                                     # None, or "--storage URI stopped working (...)"
+    callbacks.append(StorageWatch(settings.storage, run))   # a trial fails or is retried: probe the storage
+    line = lost_line(settings, run)                        # None, or "--storage URI stopped working (...)"
 
 Every trial that needs the storage fails while it is gone (its report cannot persist its checkpoint), so starting
 the remaining trials would only record them as errors; when a failing trial's storage no longer passes the
