@@ -217,8 +217,8 @@ def test_a_bucket_deleted_mid_search_stops_it_with_the_resume_line(tmp_path):
     server = S3Server.start(bucket="short-lived")  # its own server: this test deletes its bucket
     try:
         args = argparse.Namespace(storage=server.uri("tune"), name="lost-bucket", results=str(tmp_path))
-        run = SearchRun()
-        watch, stopper = StorageWatch(args.storage, run), BudgetStopper(run)
+        run, deadline = SearchRun(), tmp_path / "deadline.json"
+        watch, stopper = StorageWatch(args.storage, run, deadline), BudgetStopper(str(deadline))
         watch.on_trial_recover(0, [], None)  # the bucket is there: a trial's own failure, the search goes on
         assert run.storage_lost is None and not stopper.stop_all() and lost_line(args, run) is None
         for key in server.keys():  # the probe's folder marker: a bucket must be empty to be deleted
@@ -227,7 +227,9 @@ def test_a_bucket_deleted_mid_search_stops_it_with_the_resume_line(tmp_path):
         watch.on_trial_error(0, [], None)
     finally:
         server.close()
-    assert run.storage_lost == "bucket 'short-lived' does not exist" and stopper.stop_all()
+    assert run.storage_lost == "bucket 'short-lived' does not exist"
+    assert BudgetStopper(str(deadline)).stop_all()  # what Tune's stopper reads (a fresh one: it rereads each second)
+    assert not run.budget_spent()  # the driver's own deadline stays: a trial cut short is --resume's, not time_budget
     assert lost_line(args, run) == (
         f"--storage s3://short-lived/tune stopped working during the search (bucket 'short-lived' does not exist): "
         f"the trials that needed it failed (their rows say why); every row is in {leaderboard_path(tmp_path)}. Once "

@@ -2,17 +2,21 @@
 expire): the search stops starting trials, keeps every row on the head, and says in one line what failed and how to
 continue.
 
-    callbacks.append(StorageWatch(settings.storage, run))   # a trial fails or is retried: probe the storage
+    callbacks.append(StorageWatch(settings.storage, run, deadline_file))   # a trial fails or is retried: probe
     line = lost_line(settings, run)                        # None, or "--storage URI stopped working (...)"
 
 Every trial that needs the storage fails while it is gone (its report cannot persist its checkpoint), so starting
 the remaining trials would only record them as errors; when a failing trial's storage no longer passes the
-pre-flight probe (search/board/storage.py), the search ends there, like a spent --time-budget, with the trials not
-yet started left to `--resume`. Tune's own end of run reads the bucket too, and raises: the rows the
-LeaderboardCallback wrote as trials ended are then the search's record (search/tuning/storage_full.py).
+pre-flight probe (search/board/storage.py), the search ends there, like a spent --time-budget (the watch sets the
+run's deadline file, which BudgetStopper reads, to now), with the trials not yet started left to `--resume` (the
+driver's own run keeps its deadline, so a trial cut short gets no row and is continued by `--resume`). Tune's own
+end of run reads the bucket too, and raises: the rows the LeaderboardCallback wrote as trials ended are then the
+search's record (search/tuning/storage_full.py).
 """
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from shlex import quote
 from typing import Any, Optional
 
@@ -21,19 +25,22 @@ from ray.tune import Callback
 from search.board import storage
 from search.board.paths import leaderboard_path
 from search.tuning.rows import SearchRun
+from search.tuning.strategies import write_deadline
 
 
 class StorageWatch(Callback):
     """When a trial fails (and before Tune retries it), probe a URI storage; if it no longer works, record why in
-    the search's run, which ends the search (BudgetStopper.stop_all). Pickled for --resume, its run comes back empty
-    and a resumed driver hands it its own (search/tuning/tuner.py)."""
+    the search's run (for the closing line) and end the search: the deadline file BudgetStopper reads says now."""
 
-    def __init__(self, storage_uri: str, run: SearchRun) -> None:
-        self.storage_uri, self.run = storage_uri, run
+    def __init__(self, storage_uri: str, run: SearchRun, deadline_file: Path) -> None:
+        self.storage_uri, self.run, self.deadline_file = storage_uri, run, Path(deadline_file)
 
     def _check(self) -> None:
-        if storage.is_uri(self.storage_uri) and self.run.storage_lost is None:
-            self.run.storage_lost = storage.probe(self.storage_uri)
+        if not storage.is_uri(self.storage_uri) or self.run.storage_lost is not None:
+            return
+        self.run.storage_lost = storage.probe(self.storage_uri)
+        if self.run.storage_lost is not None:
+            write_deadline(self.deadline_file, time.time())
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._check()

@@ -170,7 +170,8 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
     # checkpoint Tune's saved state names but the storage lost (search/tuning/resume_guard.py)
     callbacks = [TrialRecorder(run), recorder, progress, MissingCheckpointGuard(console.say)]
     callbacks.append(NoRetryForUnbuildable())  # a config that cannot be built fails once (search/tuning/unbuildable.py)
-    callbacks.append(StorageWatch(settings.storage, run))  # a bucket gone mid-search ends it (storage_lost.py)
+    # a bucket gone mid-search ends it (storage_lost.py)
+    callbacks.append(StorageWatch(settings.storage, run, deadline_path(settings.results, settings.name)))
     tuner = build_tuner(settings, plan, trainable_for(trial_settings(settings, plan), refs),
                         callbacks + ([TimelineCallback()] if timeline.enabled() else []), run, points)
     _say_failure(console, copies.now())  # a new head can resume
