@@ -48,11 +48,12 @@ from leukmodels.data.layout import (CSV_COLUMNS, FINAL_DIR, GENERATED_MARKER, KA
                                     PRELIM_DIR)
 
 TRAINING, VALIDATION, TESTING = KAGGLE_DIRS
-GENERATOR_VERSION = 2  # 2: skewed cells per patient, per-patient difficulty, larger patient shifts
+GENERATOR_VERSION = 3  # 2: skewed cells per patient, per-patient difficulty, larger patient shifts;
+# 3: difficulty also pulls a patient's class position toward the other class; more cells and test patients
 NOTE = ("Synthetic C-NMC-like cells written by leukmodels.synthetic. Any result on this tree is a result on "
         "generated data, NOT a C-NMC 2019 result.")
 # About as many cells as version 1 (16 + 8 patients x 32), spread over more, uneven patients (see the docstring)
-DEFAULTS = dict(n_all=24, n_hem=12, images_per_patient=21, n_prelim=12, n_final=6, cell_skew=1.0, difficulty=0.12)
+DEFAULTS = dict(n_all=24, n_hem=12, images_per_patient=42, n_prelim=14, n_final=6, cell_skew=1.0, difficulty=0.12)
 MIN_CELLS = 2  # the fewest cells a patient gets when counts are skewed
 SPLITS = ("train", "prelim", "final")  # in this order: the file-name generator is drawn from split after split
 TEST_FOLDERS = {"prelim": f"{VALIDATION}/{PRELIM_DIR}", "final": f"{TESTING}/{FINAL_DIR}"}
@@ -88,6 +89,10 @@ def _plan(seed: int, n_all: int, n_hem: int, n_prelim: int, n_final: int, images
     effects = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,)))
     for _, _, style in patients:
         style["flip_share"] = flip_share(effects, difficulty)
+    pulls = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(5,)))   # own stream: counts stay put
+    for _, is_all, style in patients:   # class position pulled toward the other class (same Beta as the flips)
+        style["pull"] = flip_share(pulls, difficulty)
+        style["blastness"] += style["pull"] * ((0.0 if is_all else 1.0) - style["blastness"])
     take = lambda ids, a, b: [x for x in patients if x[0] in ids[a:b]]  # noqa: E731
     plan = {
         "train": (take(all_ids, 0, n_all), take(hem_ids, 0, n_hem)),
@@ -173,6 +178,7 @@ def _effects(plan: dict) -> dict:
     shifts."""
     return {pid: {"split": split, "class": "all" if is_all else "hem", "cells": style["cells"],
                   "flip_share": round(style["flip_share"], 4), "flipped_cells": style["flipped_cells"],
+                  "pull": round(style["pull"], 4),
                   "blastness": round(style["blastness"], 4), "area_offset": round(style["area_offset"], 1),
                   "brightness": round(style["brightness"], 4), "gain": [round(float(g), 4) for g in style["gain"]],
                   "offset": [round(float(o), 2) for o in style["offset"]]}
