@@ -8,7 +8,8 @@ foreground area about 37,000 px for ALL and 31,000 px for HEM, spread about 7,00
 over the whole training set are 36,244 and 26,544 px; the class anchors here follow those published means, which
 make size a visible signal even at 32 px, as it is on real cells). The class signal is shared by size,
 nucleus:cytoplasm ratio and chromatin grain; a cell sits between the classes by its patient's `blastness` (HEM
-about 0, ALL about 1), or by the mirror of it for a patient's flipped cells (leukmodels.synthetic).
+about 0, ALL about 1, then pulled toward the other class by the patient's difficulty), or by the mirror of it for
+a patient's flipped cells (leukmodels.synthetic).
 """
 from __future__ import annotations
 
@@ -120,8 +121,8 @@ def patient_style(rng: np.random.Generator, is_all: bool) -> dict:
 
 
 def flip_share(rng: np.random.Generator, mean: float) -> float:
-    """A patient's difficulty: the share of its cells drawn at the other class's position (`1 - blastness`), from
-    Beta(0.5, b) with the given mean. Most patients get almost none, a few most of theirs: per-patient accuracy on
+    """A patient's difficulty: the share of its cells drawn at the other class's position (`1 - blastness`), or the
+    share of the way its class position is pulled toward the other class, from Beta(0.5, b) with the given mean. Most patients get almost none, a few most of theirs: per-patient accuracy on
     real C-NMC ranges from 0.26 to 1.0 (Gupta et al. 2020, C-NMC challenge overview, see leukmodels.synthetic)."""
     if mean <= 0:
         return 0.0

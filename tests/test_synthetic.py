@@ -283,6 +283,23 @@ def test_difficulty_varies_between_patients(skewed_plan):
     assert all(style["flip_share"] == 0 for split in plain.values() for _, _, style in split)
 
 
+def test_difficulty_pulls_some_patients_toward_the_other_class(skewed_plan):
+    """A patient's class position is pulled toward the other class by its own share (same Beta as the flips): most
+    patients barely, a few to the boundary or past it, where a model's threshold decides its accuracy."""
+    d = synthetic.DEFAULTS
+    styles = [(is_all, style) for split in skewed_plan.values() for _, is_all, style in split]
+    pulls = np.array([style["pull"] for _, style in styles])
+    assert np.median(pulls) < 0.1 and pulls.max() > 0.4
+    assert abs(pulls.mean() - d["difficulty"]) < 0.06
+    plain = synthetic._plan(0, d["n_all"], d["n_hem"], d["n_prelim"], d["n_final"], d["images_per_patient"],
+                            d["cell_skew"], 0.0)                      # same stains and positions, no pull
+    before = {pid: style["blastness"] for split in plain.values() for pid, _, style in split}
+    for (pid, is_all, style) in (x for split in skewed_plan.values() for x in split):
+        other = 0.0 if is_all else 1.0
+        assert style["pull"] == 0 or abs(style["blastness"] - other) < abs(before[pid] - other)
+    assert all(style["pull"] == 0 for split in plain.values() for _, _, style in split)
+
+
 def test_flipped_cells_are_rendered_at_the_other_class(tmp_path):
     top = synthetic.generate(tmp_path, n_all=2, n_hem=2, images_per_patient=12, n_prelim=0, n_final=0, seed=4,
                              workers=1, cell_skew=1.0, difficulty=0.4)
