@@ -1,7 +1,7 @@
-"""The thin Ray layer over `leukmodels`: search spaces, the trial driver, the CLI, concurrency planning, the leaderboard.
+"""The Ray layer over `leukmodels`, in rooms (docs/map.md): board, tuning, evaluation, reporting, cli, benchmark.
 
-Importing this package imports nothing heavy: `search.tuning.plan` and `search.board.leaderboard` work without Ray (plan imports Ray
-only inside `cluster_nodes()`), so the leaderboard CLI and unit tests stay fast.
+Importing this package imports nothing heavy; the board, evaluation and reporting rooms import neither Ray nor torch
+at start (the leaderboard, evaluate, report and predict commands and their tests stay fast).
 """
 
 from search.moved import install as _install_moved_names

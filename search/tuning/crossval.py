@@ -18,7 +18,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import ray
 
+from leukmodels.data import DataError, DecodedSet
+from leukmodels.data.folds import OFFICIAL, patient_folds
 from leukmodels.labels import ALL, HEM
 from search.tuning.data import SEARCH_SPLITS, SearchData
 
@@ -27,8 +30,6 @@ CV_ROW_FIELDS = ("cv_folds", "fold_metrics")  # report keys kept in the leaderbo
 
 def parse_cv(value: Any) -> Any:
     """--cv's value: 0 (one split, no cross-validation) for 0/off/none, 'official', or a fold count >= 2."""
-    from leukmodels.data.folds import OFFICIAL
-
     text = str(value).strip().lower()
     if text in ("0", "off", "none"):
         return 0
@@ -51,8 +52,6 @@ def pooled_rows(data: SearchData) -> pd.DataFrame:
 
 def pooled_sets(data: SearchData) -> dict[int, Any]:
     """Image size -> one DecodedSet of the train and val images (in pooled_rows' order)."""
-    from leukmodels.data import DecodedSet
-
     out = {}
     for size, sets in data.sets.items():
         parts = [sets[name] for name in SEARCH_SPLITS]
@@ -66,10 +65,6 @@ def cv_refs(data: SearchData, k: Any, seed: int) -> tuple[dict[str, int], dict[i
     """({patient: fold}, image size -> {"all": ObjectRef of the pooled set, "folds": ObjectRef of each image's
     fold}); a DataError when the folds cannot be drawn (too few patients of a class, official folds that share a
     patient). Needs ray.init() first."""
-    import ray
-
-    from leukmodels.data.folds import patient_folds
-
     fold_of = patient_folds(pooled_rows(data), k, seed=seed)
     refs = {}
     for size, pooled in pooled_sets(data).items():
@@ -81,9 +76,6 @@ def cv_refs(data: SearchData, k: Any, seed: int) -> tuple[dict[str, int], dict[i
 def check_folds_before_launch(splits: dict, seed: int, cv: Any, rerank_folds: Any = None) -> None:
     """--cv and --rerank-folds (None: no --rerank-top): the folds can be drawn from the split's train+val patients
     with `seed` (ValueError naming the flag: too few patients of a class, official folds that share a patient)."""
-    from leukmodels.data import DataError
-    from leukmodels.data.folds import patient_folds
-
     for flag, k in (("--cv", cv), ("--rerank-folds", rerank_folds)):
         if k:
             try:

@@ -20,7 +20,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from leukmodels.atomic import atomic_path
+from leukmodels.data import decode, discover, split_by_patient
 from leukmodels.labels import ALL, HEM
+from leukmodels.synthetic import default_dataset
 
 SEARCH_SPLITS = ("train", "val")  # never "test"
 
@@ -50,7 +52,7 @@ class SearchData:
 
     def put(self) -> dict[int, dict[str, Any]]:
         """`ray.put` every decoded set once: image size -> split -> ObjectRef. Needs `ray.init()` first."""
-        import ray
+        import ray  # here: evaluate.py and report.py import this module for the split, and never need Ray
 
         refs: dict[int, dict[str, Any]] = {}
         for size, splits in self.sets.items():
@@ -120,11 +122,7 @@ def prepare_data(root: Optional[str] = None, image_sizes: Sequence[int] = (32,),
                  val_fraction: float = 0.2, cache_dir: Optional[str] = None, progress: bool = True) -> SearchData:
     """Discover `root` (None: the project's generated set, built once and reused), split by patient, decode the
     train and val splits at every size. Raises DataError/ValueError naming the bad path or value."""
-    from leukmodels.data import decode, discover, split_by_patient
-
     if root is None:
-        from leukmodels.synthetic import default_dataset
-
         root = str(default_dataset())
     if not Path(root).expanduser().exists():
         raise ValueError(f"--data {root}: no such folder")

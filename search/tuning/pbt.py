@@ -15,6 +15,7 @@ import math
 import random
 from typing import Any
 
+import pyarrow.fs
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -113,8 +114,6 @@ def prune_checkpoints(grid: Any, rows: list[dict]) -> tuple[int, int]:
     """Once a PBT search has finished, delete the checkpoints kept only for exploits (`checkpoint_config(keep_all)`):
     each trial keeps the one its row points at and its latest (report.py reads the history there). Returns (folders
     removed, bytes freed); a trial without a row or a checkpoint is left as it is."""
-    import pyarrow.fs
-
     best = {row["trial_id"]: _name(row["checkpoint"]) for row in rows if row.get("checkpoint")}
     removed = freed = 0
     for result in grid:

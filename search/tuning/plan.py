@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+
 UNITS = 10_000  # Ray stores resource amounts as fixed point with 4 decimals; we count in those units, exactly
 DEFAULT_DRIVER_CPUS = 0.0
 DRIVER_MEMORY_BYTES = 1 << 20  # token `memory` so Tune accepts a 0-CPU driver; no worker asks for `memory`
@@ -76,8 +78,6 @@ def driver_resources(driver_cpus: float = DEFAULT_DRIVER_CPUS, nodes: list[dict]
 
 def cluster_nodes() -> list[dict[str, Any]]:
     """Declared resources of every alive node of the running Ray (`ray.init()` first), e.g. [{"CPU": 16, "GPU": 4}]."""
-    import ray  # only here: planning itself needs no Ray
-
     if not ray.is_initialized():
         raise RuntimeError("cluster_nodes() needs a running Ray: call ray.init() first")
     return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]

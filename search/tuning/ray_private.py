@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray.train._internal.session import _TrainingResult
+
 
 # -- Tuner.restore ----------------------------------------------------------------------------------------------------
 def restored_configs(tuner: Any) -> tuple[Any, Any]:
@@ -67,8 +69,6 @@ def set_checkpoint_results(manager: Any, kept: list, latest: Any) -> None:
 
 def training_result(checkpoint: Any) -> Any:
     """A checkpoint as the manager holds one: with no metrics."""
-    from ray.train._internal.session import _TrainingResult
-
     return _TrainingResult(checkpoint=checkpoint, metrics={})
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from pyarrow.fs import FileSelector, FileType
+from ray.train import Checkpoint
 from ray.tune import Callback
 
 from search.tuning.ray_private import checkpoint_results, set_checkpoint_results, training_result
@@ -19,17 +21,12 @@ CHECKPOINT_PREFIX = "checkpoint_"  # Tune's trial checkpoint folders: checkpoint
 
 
 def _exists(checkpoint: Any) -> bool:
-    from pyarrow.fs import FileType
-
     return checkpoint.filesystem.get_file_info(checkpoint.path).type == FileType.Directory
 
 
 def _on_storage(trial: Any) -> Optional[Any]:
     """The newest checkpoint folder under the trial's storage path (the state may not know it yet), as a Tune
     training result with no metrics, or None."""
-    from pyarrow.fs import FileSelector, FileType
-    from ray.train import Checkpoint
-
     fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
     infos = fs.get_file_info(FileSelector(folder, allow_not_found=True))
     names = sorted(i.base_name for i in infos if i.type == FileType.Directory and i.base_name.startswith(

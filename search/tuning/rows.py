@@ -30,15 +30,16 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
+from leukmodels.checkpoint import CHECKPOINT_FILE
 from leukmodels.metrics import best_report, interval_keys, is_single_class  # best_report: the one best-epoch rule
 from leukmodels.values import finite_or
-from search.board import storage
+from search.board import leaderboard, storage
 from search.board.schema import METRIC_COLUMNS
 from search.board.search_files import BackgroundCopies
 from search.tuning.crossval import config_key, row_fields
 from search.tuning.ray_private import grid_trials
 from search.tuning.spaces import FAMILY_PREFIX_SEP, train_config
-from search.tuning.trial import EXPLOITED_FROM, PRIOR_EPOCHS
+from search.tuning.trial import EXPLOITED_FROM, PRIOR_EPOCHS, release_placement_group
 
 
 # -- a trial's reports ------------------------------------------------------------------------------------------------
@@ -291,8 +292,6 @@ def is_over(run: SearchRun, context: SearchContext, record: TrialRecord) -> bool
 def checkpoint_exists(path: Optional[str]) -> bool:
     """Whether a reported checkpoint folder still holds its file (a local folder or a URI, through the filesystem
     Tune wrote with)."""
-    from leukmodels.checkpoint import CHECKPOINT_FILE
-
     return bool(path) and storage.exists(path, CHECKPOINT_FILE)
 
 
@@ -400,8 +399,6 @@ class LeaderboardCallback(Callback):
         """Free the worker placement groups of DDP trials that ended `older_than` seconds ago or more. A trial Tune
         stops dies with its Train controller, which never frees its workers' group; freed while the controller still
         lives, the controller would retry the workers in a new group."""
-        from search.tuning.trial import release_placement_group
-
         due = [entry for entry in self.to_release if time.time() - entry[0] >= older_than]
         self.to_release = [entry for entry in self.to_release if entry not in due]
         for _, group, trial_id in due:
@@ -411,8 +408,6 @@ class LeaderboardCallback(Callback):
                 print(f"warning: could not free the placement group of trial {trial_id}: {failure}")
 
     def _ended(self, trial: Any) -> None:
-        from search.board import leaderboard
-
         record = record_of(self.run, trial)
         last = record.reports[-1] if record.reports else (trial.last_result or {})
         if last.get("placement_group"):  # a DDP trial: its Train controller may die before freeing it

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from leukmodels.config import OPTIMIZERS, TrainConfig, config_fields
+from leukmodels.models import list_families, search_space
 from search.tuning.feasible import FittingTrial, check_buildable  # noqa: F401 - spaces is where callers look for it
 
 FAMILY_PREFIX_SEP = ":"  # "resnet:filters"; not "/" (Tune would unflatten that into nested dicts)
@@ -60,8 +61,6 @@ class SearchSpace:
     fixed: dict[str, Any] = field(default_factory=dict)  # any TrainConfig field pinned for every trial
 
     def __post_init__(self) -> None:
-        from leukmodels.models import list_families
-
         self.families = list(self.families)
         self.image_sizes = [int(s) for s in self.image_sizes]
         self.batch_sizes = [int(b) for b in self.batch_sizes]
@@ -76,8 +75,6 @@ class SearchSpace:
             raise ValueError(f"fixed config key(s) {bad_fixed} are not TrainConfig fields")
 
     def __call__(self, trial: Any) -> dict[str, Any]:
-        from leukmodels.models import search_space
-
         constants: dict[str, Any] = {"epochs": int(self.epochs), "seed": int(self.seed),
                                      "warmup_epochs": float(self.warmup_epochs), **self.fixed}
         size = self.image_sizes[0] if len(self.image_sizes) == 1 else None  # known before the family draws
@@ -117,7 +114,7 @@ def train_config(config: dict[str, Any]) -> TrainConfig:
 
 def sample_configs(space: SearchSpace, n: int, seed: int = 0) -> list[TrainConfig]:
     """Draw `n` configs from the space with Optuna's random sampler (no Ray): for tests and `--dry-run` style checks."""
-    import optuna
+    import optuna  # here: every Train worker imports this module (through trial.py) and never samples
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed), direction="maximize")
@@ -132,8 +129,6 @@ def sample_configs(space: SearchSpace, n: int, seed: int = 0) -> list[TrainConfi
 
 def resolve_families(requested: Optional[Sequence[str]]) -> list[str]:
     """`--family` values -> family names: `all` expands to every registered family; unknown names are a ValueError."""
-    from leukmodels.models import list_families
-
     known = list_families()
     requested = list(requested or [])
     if not requested:

@@ -18,10 +18,11 @@ from typing import Any
 from search.board import leaderboard
 from search.board.paths import leaderboard_path
 from search.board.settings import SearchSettings
-from search.tuning.spaces import check_buildable, train_config
 from search.board.storage import is_uri
 from search.tuning.rows import SearchRun
+from search.tuning.spaces import check_buildable, train_config
 from search.tuning.storage_lost import lost_line
+from search.tuning.warmstart import row_config
 
 NO_SPACE = "No space left on device"  # strerror(ENOSPC), in the rows of trials that could not write
 BYTES_PER_VALUE = 4  # float32 weights and optimizer state
@@ -44,8 +45,6 @@ def out_of_space(failure: BaseException, rows: Any) -> bool:
 def checkpoint_bytes(row: dict) -> int:
     """About how large a trial's checkpoint.pt is: weights plus the optimizer's state (Adam's two moments, SGD's
     momentum) in float32, from the parameter count of the row's config built on the meta device."""
-    from search.tuning.warmstart import row_config
-
     parameters = check_buildable(train_config(row_config(row)))
     slots = 2 if str(row.get("optimizer", "adamw")).startswith("adam") else 1
     return parameters * BYTES_PER_VALUE * (1 + slots)

@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import optuna
 from ray.tune import Stopper
-from ray.tune.search.optuna import OptunaSearch
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from leukmodels.atomic import atomic_path
+from search.tuning.pbt import make_pbt
 from search.tuning.ray_private import completed_trials, optuna_study, optuna_trials
 from search.tuning.rows import SearchRun
 from search.tuning.trial import TIME_ATTR
@@ -76,8 +78,6 @@ def read_deadline(path: str) -> Optional[float]:
 def make_sampler(name: str, seed: int, num_samples: int):
     """The Optuna sampler behind OptunaSearch. TPE starts with a few random trials (a third of the budget, 2 to 10)
     before it models the space; `random` is the baseline every strategy is measured against."""
-    import optuna
-
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, num_samples // 3)))
     if name == "random":
@@ -118,8 +118,6 @@ def make_scheduler(name: str, *, run: SearchRun, metric: str, max_epochs: int, g
     epochs), FIFO (every trial runs max_epochs), or population-based training (every trial runs max_epochs; the
     worst copy the best's weights and perturb their lr, weight decay and augmentation: search/tuning/pbt.py)."""
     if name == "pbt":
-        from search.tuning.pbt import make_pbt
-
         return make_pbt(metric=metric, mode=mode, max_epochs=max_epochs, seed=seed)
     if name == "asha":
         scheduler = RecordingASHA(time_attr=TIME_ATTR, max_t=max_epochs, grace_period=grace_epochs,
@@ -150,8 +148,6 @@ class BudgetAwareOptunaSearch(OptunaSearch):
         self.run = run
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        import optuna
-
         if trial_id in self._unrecorded():
             return
         try:
@@ -186,8 +182,6 @@ class BudgetAwareOptunaSearch(OptunaSearch):
             except KeyError as missing:  # not in the study: see _unrecorded
                 self._note_unrecorded(trial_id, missing)
                 return None
-        import optuna
-
         state = optuna.trial.TrialState.PRUNED if epochs else optuna.trial.TrialState.FAIL
         optuna_study(self).tell(optuna_trials(self)[trial_id], state=state)
         completed_trials(self).add(trial_id)

@@ -6,6 +6,9 @@ A one-worker trial trains inside the Tune trainable itself: no Ray Train worker 
 machine), and Tune reuses the actor for the next trial. A DDP trial (workers > 1) builds a TorchTrainer whose workers
 run `train_worker`; a TuneReportCallback forwards rank 0's reports to Tune. Both paths report the same metrics, save a
 checkpoint every epoch and continue from the last one after a retry or `--resume`.
+
+Ray's and torch's modules are imported inside each path's function: every Train worker imports this module, and
+Ray Tune, which only the trial's own process uses, would add its import to each worker's start.
 """
 from __future__ import annotations
 

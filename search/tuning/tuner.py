@@ -8,36 +8,41 @@ trial of the ResultGrid is written again (same (search, trial_id) key: replaced,
 from __future__ import annotations
 
 import time
-from shlex import quote
 from pathlib import Path
+from shlex import quote
 from typing import Any, Optional
 
+import optuna
 from ray import tune
 
 from leukmodels.metrics import SINGLE_CLASS_SHARE
 from search.board import leaderboard, search_files
+from search.board.pareto import direction, front_lines, marked_search, searcher_objectives
+from search.board.paths import REPORT, RESULTS, deadline_path, in_storage, leaderboard_path, optuna_url, split_path
+from search.board.schema import SEARCH_END_COLUMNS
+from search.board.settings import SearchSettings, save_settings
+from search.board.study_storage import dashboard_target
+from search.board.study_storage import open_storage as optuna_storage
 from search.tuning import timeline
 from search.tuning.console import Console, ConsoleCallback
 from search.tuning.crossval import search_refs
 from search.tuning.data import SearchData, prepare_data
-from search.board.pareto import direction, front_lines, marked_search, searcher_objectives
-from search.board.paths import RESULTS, REPORT, deadline_path, in_storage, leaderboard_path, optuna_url, split_path
+from search.tuning.pbt import describe, population, prune_checkpoints
 from search.tuning.plan import Plan, cluster_nodes, driver_resources
 from search.tuning.ray_private import restored_configs
-from search.tuning.rows import SearchRun, TrialRecorder, result_trial_id
+from search.tuning.rerank import rerank
 from search.tuning.resume_guard import MissingCheckpointGuard
-from search.tuning.rows import LeaderboardCallback, SearchContext, rows_from_grid
-from search.board.schema import SEARCH_END_COLUMNS
-from search.board.settings import SearchSettings, save_settings
+from search.tuning.rows import (LeaderboardCallback, SearchContext, SearchRun, TrialRecorder, result_trial_id,
+                                rows_from_grid)
+from search.tuning.spaces import SearchSpace
 from search.tuning.storage_full import fit_or_full
 from search.tuning.storage_lost import StorageWatch
-from search.tuning.spaces import SearchSpace
 from search.tuning.strategies import BudgetStopper, attach_run, make_scheduler, make_searcher, write_deadline
 from search.tuning.timeline_tune import TimelineCallback
-from search.board.study_storage import dashboard_target, open_storage as optuna_storage
-from search.tuning.uncertainty import tie_line
-from search.tuning.unbuildable import NoRetryForUnbuildable
 from search.tuning.trial import TRAIN_RUNS_DIR, TrialSettings, checkpoint_config, run_trial
+from search.tuning.unbuildable import NoRetryForUnbuildable
+from search.tuning.uncertainty import tie_line
+from search.tuning.warmstart import warm_start_points
 
 
 def study_url(settings: SearchSettings) -> str:
@@ -98,8 +103,6 @@ def _searcher(settings: SearchSettings, run: SearchRun,
     """(search algorithm, param_space): OptunaSearch over the define-by-run space (no param_space), or for PBT, which
     refuses a searcher, Tune's generator over a population drawn at random from the same space (search/tuning/pbt.py)."""
     if settings.scheduler == "pbt":
-        from search.tuning.pbt import population
-
         return population(search_space(settings), settings.num_samples, seed=settings.seed)
     # lists with --objectives; the scheduler uses the first
     metric, mode = searcher_objectives(settings.metric, settings.objectives)
@@ -149,8 +152,6 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
     points = None  # with --warm-start: the earlier search's best configs, mapped onto this space: the first trials
     if not settings.resume:
         if settings.warm_start:
-            from search.tuning.warmstart import warm_start_points
-
             points = warm_start_points(settings, search_space(settings), console.say)
         save_settings(settings, points)  # results/searches/<name>.json, read back by --resume
     data = prepare_data(settings.data, settings.image_sizes, split_seed=settings.seed,
@@ -183,8 +184,6 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
                 f"on {'the pooled out-of-fold predictions' if settings.cv else 'the validation patients'}"
                 f")")
     if settings.scheduler == "pbt":
-        from search.tuning.pbt import describe
-
         console.say(describe(settings.max_epochs, settings.num_samples))
     fit_started = time.time()
     grid, full = fit_or_full(tuner, settings, run)  # full: the storage filled up or stopped working; the rows are kept
@@ -196,8 +195,6 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
         code = code or 1
     _say_failure(console, copies.now())  # ended or interrupted
     if code == 0 and settings.rerank_top:  # the second stage: the top trials re-trained with K folds
-        from search.tuning.rerank import rerank
-
         code = rerank(settings, plan, console, mine, data, search_context(settings, data),
                       trial_settings(settings, plan),
                       trainable_for)
@@ -219,8 +216,6 @@ def write_rows(settings: SearchSettings, context: SearchContext, run: SearchRun,
         rows = marked_search(board, settings.name, rows, settings.objectives)
     table = leaderboard.append_rows(board, rows) if rows else leaderboard.search_rows(board, settings.name)
     if settings.scheduler == "pbt" and rows and len(rows) == len(grid):  # finished: no exploit needs the donors' now
-        from search.tuning.pbt import prune_checkpoints
-
         removed, freed = prune_checkpoints(grid, rows)
         console.say(f"pbt: removed {removed} checkpoint(s) kept for exploits ({freed / 2**20:.0f} MiB); each trial "
                     f"keeps its best and its latest")
@@ -316,8 +311,6 @@ def close_open_optuna_trials(settings: SearchSettings, spent: bool, say=print) -
     reported back: cut by the time budget (Tune ends such trials without telling the searcher; PRUNED at its last
     value when it trained, as the row's time_budget), never started, or left by a driver killed between Optuna's
     ask and Tune's state save (FAIL). The study then shows no live trials."""
-    import optuna
-
     study = optuna.load_study(study_name=settings.name, storage=optuna_storage(study_url(settings)))
     closed = {"PRUNED": [], "FAIL": []}
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):

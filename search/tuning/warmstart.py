@@ -21,9 +21,10 @@ from typing import Any, Callable, Optional
 import pandas as pd
 
 from leukmodels.values import plain
+from search.board import leaderboard
 from search.board.paths import leaderboard_path
 from search.board.settings import SearchSettings
-from search.tuning.spaces import FAMILY_PREFIX_SEP, SearchSpace
+from search.tuning.spaces import FAMILY_PREFIX_SEP, SearchSpace, check_buildable, train_config
 
 TOP_CONFIGS = 3  # carried configs: the top 3 of the earlier search, at most half the new trials (at least one)
 CARRIED_KEYS = ("family", "image_size", "batch_size")  # config fields a search may hold constant: always carried
@@ -123,8 +124,6 @@ def map_config(config: dict[str, Any], space: Callable[[Any], Optional[dict]]) -
 
 def check_runs(trial_config: dict[str, Any]) -> None:
     """NotCarried when the mapped config would fail as a trial (e.g. too deep for a smaller image size)."""
-    from search.tuning.spaces import check_buildable, train_config
-
     try:
         check_buildable(train_config(trial_config))
     except (TypeError, ValueError) as error:
@@ -181,8 +180,6 @@ def points_from_rows(rows: Any, space: Any, limit: int) -> tuple[list[dict], lis
 def check_warm_start(name: str, search: str, results: str, families: list[str]) -> None:
     """Before Ray starts: --warm-start `name` is another search than `search` in the leaderboard of `results`, with
     a scored trial of one of `families` (those searched here). ValueError naming the flag otherwise."""
-    from search.board import leaderboard
-
     path = leaderboard_path(results)
     if name == search:
         raise ValueError(f"--warm-start {name}: that is this search's own name; name an earlier search")
@@ -203,8 +200,6 @@ def check_warm_start(name: str, search: str, results: str, families: list[str]) 
 
 def warm_start_points(settings: SearchSettings, space: Any, say: Callable[[str], None] = print) -> list[dict]:
     """The configs the new search runs first (see the module docstring), said on the console."""
-    from search.board import leaderboard
-
     rows = ranked_rows(leaderboard.read(leaderboard_path(settings.results)), settings.warm_start)
     limit = carried_limit(settings.num_samples)
     points, lines = points_from_rows(rows, space, limit)
