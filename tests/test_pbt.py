@@ -206,11 +206,11 @@ def test_pbt_search_exploited_trial_continues_the_donor_weights_with_its_mutated
     """4 trials of 3 epochs: synchronous rounds at epochs 1 and 2, where the bottom trial of 4 takes a top one's
     checkpoint, so every run exploits at least once. The search's final pruning of checkpoints is held back until
     the checks have read the donor's."""
-    import search.tuning.pbt
+    from search.tuning import tuner
     from search.tuning.data import prepare_data
 
-    held, prune = [], search.tuning.pbt.prune_checkpoints
-    monkeypatch.setattr(search.tuning.pbt, "prune_checkpoints", lambda grid, rows: held.append((grid, rows)) or (0, 0))
+    held, prune = [], tuner.prune_checkpoints  # patched where the search calls it
+    monkeypatch.setattr(tuner, "prune_checkpoints", lambda grid, rows: held.append((grid, rows)) or (0, 0))
     name = "pbt-e2e"
     code = main(["--family", "resnet", "--data", str(tiny_cnmc), "--image-sizes", "24", "--scheduler", "pbt",
                  "--num-samples", "4", "--max-epochs", "3", "--seed", "0", "--results", str(tmp_path / "results"),
