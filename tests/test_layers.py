@@ -57,7 +57,7 @@ def test_no_import_cycle():
 
 
 # Each room of search/ may import the rooms after it in this list, never one before it (search/__init__.py,
-# search/moved.py and the entry scripts at the top of search/ are outside the rooms). README "Map of search/" says why.
+# search/moved.py and the entry scripts at the top of search/ are outside the rooms). docs/map.md says why.
 ROOMS = ("benchmark", "cli", "reporting", "evaluation", "tuning", "board")
 
 
