@@ -208,15 +208,16 @@ def test_a_study_restored_older_than_tunes_state_does_not_stop_the_search(tmp_pa
 def test_a_bucket_deleted_mid_search_stops_it_with_the_resume_line(tmp_path):
     """A trial fails (or is about to be retried) and the bucket is gone: the watch records why, the stopper ends the
     search, and the closing line says what failed and how to continue; a storage that works changes nothing."""
-    import argparse
-
+    from search.board.settings import SearchSettings
+    from search.cli.profiles import PROFILES
     from search.tuning.rows import SearchRun
     from search.tuning.storage_lost import StorageWatch, lost_line
     from search.tuning.strategies import BudgetStopper
 
     server = S3Server.start(bucket="short-lived")  # its own server: this test deletes its bucket
     try:
-        args = argparse.Namespace(storage=server.uri("tune"), name="lost-bucket", results=str(tmp_path))
+        args = SearchSettings(**PROFILES["cpu"], family=["baseline"], profile="cpu", storage=server.uri("tune"),
+                              name="lost-bucket", results=str(tmp_path))
         run, deadline = SearchRun(), tmp_path / "deadline.json"
         watch, stopper = StorageWatch(args.storage, run, deadline), BudgetStopper(str(deadline))
         watch.on_trial_recover(0, [], None)  # the bucket is there: a trial's own failure, the search goes on

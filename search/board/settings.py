@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from shlex import quote
 from typing import Any, Mapping, Optional
 
 from leukmodels.metrics import SCALAR_METRICS
@@ -80,6 +81,11 @@ class SearchSettings:
     def saved(self) -> dict[str, Any]:
         """What searches/<name>.json holds of these settings."""
         return {key: getattr(self, key) for key in SAVED_FIELDS}
+
+    def resume_command(self) -> str:
+        """The command that continues this search, shell-quoted: it pastes into a shell as it is."""
+        return (f"python search/run.py --resume --name {quote(self.name)} --results {quote(str(self.results))} "
+                f"--storage {quote(self.storage)}")
 
 
 def refuse_existing(results: str, name: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from shlex import quote
 from typing import Any, Optional
 
 from ray.tune import Callback
@@ -58,11 +57,9 @@ def lost_line(settings: Any, run: SearchRun, failure: Optional[BaseException] = 
     why = run.storage_lost or (storage.probe(settings.storage) if failure is not None else None)
     if why is None:
         return None
-    resume = (f"python search/run.py --resume --name {quote(settings.name)} --results "
-              f"{quote(str(settings.results))} --storage {quote(settings.storage)}")
     return (f"--storage {settings.storage} stopped working during the search ({why}): the trials that needed it "
             f"failed (their rows say why); every row is in {leaderboard_path(settings.results)}. Once it works again, "
-            f"continue with: {resume}")
+            f"continue with: {settings.resume_command()}")
 
 
 __all__ = ["StorageWatch", "lost_line"]

@@ -163,21 +163,11 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
     copies = search_files.BackgroundCopies(settings.storage, settings.name, settings.results)  # to --storage
     recorder = LeaderboardCallback(search_context(settings, data), str(leaderboard_path(settings.results)), run,
                                    copies)
-    progress = ConsoleCallback(run=run, metric=settings.metric, num_samples=settings.num_samples,
-                               max_epochs=settings.max_epochs, quiet_restarts=settings.scheduler == "pbt",
-                               console=console)
     refs = search_refs(settings.cv, settings.seed, data, console.say)  # with --cv: the pooled set and its folds
-    # the recorder first: the callbacks after it read its records. The guard: a resumed trial never errors for a
-    # checkpoint Tune's saved state names but the storage lost (search/tuning/resume_guard.py)
-    callbacks = [TrialRecorder(run), recorder, progress, MissingCheckpointGuard(console.say)]
-    callbacks.append(NoRetryForUnbuildable())  # a config that cannot be built fails once (search/tuning/unbuildable.py)
-    # a bucket gone mid-search ends it (storage_lost.py)
-    callbacks.append(StorageWatch(settings.storage, run, deadline_path(settings.results, settings.name)))
     tuner = build_tuner(settings, plan, trainable_for(trial_settings(settings, plan), refs),
-                        callbacks + ([TimelineCallback()] if timeline.enabled() else []), run, points)
+                        search_callbacks(settings, run, recorder, console), run, points)
     _say_failure(console, copies.now())  # a new head can resume
-    run.launched, run.deadline = time.time(), (time.time() + settings.time_budget if settings.time_budget else None)
-    write_deadline(deadline_path(settings.results, settings.name), run.deadline)
+    start_clock(settings, run)
     console.say(f"searching: {settings.num_samples} trials of {'+'.join(settings.family)}, up to "
                 f"{settings.max_epochs} epochs each, {plan.max_concurrent_trials} at once ({settings.searcher} + "
                 f"{settings.scheduler}, {goal(settings)} "
@@ -199,6 +189,27 @@ def run_search(settings: SearchSettings, plan: Plan, console: Console, started: 
                       trial_settings(settings, plan),
                       trainable_for)
     return code
+
+
+def search_callbacks(settings: SearchSettings, run: SearchRun, recorder: LeaderboardCallback,
+                     console: Console) -> list:
+    """Tune's callbacks in the order it calls them: the record keeper first (the others read its records), the
+    leaderboard rows, the console; a resumed trial never errors for a checkpoint Tune's saved state names but the
+    storage lost (resume_guard.py); a config that cannot be built fails once (unbuildable.py); a bucket gone
+    mid-search ends it (storage_lost.py); with $LEUKTUNE_TIMELINE, the trial timeline."""
+    progress = ConsoleCallback(run=run, metric=settings.metric, num_samples=settings.num_samples,
+                               max_epochs=settings.max_epochs, quiet_restarts=settings.scheduler == "pbt",
+                               console=console)
+    callbacks = [TrialRecorder(run), recorder, progress, MissingCheckpointGuard(console.say), NoRetryForUnbuildable(),
+                 StorageWatch(settings.storage, run, deadline_path(settings.results, settings.name))]
+    return callbacks + ([TimelineCallback()] if timeline.enabled() else [])
+
+
+def start_clock(settings: SearchSettings, run: SearchRun) -> None:
+    """The run starts now: its --time-budget deadline, also written where BudgetStopper reads it."""
+    run.launched = time.time()
+    run.deadline = run.launched + settings.time_budget if settings.time_budget else None
+    write_deadline(deadline_path(settings.results, settings.name), run.deadline)
 
 
 def _say_failure(console: Console, warning: Optional[str]) -> None:
@@ -248,9 +259,7 @@ def finish(settings: SearchSettings, run: SearchRun, grid: Any, mine: Any, conso
         say(warning)
     pending = len({result_trial_id(result) for result in grid} - set(mine["trial_id"]))
     if pending and not run.budget_spent():  # an interrupt left trials to --resume
-        say(f"search interrupted with {pending} trial(s) unfinished; continue it with: python search/run.py "
-            f"--resume --name {quote(settings.name)} --results {quote(settings.results)} "
-            f"--storage {quote(settings.storage)}")
+        say(f"search interrupted with {pending} trial(s) unfinished; continue it with: {settings.resume_command()}")
         return 1
     try:
         if settings.scheduler != "pbt":  # a PBT search has no Optuna study
