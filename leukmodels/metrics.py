@@ -1,4 +1,4 @@
-"""Classification metrics (scikit-learn) and batched prediction with optional 8-way dihedral test-time augmentation.
+"""Classification metrics (numpy, equal to scikit-learn's) and batched prediction with optional 8-way dihedral test-time augmentation.
 
 Label convention everywhere: 1 = ALL (leukemic blast, the positive class), 0 = HEM (normal). Models output logits
 N x 2 with index 1 = ALL; `prob_all` is P(ALL). A sample is called ALL when P(ALL) > threshold, so an exact tie at
@@ -6,7 +6,6 @@ N x 2 with index 1 = ALL; `prob_all` is P(ALL). A sample is called ALL when P(AL
 """
 from __future__ import annotations
 
-import warnings
 from typing import Optional, Sequence
 
 from typing import TYPE_CHECKING
@@ -16,7 +15,7 @@ import numpy as np
 from leukmodels.labels import ALL, HEM
 from leukmodels.values import finite_or
 
-if TYPE_CHECKING:  # torch and scikit-learn are imported on use: the leaderboard reads the names here without them
+if TYPE_CHECKING:  # torch is imported on use: the leaderboard reads the names here without it
     import torch
 
 SCALAR_METRICS = ("weighted_f1", "macro_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
@@ -52,9 +51,6 @@ def classification_metrics(labels: Sequence[int], prob_all: Sequence[float], pat
     predicted_all is the share of cells called ALL (0 or 1: a one-class predictor, see is_single_class).
     With `patients`, adds per_patient_accuracy: {patient (str): accuracy}.
     """
-    # here: scikit-learn, measured +1.7 s on the --help of the leaderboard, evaluate and predict
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
-
     y = np.asarray(labels).astype(np.int64).ravel()
     p = np.asarray(prob_all, dtype=np.float64).ravel()
     if y.shape != p.shape:
@@ -64,20 +60,12 @@ def classification_metrics(labels: Sequence[int], prob_all: Sequence[float], pat
     if not np.isin(y, (0, 1)).all():
         raise ValueError(f"labels must be 0 (HEM) or 1 (ALL); got values {sorted(set(y.tolist()) - {0, 1})}")
     pred = (p > threshold).astype(np.int64)
-    both_classes = np.unique(y).size == 2
-
-    with warnings.catch_warnings():  # single-class batches make sklearn warn about ill-defined values; we handle them
-        warnings.simplefilter("ignore")
-        out = {
-            "weighted_f1": float(f1_score(y, pred, average="weighted", zero_division=0)),
-            "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
-            "accuracy": float(accuracy_score(y, pred)),
-            "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-            "roc_auc": float(roc_auc_score(y, p)) if both_classes else float("nan"),
-            "sensitivity": float(recall_score(y, pred, pos_label=ALL, zero_division=np.nan)),
-            "specificity": float(recall_score(y, pred, pos_label=HEM, zero_division=np.nan)),
-            "predicted_all": float(pred.mean()),
-        }
+    confusion = np.array([[np.sum((y == 1) & (pred == 1)), np.sum((y == 1) & (pred == 0)),
+                           np.sum((y == 0) & (pred == 1)), np.sum((y == 0) & (pred == 0))]], dtype=np.float64)
+    counted = {name: float(values[0]) for name, values in _metrics_of_counts(confusion).items()}
+    counted["roc_auc"] = _roc_auc(y, p) if np.unique(y).size == 2 else float("nan")
+    out = {name: counted[name] for name in SCALAR_METRICS}
+    out["predicted_all"] = float(pred.mean())
     if patients is not None:
         patients = np.asarray(patients).astype(str).ravel()
         if patients.shape != y.shape:
@@ -135,7 +123,9 @@ def patient_interval(labels: Sequence[int], prob_all: Sequence[float], patients:
 
 
 def _metrics_of_counts(confusion: np.ndarray) -> dict[str, np.ndarray]:
-    """INTERVAL_METRICS of R x 4 confusion counts (tp, fn, fp, tn), as classification_metrics computes them."""
+    """INTERVAL_METRICS of R x 4 confusion counts (tp, fn, fp, tn), each equal to scikit-learn's (f1_score weighted
+    and macro with zero_division=0, accuracy_score, balanced_accuracy_score, recall_score; tests/test_metrics.py
+    compares them). Computed here, not by scikit-learn: importing sklearn.metrics costs each Train worker 1.1 s."""
     tp, fn, fp, tn = confusion.T
     n, support_all, support_hem = tp + fn + fp + tn, tp + fn, tn + fp
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -151,6 +141,16 @@ def _metrics_of_counts(confusion: np.ndarray) -> dict[str, np.ndarray]:
             "balanced_accuracy": np.nanmean(np.stack([sensitivity, specificity]), axis=0),
             "sensitivity": sensitivity, "specificity": specificity,
         }
+
+
+def _roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """The chance that a random ALL cell scores above a random HEM cell, ties counting half (Mann-Whitney U; equal
+    to scikit-learn's roc_auc_score). Needs both classes."""
+    _, tie_group, group_size = np.unique(p, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(group_size) - (group_size - 1) / 2.0)[tie_group]  # 1-based ranks, tied scores averaged
+    positives = float(y.sum())
+    negatives = y.size - positives
+    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def tied_with(winner_lo: float, value: float) -> bool:

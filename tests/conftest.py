@@ -49,14 +49,25 @@ def tiny_cnmc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_2cpu():
-    """A local Ray with 2 logical CPUs for this module; shut down at the module's end."""
+    """A local Ray with 2 logical CPUs for this module, with the Ray Train settings a search's own Ray has
+    (search/cli/ray_start.py: its processes inherit them); shut down at the module's end."""
     import ray
+
+    from search.cli.ray_start import LOCAL_TRAIN_ENV, TRAIN_ENV
 
     if ray.is_initialized():  # a previous module leaked one: start from a clean slate
         ray.shutdown()
+    train_env = {**TRAIN_ENV, **LOCAL_TRAIN_ENV}
+    saved = {key: os.environ.get(key) for key in train_env}
+    os.environ.update(train_env)
     ray.init(address="local", num_cpus=2, include_dashboard=True)  # "local": never attach to another Ray
     yield ray
     ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,31 @@ def test_metrics_match_a_hand_computed_confusion_matrix():
     assert "per_patient_accuracy" not in m
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_metrics_equal_scikit_learns_on_random_batches_with_ties_and_single_classes(seed):
+    import warnings
+
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    labels = rng.integers(0, 2, n) if seed % 5 else np.full(n, seed % 2)  # every fifth batch holds one class
+    prob = np.round(rng.random(n), 1)  # one decimal: many tied scores, some exactly at the 0.5 threshold
+    pred = (prob > 0.5).astype(int)
+    m = classification_metrics(labels, prob)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = {"weighted_f1": f1_score(labels, pred, average="weighted", zero_division=0),
+                    "macro_f1": f1_score(labels, pred, average="macro", zero_division=0),
+                    "accuracy": accuracy_score(labels, pred),
+                    "balanced_accuracy": balanced_accuracy_score(labels, pred),
+                    "sensitivity": recall_score(labels, pred, pos_label=1, zero_division=np.nan),
+                    "specificity": recall_score(labels, pred, pos_label=0, zero_division=np.nan),
+                    "roc_auc": roc_auc_score(labels, prob) if len(set(labels)) == 2 else math.nan}
+    for name, value in expected.items():
+        assert m[name] == pytest.approx(value, nan_ok=True), name
+
+
 def test_single_class_batch_does_not_crash_and_gives_nan_where_undefined():
     labels = [1, 1, 1, 1]
     prob = [0.9, 0.8, 0.3, 0.7]  # TP 3, FN 1, no HEM at all

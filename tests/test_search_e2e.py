@@ -20,6 +20,7 @@ from processes import checkout_env, kill_group
 from search.board import leaderboard
 from search.board.paths import leaderboard_path, optuna_url, settings_path
 from search.cli.run import main
+from search.tuning.train_stop import stop_requested
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[1]
@@ -149,6 +150,13 @@ def test_search_ranks_every_ddp_trial_and_asha_stops_some(first_search):
     # each trial trained with 2 DDP workers: every report says so
     progress = [pd.read_csv(p) for p in (tmp / "ray" / "search-a").glob("*/progress.csv")]
     assert len(progress) == 3 and all((frame["world_size"] == 2).all() for frame in progress)
+    # one actor ran all three (Tune reused it, also after ASHA stopped a trial: its Train run was aborted), and the
+    # stop flags told to the stopped trials' controllers are gone
+    assert len({int(pid) for frame in progress for pid in frame["pid"]}) == 1
+    assert not any(stop_requested(trial_id) for trial_id in rows["trial_id"])
+    # each run kept every epoch while it ran; once it ended, only its best and latest checkpoints remain
+    for path in rows["checkpoint"]:
+        assert 1 <= len(list(Path(path).parent.glob("checkpoint_*"))) <= 2
     # the Optuna study (SQLite, study = search name) holds every trial; ASHA-stopped ones count as complete
     study = optuna.load_study(study_name="search-a", storage=optuna_url(tmp / "results"))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

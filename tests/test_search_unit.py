@@ -422,3 +422,26 @@ def test_the_space_never_proposes_a_depth_its_one_image_size_cannot_hold(family,
     for config in configs:
         assert check_buildable(config) > 0, config
     assert len({c.depth for c in configs}) > 1  # still a range, not one value
+
+
+def test_a_trial_on_a_new_actor_counts_the_actors_start_up_as_its_own_wait():
+    """Tune calls on_trial_start once the actor is up: the first report of a new actor says when its process started
+    (a reused actor's says nothing); a process that waited in Ray's pool longer than a minute counts a minute."""
+    import time
+    from types import SimpleNamespace
+
+    from search.tuning.rows import ACTOR_START_MAX_S, TrialRecorder
+    from search.tuning.trial import ACTOR_STARTED
+
+    run = SearchRun()
+    recorder = TrialRecorder(run)
+    for trial_id, actor_age in (("new", 3.0), ("reused", None), ("pooled", 500.0)):
+        trial = SimpleNamespace(trial_id=trial_id, config={}, path=None, last_result=None)
+        recorder.on_trial_start(0, [], trial)
+        first = {"epoch": 1, **({ACTOR_STARTED: time.time() - actor_age} if actor_age else {})}
+        recorder.on_trial_result(0, [], trial, first)
+        recorder.on_trial_result(0, [], trial, {"epoch": 2})
+        recorder.on_trial_complete(0, [], trial)
+    walls = {trial_id: record.wall_seconds for trial_id, record in run.trials.items()}
+    assert 3.0 <= walls["new"] < 4.0 and walls["reused"] < 1.0
+    assert ACTOR_START_MAX_S <= walls["pooled"] < ACTOR_START_MAX_S + 1.0

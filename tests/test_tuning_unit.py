@@ -41,8 +41,9 @@ def test_a_one_worker_trial_asks_for_its_worker_and_a_ddp_trial_for_its_driver_o
 
 @pytest.mark.parametrize("workers, scheduler, reuse_actors, tune_retries, kept, at_once", [
     (1, "asha", True, 2, 1, 3),  # trains in its Tune trial: Tune retries it and reuses its process
-    (2, "asha", False, 0, 1, 3),  # DDP: Ray Train retries its workers; the actor dies with its controller
+    (2, "asha", True, 0, 1, 3),  # DDP: Ray Train retries its workers; a stopped trial aborts its run (train_stop)
     (1, "pbt", True, 2, None, None),  # PBT: the whole population at once, every checkpoint kept for exploits
+    (2, "pbt", False, 0, None, None),  # PBT's DDP trials are paused and restored: an actor each
 ])
 def test_the_tuner_per_kind_of_trial(workers, scheduler, reuse_actors, tune_retries, kept, at_once):
     args = settings(scheduler=scheduler)
@@ -61,13 +62,14 @@ def test_a_report_carries_where_and_how_long_and_a_restart_says_once_what_came_b
     monkeypatch.delenv("LEUKTUNE_FAULT_DIR", raising=False)
     sent = []
     reporter = _Reporter(lambda metrics, folder: sent.append((metrics, folder)), "t1", rank=0, world_size=2,
-                         nodes="n1,n2", placement_group="pg")
+                         nodes="n1,n2", placement_group="pg", actor_started=1234.5)
     reporter.prior_epochs, reporter.exploited_from = json.dumps([{"epoch": 1}]), "d0nor_00001@1"
     reporter.on_epoch({"epoch": 2, "balanced_accuracy": 0.6}, None)
     reporter.on_epoch({"epoch": 3, "balanced_accuracy": 0.7}, None)
     (first, _), (second, _) = sent
     assert first["prior_epochs"] == json.dumps([{"epoch": 1}]) and first["exploited_from"] == "d0nor_00001@1"
-    assert "prior_epochs" not in second and "exploited_from" not in second
+    assert first["actor_started_at"] == 1234.5  # the first trial of a new actor: its start-up is this trial's
+    assert "prior_epochs" not in second and "exploited_from" not in second and "actor_started_at" not in second
     for report in (first, second):
         assert (report["nodes"], report["world_size"], report["placement_group"]) == ("n1,n2", 2, "pg")
     assert 0 <= first["train_seconds"] <= second["train_seconds"] and first["reported_at"] <= second["reported_at"]
@@ -206,3 +208,34 @@ def test_the_console_table_of_one_search_ranks_within_that_search(tmp_path):
     mine = ranked_within(table, "new")
     assert list(mine["trial_id"]) == ["b2", "b1"] and list(mine["rank"]) == [1, 2]  # the file ranks them 2 and 4
     assert list(leaderboard.rank_table(table, search="new")["rank"]) == [2, 4]
+
+
+def test_a_ddp_trials_thread_returns_when_tune_stops_it_and_a_fit_aborted_on_request_is_no_error(monkeypatch):
+    """fit_unless_stopped: Tune waits 2 s for a stopped trial's thread before it reuses the actor, so the thread
+    returns at Tune's stop and asks the run to abort; a fit that fails because it was aborted is not the trial's
+    error, any other failure is."""
+    import threading
+
+    from search.tuning import train_stop
+
+    flags: set = set()
+    monkeypatch.setattr(train_stop, "request_stop", flags.add)
+    monkeypatch.setattr(train_stop, "stop_requested", lambda trial_id: trial_id in flags)
+    stopping = threading.Event()
+    monkeypatch.setattr(train_stop, "tune_stop_event", lambda: stopping)
+
+    class Trainer:
+        def __init__(self, fit) -> None:
+            self.fit = fit
+
+    train_stop.fit_unless_stopped(Trainer(lambda: None), "done")  # a run that ends: returns, nothing asked
+    assert flags == set()
+    with pytest.raises(RuntimeError, match="workers died"):
+        train_stop.fit_unless_stopped(Trainer(lambda: (_ for _ in ()).throw(RuntimeError("workers died"))), "t1")
+    released = threading.Event()
+    threading.Timer(0.2, stopping.set).start()  # Tune stops the trial while its run trains on
+    train_stop.fit_unless_stopped(Trainer(lambda: released.wait(30)), "t2")
+    assert flags == {"t2"} and not released.is_set()
+    released.set()
+    flags.add("t3")  # the driver asked first: the aborted run's failure is the stop, not an error
+    train_stop.fit_unless_stopped(Trainer(lambda: (_ for _ in ()).throw(RuntimeError("aborted"))), "t3")

@@ -14,7 +14,6 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
-import torchvision.models as tvm
 
 from leukmodels.models.checks import check_choice, check_dropout, check_int_range
 from leukmodels.models.registry import NUM_CLASSES, ParameterCountMixin, register_family
@@ -26,8 +25,16 @@ HEAD_PREFIXES = ("fc.", "aux1.", "aux2.", "AuxLogits.")  # old classifier and au
 WRAPPER_PREFIXES = ("module.", "backbone.")  # DDP's and this module's wrappers, stripped from saved keys
 
 
+def _tvm() -> Any:
+    """torchvision.models, imported on the first build: importing it costs a Train worker 1.4 s (it pulls in
+    torch._dynamo), and the baseline, Inception and ResNet families never need it."""
+    import torchvision.models
+
+    return torchvision.models
+
+
 def _resnet(name: str, dropout: float, num_classes: int) -> nn.Module:
-    net = getattr(tvm, name)(weights=None, num_classes=num_classes)
+    net = getattr(_tvm(), name)(weights=None, num_classes=num_classes)
     net.fc = nn.Sequential(nn.Dropout(dropout), net.fc)  # torchvision's ResNet has no dropout before its head
     return net
 
@@ -36,9 +43,9 @@ BUILDERS: dict[str, Callable[[float, int], nn.Module]] = {  # (dropout, num_clas
     "resnet18": lambda p, n: _resnet("resnet18", p, n),
     "resnet34": lambda p, n: _resnet("resnet34", p, n),
     "resnet50": lambda p, n: _resnet("resnet50", p, n),
-    "googlenet": lambda p, n: tvm.googlenet(weights=None, num_classes=n, aux_logits=False,
+    "googlenet": lambda p, n: _tvm().googlenet(weights=None, num_classes=n, aux_logits=False,
                                             transform_input=False, init_weights=True, dropout=p),
-    "inception_v3": lambda p, n: tvm.inception_v3(weights=None, num_classes=n, aux_logits=False,
+    "inception_v3": lambda p, n: _tvm().inception_v3(weights=None, num_classes=n, aux_logits=False,
                                                   transform_input=False, init_weights=True, dropout=p),
 }
 

@@ -114,6 +114,12 @@ def siblings(location: str) -> list[str]:
     return sorted(f"{prefix}{info.path}{query}" for info in found if info.type == pafs.FileType.Directory)
 
 
+def delete_folder(location: str) -> None:
+    """Remove the folder `location` (a path or a URI) and everything in it."""
+    fs, inner = filesystem(location)
+    fs.delete_dir(inner)
+
+
 def upload(local: Path, location: str) -> None:
     """Copy the local file `local` to the file `location` (a folder path or a URI)."""
     fs, inner = filesystem(location)

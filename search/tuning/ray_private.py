@@ -18,12 +18,24 @@ pinned by tests/test_ray_private.py, so a Ray upgrade that changes one fails tha
   per-trial state (`_trial_state[trial].last_perturbation_time`, `.last_train_time`), its `_perturbation_interval`
   and its synchronous rounds' next time (`_next_perturbation_sync`), which `--resume` does not restore
   (search/tuning/pbt.py puts restored trials back on the rounds).
+- `kv_put`, `kv_exists`, `kv_delete`: the GCS's key-value store (`ray.experimental.internal_kv`), reachable from every
+  process of the cluster: the search's driver tells a DDP trial's Train controller that Tune stopped the trial
+  (search/tuning/train_stop.py). Ray offers no public cross-process flag that costs no actor.
+- `tune_stop_event()`: the Tune session's `stop_event` (`ray.train._internal.session.get_session()`), which Tune
+  sets when it stops a function trial, before it waits 2 s for the trial's thread to end so it can reuse the actor
+  (FunctionTrainable.reset_config); a thread still alive then fails the next trial and hangs Tune 2.60. The session
+  makes a new event for each trial, so a trial holds the one it started with.
+- `TrainCallbacks`: Ray Train V2's controller, worker-group and worker callback bases
+  (`ray.train.v2._internal.execution.callback`); RunConfig hands callbacks that are not UserCallbacks to the
+  controller as they are, and only these see the controller's poll of its workers and its start.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from ray.train._internal.session import _TrainingResult
+from ray.experimental import internal_kv
+from ray.train._internal.session import _TrainingResult, get_session
+from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerCallback, WorkerGroupCallback
 
 
 # -- Tuner.restore ----------------------------------------------------------------------------------------------------
@@ -91,6 +103,38 @@ def set_next_pbt_round(scheduler: Any, time: float) -> None:
     scheduler._next_perturbation_sync = time
 
 
+# -- the GCS's key-value store ---------------------------------------------------------------------------------------
+KV_NAMESPACE = "leukemia-tune"
+
+
+def kv_put(key: str) -> None:
+    internal_kv._internal_kv_put(key, b"1", namespace=KV_NAMESPACE)
+
+
+def kv_exists(key: str) -> bool:
+    return bool(internal_kv._internal_kv_exists(key, namespace=KV_NAMESPACE))
+
+
+def kv_delete(key: str) -> None:
+    internal_kv._internal_kv_del(key, namespace=KV_NAMESPACE)
+
+
+# -- Tune's function-trial session ----------------------------------------------------------------------------------
+def tune_stop_event() -> Any:
+    """The threading.Event Tune sets when it stops the trial running in this process."""
+    return get_session().stop_event
+
+
+# -- Ray Train V2's callbacks -----------------------------------------------------------------------------------------
+class TrainCallbacks:
+    """The bases a Train run's own callbacks derive from: `Controller` (start, end), `WorkerGroup` (start, every poll
+    of the workers, shutdown), `Worker` (runs in each worker)."""
+
+    Controller = ControllerCallback
+    WorkerGroup = WorkerGroupCallback
+    Worker = WorkerCallback
+
+
 __all__ = ["restored_configs", "grid_trials", "optuna_study", "optuna_trials", "completed_trials",
            "checkpoint_results", "set_checkpoint_results", "training_result", "pbt_interval", "set_pbt_round",
-           "next_pbt_round", "set_next_pbt_round"]
+           "next_pbt_round", "set_next_pbt_round", "kv_put", "kv_exists", "kv_delete", "tune_stop_event", "TrainCallbacks"]

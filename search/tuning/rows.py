@@ -39,7 +39,8 @@ from search.board.search_files import BackgroundCopies
 from search.tuning.crossval import config_key, row_fields
 from search.tuning.ray_private import grid_trials
 from search.tuning.spaces import FAMILY_PREFIX_SEP, train_config
-from search.tuning.trial import EXPLOITED_FROM, PRIOR_EPOCHS, release_placement_group
+from search.tuning.train_stop import clear_stop, request_stop
+from search.tuning.trial import ACTOR_STARTED, EXPLOITED_FROM, PRIOR_EPOCHS, release_placement_group
 
 
 # -- a trial's reports ------------------------------------------------------------------------------------------------
@@ -218,6 +219,9 @@ def record_of_result(run: SearchRun, result: Any, error: Optional[str]) -> Trial
     return record
 
 
+ACTOR_START_MAX_S = 60.0  # an actor started longer before its trial waited in Ray's worker pool, not for this trial
+
+
 class TrialRecorder(Callback):
     """Files Tune's reports, starts and ends into the run's records. First in the callback list, so the callbacks
     after it read an up-to-date record. Holds no state of its own."""
@@ -231,7 +235,11 @@ class TrialRecorder(Callback):
             record.started = time.time()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.run.record(trial.trial_id).add(result, trial.path)
+        record = self.run.record(trial.trial_id)
+        record.add(result, trial.path)
+        actor_started = finite_or(result.get(ACTOR_STARTED))
+        if record.started is not None and actor_started is not None:  # a new actor's start is this trial's wait
+            record.started -= min(max(0.0, record.started - actor_started), ACTOR_START_MAX_S)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trial, None)
@@ -370,6 +378,27 @@ def rows_from_grid(context: SearchContext, run: SearchRun, grid: Any) -> list[di
     return rows
 
 
+def kept_checkpoints(record: TrialRecord, context: SearchContext) -> tuple[str, ...]:
+    """The checkpoint folders (paths or URIs) of a DDP trial to keep once its run is over: its best epoch's (the row
+    points at it) and its latest (report.py reads the history there)."""
+    best, latest = record.best(context.metric), (record.reports[-1] if record.reports else None)
+    return tuple(sorted({storage.storage_uri(context.storage, str(r["checkpoint_path"]))
+                         for r in (best, latest) if r and r.get("checkpoint_path")}))
+
+
+def prune_train_checkpoints(keep: tuple[str, ...]) -> None:
+    """Delete the other checkpoint folders of the Train run that holds `keep`. A DDP trial's run keeps every epoch
+    (trial.py): its workers may report an epoch or two past the one at which Tune stopped the trial, and Train's
+    keep-one rule would then have deleted the checkpoint of the epoch Tune ranked."""
+    if not keep:
+        return
+    names = {folder.rstrip("/").rsplit("/", 1)[-1] for folder in keep}
+    for folder in storage.siblings(keep[0]):
+        name = folder.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("checkpoint_") and name not in names:
+            storage.delete_folder(folder)
+
+
 RELEASE_DELAY_S = 5.0  # a stopped DDP trial's driver and Train controller are gone well within this
 
 
@@ -401,17 +430,23 @@ class LeaderboardCallback(Callback):
         lives, the controller would retry the workers in a new group."""
         due = [entry for entry in self.to_release if time.time() - entry[0] >= older_than]
         self.to_release = [entry for entry in self.to_release if entry not in due]
-        for _, group, trial_id in due:
+        for _, group, trial_id, keep in due:
             try:
+                clear_stop(trial_id)  # its controller has seen the flag by now
                 release_placement_group(group)
+                prune_train_checkpoints(keep)
             except Exception as failure:  # noqa: BLE001 - never let cleanup take the search down
-                print(f"warning: could not free the placement group of trial {trial_id}: {failure}")
+                print(f"warning: could not free the placement group or prune the checkpoints of trial {trial_id}: "
+                      f"{failure}")
 
     def _ended(self, trial: Any) -> None:
         record = record_of(self.run, trial)
         last = record.reports[-1] if record.reports else (trial.last_result or {})
         if last.get("placement_group"):  # a DDP trial: its Train controller may die before freeing it
-            self.to_release.append((time.time(), str(last["placement_group"]), trial.trial_id))
+            if record.epochs_run() < self.context.max_epochs:  # stopped mid-run: end its Train run now
+                request_stop(trial.trial_id)
+            self.to_release.append((time.time(), str(last["placement_group"]), trial.trial_id,
+                                    kept_checkpoints(record, self.context)))
         if is_over(self.run, self.context, record):
             row = build_row(self.context, self.run, record, dict(trial.config))
             leaderboard.append_rows(self.leaderboard_path, [row])

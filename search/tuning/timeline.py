@@ -21,7 +21,7 @@ def enabled() -> bool:
     return bool(os.environ.get(ENV))
 
 
-def _process_started() -> Optional[float]:
+def process_started() -> Optional[float]:
     """This process's start, epoch seconds (Linux /proc; 10 ms resolution); None elsewhere."""
     try:
         with open("/proc/self/stat") as stat:
@@ -40,7 +40,7 @@ def mark(trial_id: str, event: str, rank: Optional[int] = None, with_process_sta
         return
     line = {"trial": trial_id, "event": event, "t": time.time(), "pid": os.getpid(), "rank": rank, **extra}
     if with_process_start:
-        line["process_started"] = _process_started()
+        line["process_started"] = process_started()
     try:
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, f"{trial_id}.jsonl"), "a") as out:
@@ -49,4 +49,4 @@ def mark(trial_id: str, event: str, rank: Optional[int] = None, with_process_sta
         pass
 
 
-__all__ = ["ENV", "enabled", "mark"]
+__all__ = ["ENV", "enabled", "mark", "process_started"]

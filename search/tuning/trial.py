@@ -33,6 +33,8 @@ TIME_ATTR = "epoch"  # every report carries the epoch it ends: schedulers count 
 PRIOR_EPOCHS = "prior_epochs"  # report key: JSON of the epochs before a restart, on a restarted trial's first report
 EXPLOITED_FROM = "exploited_from"  # report key: "<donor trial id>@<epoch>" on a trial's first report after PBT
 # replaced its weights with that donor's checkpoint of that epoch (see search/tuning/pbt.py)
+ACTOR_STARTED = "actor_started_at"  # report key: when the trial's actor process started (epoch seconds), on the
+# first report of the first trial an actor runs: its start-up comes before Tune's on_trial_start, and is overhead
 
 
 @dataclass(frozen=True)
@@ -59,18 +61,20 @@ class _Reporter:
     restarted from is another trial's (a PBT exploit), that first report also names it (`exploited_from`)."""
 
     def __init__(self, send: Callable[[dict, Optional[str]], None], trial_id: str, rank: int, world_size: int,
-                 nodes: str, placement_group: str = "") -> None:
+                 nodes: str, placement_group: str = "", actor_started: Optional[float] = None) -> None:
         self.send, self.trial_id, self.rank = send, trial_id, rank
         self.started = time.time()
         self.fixed = {"nodes": nodes, "world_size": world_size, "placement_group": placement_group}
         self.prior_epochs: Optional[str] = None
         self.exploited_from: Optional[str] = None
+        self.actor_started = actor_started
         self.epochs: list[int] = []
         self.fault = faults.hook()  # TEST-ONLY (search/tuning/faults.py): None in a real run, checked once here
 
     def extras(self) -> dict:
         once = {} if self.epochs else {key: value for key, value in (
-            (PRIOR_EPOCHS, self.prior_epochs), (EXPLOITED_FROM, self.exploited_from)) if value}
+            (PRIOR_EPOCHS, self.prior_epochs), (EXPLOITED_FROM, self.exploited_from),
+            (ACTOR_STARTED, self.actor_started)) if value}
         now = time.time()  # reported_at: sub-second wall clock (Tune's timestamp is whole seconds)
         return {**self.fixed, "train_seconds": now - self.started, "reported_at": now, **once}
 
@@ -135,7 +139,7 @@ def _fit_and_report(config: Any, train_set: Any, val_set: Any, device: Any, rank
 
 
 # -- one worker: training inside the Tune trainable ------------------------------------------------------------------
-def _train_in_trial(config: Any, refs: dict, settings: TrialSettings) -> None:
+def _train_in_trial(config: Any, refs: dict, settings: TrialSettings, actor_started: Optional[float]) -> None:
     import ray
     import torch
     from ray import tune
@@ -151,7 +155,7 @@ def _train_in_trial(config: Any, refs: dict, settings: TrialSettings) -> None:
     try:
         with BackgroundReports(send) as send_later:  # the upload of epoch N overlaps the training of epoch N+1
             reporter = _Reporter(send_later, tune.get_context().get_trial_id(), rank=0, world_size=1,
-                                 nodes=ray.get_runtime_context().get_node_id())
+                                 nodes=ray.get_runtime_context().get_node_id(), actor_started=actor_started)
             _fit_and_report(config, train_set, val_set, "cuda" if use_gpu else "cpu", 0, 1, reporter,
                             tune.get_checkpoint())
     finally:
@@ -160,7 +164,7 @@ def _train_in_trial(config: Any, refs: dict, settings: TrialSettings) -> None:
 
 
 # -- --cv: the K fold models in sequence inside the Tune trainable (search/tuning/crossval.py) --------------------------
-def train_cv_in_trial(config: Any, refs: dict, settings: Any) -> None:
+def train_cv_in_trial(config: Any, refs: dict, settings: Any, actor_started: Optional[float]) -> None:
     """A Tune trial of a --cv search: fit_cv in this process, reporting the pooled out-of-fold metrics every epoch
     with the epoch's CV checkpoint; continues from the trial's last checkpoint (a retry, --resume, a PBT exploit)."""
     import ray
@@ -180,7 +184,7 @@ def train_cv_in_trial(config: Any, refs: dict, settings: Any) -> None:
     try:
         with BackgroundReports(send) as send_later:  # the upload of epoch N overlaps the training of epoch N+1
             reporter = _Reporter(send_later, tune.get_context().get_trial_id(), rank=0, world_size=1,
-                                 nodes=ray.get_runtime_context().get_node_id())
+                                 nodes=ray.get_runtime_context().get_node_id(), actor_started=actor_started)
             with _resume_point(tune.get_checkpoint(), reporter) as (resume_from, exploit):
                 result = fit_cv(config, data, folds, device="cuda" if use_gpu else "cpu", checkpoint_dir=local_dir,
                                 on_epoch=reporter.on_epoch, resume_from=resume_from, exploit=exploit)
@@ -213,6 +217,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
+    from search.tuning.train_stop import stop_requested
+
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     timeline.mark(context.get_experiment_name(), "worker_fn_start", rank, with_process_start=True)
@@ -222,41 +228,59 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     group = ray.util.get_current_placement_group()  # the Tune side frees it if Tune stops this trial
 
     def send(metrics: dict, epoch_dir: Optional[str]) -> None:
+        if stop_requested(context.get_experiment_name()):
+            # Tune stopped the trial and the run is being aborted: an epoch Tune never sees must not register a
+            # checkpoint, or Train's keep-one rule could delete the one of the epoch Tune ranked
+            return
         checkpoint = ray.train.Checkpoint.from_directory(epoch_dir) if epoch_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
     reporter = _Reporter(send, context.get_experiment_name(), rank, world_size,
                          nodes=",".join(sorted(set(_node_ids_of_all_ranks()))),
-                         placement_group=group.id.hex() if group is not None else "")
+                         placement_group=group.id.hex() if group is not None else "",
+                         actor_started=loop_config.get("actor_started"))
     _fit_and_report(loop_config["config"], train_set, val_set, ray.train.torch.get_device(), rank, world_size,
                     reporter, ray.train.get_checkpoint())
     timeline.mark(context.get_experiment_name(), "worker_fn_end", rank)
 
 
-def _train_with_ray_train(config: Any, refs: dict, settings: TrialSettings) -> None:
+def _train_with_ray_train(config: Any, refs: dict, settings: TrialSettings, actor_started: Optional[float]) -> None:
     import ray.tune
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from search.tuning.train_stop import StopWhenAsked, fit_unless_stopped
+
+    trial_id = ray.tune.get_context().get_trial_id()
     use_gpu = settings.resources.gpus_per_worker > 0
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": config, "train_ref": refs["train"], "val_ref": refs["val"],
+                           "actor_started": actor_started,
                            "threads": max(1, int(settings.resources.cpus_per_worker))},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=settings.resources.workers, use_gpu=use_gpu,
                                      resources_per_worker=settings.resources.worker_resources()),
         run_config=RunConfig(
-            name=ray.tune.get_context().get_trial_id(),  # a restarted trial finds this run's checkpoints
+            name=trial_id,  # a restarted trial finds this run's checkpoints
             storage_path=settings.train_storage or None,
             failure_config=FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=checkpoint_config(settings.metric, settings.mode),
-            callbacks=[TuneReportCallback()]))
-    trial_id = ray.tune.get_context().get_trial_id()
+            # every epoch kept: the driver prunes a run's other checkpoints when the trial ends (rows.py), since a
+            # run Tune stopped may report past the epoch Tune ranked, and keep-one would delete that one's
+            checkpoint_config=checkpoint_config(settings.metric, settings.mode, keep_all=True),
+            callbacks=[TuneReportCallback(), StopWhenAsked(trial_id), *_timeline_callbacks(trial_id)]))
     timeline.mark(trial_id, "trainer_fit_start", with_process_start=True)
-    trainer.fit()  # raises (TrainingFailedError) when retries are exhausted: Tune records the trial as error
+    fit_unless_stopped(trainer, trial_id)  # raises (TrainingFailedError) when retries are exhausted: the trial errs
     timeline.mark(trial_id, "trainer_fit_end")
+
+
+def _timeline_callbacks(trial_id: str) -> list:
+    if not timeline.enabled():
+        return []
+    from search.tuning.timeline_train import TrainTimeline  # here: only when asked
+
+    return [TrainTimeline(trial_id)]
 
 
 def checkpoint_config(metric: str, mode: str, for_tune: bool = False, keep_all: bool = False):
@@ -283,7 +307,17 @@ def run_trial(config: dict[str, Any], data_refs: Optional[dict] = None,
     train = _train_in_trial if settings.in_process else _train_with_ray_train
     if settings.cv:
         train = train_cv_in_trial
-    train(train_cfg, data_refs[train_cfg.image_size], settings)
+    train(train_cfg, data_refs[train_cfg.image_size], settings, _first_trial_start())
+
+
+_ran_a_trial = False  # this process ran a trial before: Tune reuses actors, and only a new one's start is this trial's
+
+
+def _first_trial_start() -> Optional[float]:
+    """This process's start (epoch seconds) when the trial calling is the first it runs, else None."""
+    global _ran_a_trial
+    first, _ran_a_trial = not _ran_a_trial, True
+    return timeline.process_started() if first else None
 
 
 def release_placement_group(group_hex: str) -> bool:
@@ -303,5 +337,5 @@ def release_placement_group(group_hex: str) -> bool:
     return True
 
 
-__all__ = ["TrialSettings", "run_trial", "train_worker", "release_placement_group", "checkpoint_config",
+__all__ = ["ACTOR_STARTED", "TrialSettings", "run_trial", "train_worker", "release_placement_group", "checkpoint_config",
            "donor_of", "TRAIN_RUNS_DIR", "ORIGIN_FILE", "EXPLOITED_FROM", "PRIOR_EPOCHS", "TIME_ATTR"]

@@ -117,10 +117,10 @@ def tune_config(settings: SearchSettings, plan: Plan, searcher: Any, scheduler: 
                            # PBT: the whole population must exist at once (paused trials free their slot); a
                            # one-worker trial's actor holds its resources, so they bound it
                            max_concurrent_trials=None if settings.scheduler == "pbt" else plan.max_concurrent_trials,
-                           # a one-worker trial's actor is its training process: the next trial reuses it (torch
-                           # imported, data fetched); a DDP trial's actor holds a Train controller that must die
-                           # with it when the scheduler stops the trial
-                           reuse_actors=plan.per_trial.in_process)
+                           # the next trial reuses a trial's actor (process, Ray, torch imported; a one-worker
+                           # trial's data fetched). A DDP trial Tune stops ends its Train run (train_stop.py); PBT's
+                           # DDP trials are paused and restored, so they keep an actor each (docs/ray-notes.md)
+                           reuse_actors=plan.per_trial.in_process or settings.scheduler != "pbt")
 
 
 def budget_stopper(settings: SearchSettings) -> BudgetStopper:
