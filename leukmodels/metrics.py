@@ -60,8 +60,7 @@ def classification_metrics(labels: Sequence[int], prob_all: Sequence[float], pat
     if not np.isin(y, (0, 1)).all():
         raise ValueError(f"labels must be 0 (HEM) or 1 (ALL); got values {sorted(set(y.tolist()) - {0, 1})}")
     pred = (p > threshold).astype(np.int64)
-    confusion = np.array([[np.sum((y == 1) & (pred == 1)), np.sum((y == 1) & (pred == 0)),
-                           np.sum((y == 0) & (pred == 1)), np.sum((y == 0) & (pred == 0))]], dtype=np.float64)
+    confusion = np.bincount(_cell_kinds(y, pred), minlength=4)[None, :].astype(np.float64)  # 1 x 4
     counted = {name: float(values[0]) for name, values in _metrics_of_counts(confusion).items()}
     counted["roc_auc"] = _roc_auc(y, p) if np.unique(y).size == 2 else float("nan")
     out = {name: counted[name] for name in SCALAR_METRICS}
@@ -102,10 +101,8 @@ def patient_interval(labels: Sequence[int], prob_all: Sequence[float], patients:
     if not (y.shape == pred.shape == index.shape):
         raise ValueError(f"patient_interval: labels ({y.size}), prob_all ({pred.size}) and patients ({index.size}) "
                          f"differ in length")
-    # patients x 4: cells per (label, prediction) = (1,1) tp, (1,0) fn, (0,1) fp, (0,0) tn
-    cell_kind = np.array([[3, 2], [1, 0]])[y, pred]
-    counts = np.zeros((len(names), 4))
-    np.add.at(counts, (index, cell_kind), 1.0)
+    counts = np.zeros((len(names), 4))  # patients x 4 confusion counts
+    np.add.at(counts, (index, _cell_kinds(y, pred)), 1.0)
     patient_class = (counts[:, 0] + counts[:, 1]) >= (counts[:, 2] + counts[:, 3])   # True: (mostly) ALL cells
     rng = np.random.default_rng(seed)
     weights = np.zeros((resamples, len(names)))                              # resamples x patients: times drawn
@@ -120,6 +117,12 @@ def patient_interval(labels: Sequence[int], prob_all: Sequence[float], patients:
         lo, hi = np.percentile(finite_values, [tail, 100 - tail]) if finite_values.size else (np.nan, np.nan)
         out.update(zip(interval_keys(metric), (float(lo), float(hi))))
     return out
+
+
+def _cell_kinds(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Each cell's column in a confusion count row: (label, prediction) = (1,1) tp 0, (1,0) fn 1, (0,1) fp 2,
+    (0,0) tn 3."""
+    return np.array([[3, 2], [1, 0]])[y, pred]
 
 
 def _metrics_of_counts(confusion: np.ndarray) -> dict[str, np.ndarray]:

@@ -57,17 +57,12 @@ def ray_2cpu():
 
     if ray.is_initialized():  # a previous module leaked one: start from a clean slate
         ray.shutdown()
-    train_env = {**TRAIN_ENV, **LOCAL_TRAIN_ENV}
-    saved = {key: os.environ.get(key) for key in train_env}
-    os.environ.update(train_env)
-    ray.init(address="local", num_cpus=2, include_dashboard=True)  # "local": never attach to another Ray
-    yield ray
-    ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {**TRAIN_ENV, **LOCAL_TRAIN_ENV}.items():
+            patch.setenv(key, value)
+        ray.init(address="local", num_cpus=2, include_dashboard=True)  # "local": never attach to another Ray
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

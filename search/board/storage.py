@@ -114,6 +114,11 @@ def siblings(location: str) -> list[str]:
     return sorted(f"{prefix}{info.path}{query}" for info in found if info.type == pafs.FileType.Directory)
 
 
+def folder_name(location: str) -> str:
+    """The last part of a path or URI ("checkpoint_000003" of ".../run_trial_x/checkpoint_000003/")."""
+    return str(location).rstrip("/").rsplit("/", 1)[-1]
+
+
 def delete_folder(location: str) -> None:
     """Remove the folder `location` (a path or a URI) and everything in it."""
     fs, inner = filesystem(location)

@@ -21,6 +21,7 @@ from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from leukmodels.train import EXPLOIT_CHANGES
+from search.board.storage import folder_name
 from search.tuning.ray_private import next_pbt_round, pbt_interval, set_next_pbt_round, set_pbt_round
 from search.tuning.spaces import AUG_RANGE, LR_RANGE, WEIGHT_DECAY_RANGE, SearchSpace, check_buildable, sample_configs
 from search.tuning.trial import TIME_ATTR
@@ -114,24 +115,20 @@ def prune_checkpoints(grid: Any, rows: list[dict]) -> tuple[int, int]:
     """Once a PBT search has finished, delete the checkpoints kept only for exploits (`checkpoint_config(keep_all)`):
     each trial keeps the one its row points at and its latest (report.py reads the history there). Returns (folders
     removed, bytes freed); a trial without a row or a checkpoint is left as it is."""
-    best = {row["trial_id"]: _name(row["checkpoint"]) for row in rows if row.get("checkpoint")}
+    best = {row["trial_id"]: folder_name(row["checkpoint"]) for row in rows if row.get("checkpoint")}
     removed = freed = 0
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id")
         if trial_id not in best or result.checkpoint is None:
             continue
-        keep, fs = {best[trial_id], _name(result.checkpoint.path)}, result.filesystem
+        keep, fs = {best[trial_id], folder_name(result.checkpoint.path)}, result.filesystem
         for info in fs.get_file_info(pyarrow.fs.FileSelector(result.path)):
-            if info.type == pyarrow.fs.FileType.Directory and _name(info.path).startswith("checkpoint_") \
-                    and _name(info.path) not in keep:
+            if info.type == pyarrow.fs.FileType.Directory and folder_name(info.path).startswith("checkpoint_") \
+                    and folder_name(info.path) not in keep:
                 freed += sum(f.size or 0 for f in fs.get_file_info(pyarrow.fs.FileSelector(info.path, recursive=True)))
                 fs.delete_dir(info.path)
                 removed += 1
     return removed, freed
-
-
-def _name(path: str) -> str:
-    return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
 def describe(max_epochs: int, num_samples: int) -> str:

@@ -392,9 +392,9 @@ def prune_train_checkpoints(keep: tuple[str, ...]) -> None:
     keep-one rule would then have deleted the checkpoint of the epoch Tune ranked."""
     if not keep:
         return
-    names = {folder.rstrip("/").rsplit("/", 1)[-1] for folder in keep}
+    names = {storage.folder_name(folder) for folder in keep}
     for folder in storage.siblings(keep[0]):
-        name = folder.rstrip("/").rsplit("/", 1)[-1]
+        name = storage.folder_name(folder)
         if name.startswith("checkpoint_") and name not in names:
             storage.delete_folder(folder)
 

@@ -9,7 +9,9 @@ from search.tuning.timeline import mark
 
 
 class TrainTimeline(TrainCallbacks.Controller, TrainCallbacks.WorkerGroup, TrainCallbacks.Worker):
-    """Marks each step under the trial's id; built in the trial's actor, pickled to the controller and the workers."""
+    """Marks the steps search/benchmark/trial_timeline.py reads, under the trial's id: the controller's start, each
+    worker's train context (after its start-up), the worker group's start (after torch's process group). Built in the
+    trial's actor, pickled to the controller and the workers."""
 
     def __init__(self, trial_id: str) -> None:
         self.trial_id = trial_id
@@ -17,23 +19,8 @@ class TrainTimeline(TrainCallbacks.Controller, TrainCallbacks.WorkerGroup, Train
     def after_controller_start(self, train_run_context: Any) -> None:
         mark(self.trial_id, "controller_start", with_process_start=True)
 
-    def before_worker_group_start(self, worker_group_context: Any) -> None:
-        mark(self.trial_id, "worker_group_start")
-
     def after_worker_group_start(self, worker_group: Any) -> None:
         mark(self.trial_id, "worker_group_started")
 
-    def after_worker_group_training_start(self, worker_group: Any) -> None:
-        mark(self.trial_id, "training_launched")
-
     def after_init_train_context(self) -> None:
         mark(self.trial_id, "worker_context", with_process_start=True)
-
-    def before_worker_group_shutdown(self, worker_group: Any) -> None:
-        mark(self.trial_id, "worker_group_shutdown")
-
-    def after_worker_group_shutdown(self, worker_group_context: Any) -> None:
-        mark(self.trial_id, "worker_group_shut")
-
-    def after_controller_finish(self, result: Any) -> None:
-        mark(self.trial_id, "controller_finish")
