@@ -217,8 +217,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from search.tuning.train_stop import stop_requested
-
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     timeline.mark(context.get_experiment_name(), "worker_fn_start", rank, with_process_start=True)
@@ -228,10 +226,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     group = ray.util.get_current_placement_group()  # the Tune side frees it if Tune stops this trial
 
     def send(metrics: dict, epoch_dir: Optional[str]) -> None:
-        if stop_requested(context.get_experiment_name()):
-            # Tune stopped the trial and the run is being aborted: an epoch Tune never sees must not register a
-            # checkpoint, or Train's keep-one rule could delete the one of the epoch Tune ranked
-            return
         checkpoint = ray.train.Checkpoint.from_directory(epoch_dir) if epoch_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
