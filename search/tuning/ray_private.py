@@ -28,9 +28,15 @@ pinned by tests/test_ray_private.py, so a Ray upgrade that changes one fails tha
 - `TrainCallbacks`: Ray Train V2's controller, worker-group and worker callback bases
   (`ray.train.v2._internal.execution.callback`); RunConfig hands callbacks that are not UserCallbacks to the
   controller as they are, and only these see the controller's poll of its workers and its start.
+- `torch_trainer_without_pg_cleaner()`: a TorchTrainer whose run does not start Train's PlacementGroupCleaner (a
+  detached actor per run, `_create_default_callbacks`; no setting turns it off). That actor is one more process
+  importing Ray Train while the workers start, it asks the State API every second, and the run waits up to a second
+  for it to stop at its end. The driver frees a DDP trial's placement group itself when the trial ends
+  (search/tuning/rows.py), stopped or not.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ray.experimental import internal_kv
@@ -135,6 +141,22 @@ class TrainCallbacks:
     Worker = WorkerCallback
 
 
+@functools.cache
+def torch_trainer_without_pg_cleaner() -> type:
+    """TorchTrainer, less the PlacementGroupCleanerCallback among its default callbacks (built on first use: it
+    imports torch)."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class TorchTrainerWithoutPgCleaner(TorchTrainer):
+        def _create_default_callbacks(self) -> list:
+            return [callback for callback in super()._create_default_callbacks()
+                    if not isinstance(callback, PlacementGroupCleanerCallback)]
+
+    return TorchTrainerWithoutPgCleaner
+
+
 __all__ = ["restored_configs", "grid_trials", "optuna_study", "optuna_trials", "completed_trials",
            "checkpoint_results", "set_checkpoint_results", "training_result", "pbt_interval", "set_pbt_round",
-           "next_pbt_round", "set_next_pbt_round", "kv_put", "kv_exists", "kv_delete", "tune_stop_event", "TrainCallbacks"]
+           "next_pbt_round", "set_next_pbt_round", "kv_put", "kv_exists", "kv_delete", "tune_stop_event", "TrainCallbacks",
+           "torch_trainer_without_pg_cleaner"]

@@ -52,7 +52,8 @@ def fit_unless_stopped(trainer: Any, trial_id: str) -> None:
     fitting = threading.Thread(target=fit, name=f"fit-{trial_id}", daemon=True)
     fitting.start()
     while fitting.is_alive():
-        if stopping.wait(WAKE_S):
+        fitting.join(WAKE_S)  # returns the moment fit does
+        if stopping.is_set():
             request_stop(trial_id)
             return
     if failures and not stop_requested(trial_id):

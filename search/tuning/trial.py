@@ -241,14 +241,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 def _train_with_ray_train(config: Any, refs: dict, settings: TrialSettings, actor_started: Optional[float]) -> None:
     import ray.tune
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from search.tuning.ray_private import torch_trainer_without_pg_cleaner
     from search.tuning.train_stop import StopWhenAsked, fit_unless_stopped
 
     trial_id = ray.tune.get_context().get_trial_id()
     use_gpu = settings.resources.gpus_per_worker > 0
-    trainer = TorchTrainer(
+    trainer = torch_trainer_without_pg_cleaner()(  # the driver frees the run's placement group (rows.py)
         train_worker,
         train_loop_config={"config": config, "train_ref": refs["train"], "val_ref": refs["val"],
                            "actor_started": actor_started,
@@ -317,8 +318,9 @@ def _first_trial_start() -> Optional[float]:
 def release_placement_group(group_hex: str) -> bool:
     """Remove a DDP trial's worker placement group by id (idempotent); True if a removal was requested.
 
-    Tune stops a trial (ASHA) by killing its actor, and with it the Train controller that would have removed the
-    group; Train's own cleaner cannot find its cluster when several Rays share a host."""
+    A Train run removes its group when it ends or aborts; one whose controller died first (its trial's actor was
+    killed) leaves it. The driver is the only cleaner: DDP runs start without Train's PlacementGroupCleaner actor
+    (search/tuning/ray_private.py), which cost each trial a process and up to a second at its end."""
     if not group_hex:
         return False
     from ray import PlacementGroupID
