@@ -20,9 +20,10 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
-import tempfile
 import threading
 from typing import Callable, Optional
+
+from search.tuning.scratch import scratch_folder
 
 FAULT_DIR_ENV = "LEUKTUNE_FAULT_DIR"  # set by tests/test_faults.py only (search/tuning/faults.py): reports are then
 # waited for at once, since the fault hook kills or parks the trial "after epoch N was persisted"
@@ -51,7 +52,7 @@ class BackgroundReports:
     def __call__(self, metrics: dict, folder: Optional[str]) -> None:
         self.wait()
         if folder:  # the caller deletes `folder` when this returns: the report reads the moved copy
-            self.staging = self.staging or tempfile.mkdtemp(prefix="leuk-sending-")
+            self.staging = self.staging or scratch_folder("sending")
             folder = shutil.move(folder, os.path.join(self.staging, os.path.basename(folder.rstrip(os.sep))))
         self.pending = threading.Thread(target=self._report, args=(metrics, folder), daemon=True,
                                         name="leuk-report")

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
@@ -24,6 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 from search.tuning import faults, timeline
 from search.tuning.plan import TrialResources
 from search.tuning.reporting_thread import BackgroundReports
+from search.tuning.scratch import scratch_folder
 from search.board.settings import DEFAULT_METRIC
 from search.tuning.spaces import check_buildable, train_config
 
@@ -126,7 +126,7 @@ def _fit_and_report(config: Any, train_set: Any, val_set: Any, device: Any, rank
                     reporter: _Reporter, previous: Any) -> None:
     from leukmodels.train import fit
 
-    local_dir = tempfile.mkdtemp(prefix="leuk-ckpt-") if rank == 0 else None  # fit writes epoch_XXXX/ here
+    local_dir = scratch_folder("ckpt") if rank == 0 else None  # fit writes epoch_XXXX/ here
     try:
         with _resume_point(previous, reporter) as (resume_from, exploit):
             result = fit(config, train_set, val_set, device=device, rank=rank, world_size=world_size,
@@ -180,7 +180,7 @@ def train_cv_in_trial(config: Any, refs: dict, settings: Any, actor_started: Opt
     def send(metrics: dict, epoch_dir: Optional[str]) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(epoch_dir) if epoch_dir else None)
 
-    local_dir = tempfile.mkdtemp(prefix="leuk-cv-")
+    local_dir = scratch_folder("cv")
     try:
         with BackgroundReports(send) as send_later:  # the upload of epoch N overlaps the training of epoch N+1
             reporter = _Reporter(send_later, tune.get_context().get_trial_id(), rank=0, world_size=1,
