@@ -212,14 +212,14 @@ def test_the_console_table_of_one_search_ranks_within_that_search(tmp_path):
 
 def test_a_ddp_trials_thread_returns_when_tune_stops_it_and_a_fit_aborted_on_request_is_no_error(monkeypatch):
     """fit_unless_stopped: Tune waits 2 s for a stopped trial's thread before it reuses the actor, so the thread
-    returns at Tune's stop and asks the run to abort; a fit that fails because it was aborted is not the trial's
-    error, any other failure is."""
+    returns at Tune's stop and leaves the run to the driver's flag; a fit that fails because it was aborted is not the
+    trial's error, any other failure is; a flag left from an earlier run of the trial is cleared at its start."""
     import threading
 
     from search.tuning import train_stop
 
-    flags: set = set()
-    monkeypatch.setattr(train_stop, "request_stop", flags.add)
+    flags: set = {"rerun"}  # a killed driver's flag, on a cluster that outlived it
+    monkeypatch.setattr(train_stop, "clear_stop", flags.discard)
     monkeypatch.setattr(train_stop, "stop_requested", lambda trial_id: trial_id in flags)
     stopping = threading.Event()
     monkeypatch.setattr(train_stop, "tune_stop_event", lambda: stopping)
@@ -228,14 +228,19 @@ def test_a_ddp_trials_thread_returns_when_tune_stops_it_and_a_fit_aborted_on_req
         def __init__(self, fit) -> None:
             self.fit = fit
 
-    train_stop.fit_unless_stopped(Trainer(lambda: None), "done")  # a run that ends: returns, nothing asked
+    train_stop.fit_unless_stopped(Trainer(lambda: None), "rerun")  # a run that ends: returns, its stale flag gone
     assert flags == set()
     with pytest.raises(RuntimeError, match="workers died"):
         train_stop.fit_unless_stopped(Trainer(lambda: (_ for _ in ()).throw(RuntimeError("workers died"))), "t1")
     released = threading.Event()
     threading.Timer(0.2, stopping.set).start()  # Tune stops the trial while its run trains on
     train_stop.fit_unless_stopped(Trainer(lambda: released.wait(30)), "t2")
-    assert flags == {"t2"} and not released.is_set()
+    assert not released.is_set() and flags == set()  # returned at once; the flag is the driver's to set
     released.set()
-    flags.add("t3")  # the driver asked first: the aborted run's failure is the stop, not an error
-    train_stop.fit_unless_stopped(Trainer(lambda: (_ for _ in ()).throw(RuntimeError("aborted"))), "t3")
+
+    def fit_aborted_by_the_driver() -> None:
+        flags.add("t3")  # the driver asked while the run trained: the run's failure is the stop, not an error
+        raise RuntimeError("aborted")
+
+    stopping.clear()
+    train_stop.fit_unless_stopped(Trainer(fit_aborted_by_the_driver), "t3")

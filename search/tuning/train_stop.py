@@ -6,7 +6,11 @@ trial (reuse_actors) instead of killing it, and with it the controller, to stop 
     Train controller, every poll:     StopWhenAsked(trial_id)       # aborts the run within one poll (0.25 s)
 
 A reused actor saves a DDP trial the actor's start (a process, Ray, torch, Ray Train: 3-4 s on a small machine). The
-flag lives in the GCS, so it reaches a controller on any node; the driver clears it with the trial's placement group.
+flag lives in the GCS, so it reaches a controller on any node. Only the driver sets it (in its trial-end callback,
+before Tune hands the actor on) and clears it with the trial's placement group, in that order: set by the trial's
+actor as well, a flag could land after the driver's last clear and outlive the search (seen at an experiment's end).
+A trial clears its own flag when it starts: on a cluster that outlives searches, one left by a killed driver would
+abort the trial's rerun under --resume, which keeps its trial id.
 """
 from __future__ import annotations
 
@@ -38,8 +42,10 @@ def clear_stop(trial_id: str) -> None:
 
 def fit_unless_stopped(trainer: Any, trial_id: str) -> None:
     """`trainer.fit()` in a thread of its own, so that this trial's thread returns as soon as Tune stops the trial:
-    Tune waits 2 s for it before it reuses the actor. The run, told through the flag, aborts behind it; a fit that
-    fails because the run was aborted is no error of the trial's."""
+    Tune waits 2 s for it before it reuses the actor. The run, told through the driver's flag, aborts behind it; a fit
+    that fails because the run was aborted is no error of the trial's. A run Tune stops after its last epoch ends on
+    its own."""
+    clear_stop(trial_id)  # left from an earlier run of this trial: it would abort this one
     stopping = tune_stop_event()
     failures: list = []
 
@@ -54,7 +60,6 @@ def fit_unless_stopped(trainer: Any, trial_id: str) -> None:
     while fitting.is_alive():
         fitting.join(WAKE_S)  # returns the moment fit does
         if stopping.is_set():
-            request_stop(trial_id)
             return
     if failures and not stop_requested(trial_id):
         raise failures[0]
