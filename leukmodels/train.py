@@ -1,4 +1,4 @@
-"""The training loop: the same `fit()` in a plain process, in a DDP worker (the Ray layer's TorchTrainer) and on a GPU.
+"""The training loop: the same `fit()` in a plain process, in a DDP worker (a Ray Train worker) and on a GPU.
 
     result = fit(TrainConfig(family="resnet", epochs=10), train_set, val_set, checkpoint_dir="runs/a")
 

@@ -3,7 +3,10 @@ public behaviour the best-epoch rule copies (of two equal checkpoints Ray keeps 
 changes one fails here, not in a search. No Ray cluster: Tune's objects are built directly."""
 from __future__ import annotations
 
+import inspect
 import pickle
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -21,8 +24,8 @@ from search.board.paths import optuna_url
 from search.tuning.pbt import SearchPBT, make_pbt
 from search.tuning.ray_private import (checkpoint_results, completed_trials, grid_trials, next_pbt_round, optuna_study,
                                        optuna_trials, pbt_interval, restored_configs, set_checkpoint_results,
-                                       set_next_pbt_round, set_pbt_round, torch_trainer_without_pg_cleaner,
-                                       training_result)
+                                       set_next_pbt_round, set_pbt_round, training_result, TorchOnWorkers,
+                                       ddp_trainer)
 from search.tuning.rows import SearchRun
 from search.tuning.spaces import SearchSpace
 from search.tuning.strategies import (BudgetAwareOptunaSearch, BudgetStopper, RecordingASHA, attach_run, make_scheduler,
@@ -179,14 +182,47 @@ def test_pbt_round_state_of_a_trial(tmp_path):
 
 def test_a_ddp_trials_trainer_has_trains_default_callbacks_less_the_placement_group_cleaner():
     from ray.train import ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     def kinds(trainer_class: type) -> list:
-        trainer = trainer_class(_trainable, scaling_config=ScalingConfig(num_workers=2))
+        trainer = trainer_class(_trainable, backend_config=TorchOnWorkers(),
+                                scaling_config=ScalingConfig(num_workers=2))
         return [type(callback) for callback in trainer._create_default_callbacks()]
 
-    stock, ours = kinds(TorchTrainer), kinds(torch_trainer_without_pg_cleaner())
+    stock, ours = kinds(DataParallelTrainer), kinds(ddp_trainer())
     assert PlacementGroupCleanerCallback in stock  # the actor a Ray upgrade may rename or drop: then revisit this
     assert ours == [kind for kind in stock if kind is not PlacementGroupCleanerCallback]
-    assert issubclass(torch_trainer_without_pg_cleaner(), TorchTrainer)
+    assert issubclass(ddp_trainer(), DataParallelTrainer)
+
+
+def test_torch_on_workers_calls_torch_configs_own_steps_with_their_parameters():
+    from ray.train._internal.utils import get_address_and_port
+    from ray.train.torch import TorchConfig
+    from ray.train.torch import config as torch_config
+
+    assert {"backend", "world_rank", "world_size", "init_method", "timeout_s"} <= set(
+        inspect.signature(torch_config._setup_torch_process_group).parameters)
+    assert "destroy_process_group" in inspect.signature(torch_config._shutdown_torch).parameters
+    assert callable(torch_config._set_torch_distributed_env_vars) and callable(get_address_and_port)
+    stock, ours = TorchConfig(backend="gloo"), TorchOnWorkers(backend="gloo")
+    assert stock.init_method == "env" and stock.timeout_s == ours.timeout_s
+    assert stock.backend_cls.share_cuda_visible_devices == ours.backend_cls.share_cuda_visible_devices
+    assert (stock.framework, stock.to_dict()) == (ours.framework, ours.to_dict())
+    assert hasattr(torch_config.TorchConfigContextManager(), "__enter__")
+
+
+def test_a_ddp_trials_train_controller_unpickles_its_config_and_callbacks_without_importing_torch():
+    """What the controller receives of a DDP trial: the backend config and the trial's Train callbacks."""
+    import cloudpickle
+
+    from search.tuning.timeline_train import TrainTimeline
+    from search.tuning.train_stop import StopWhenAsked
+
+    sent = cloudpickle.dumps([TorchOnWorkers(backend="nccl"), StopWhenAsked("t1"), TrainTimeline("t1")])
+    code = ("import pickle, sys; config = pickle.loads(sys.stdin.buffer.read())[0]; "
+            "print(config.backend, config.backend_cls.__name__, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], input=sent, capture_output=True, check=True)
+    assert done.stdout.decode().split() == ["nccl", "_TorchOnWorkersBackend", "False"]
+
+

@@ -18,7 +18,7 @@ from pathlib import Path
 
 POINTS = [  # (point, the phase that runs from it to the next point)
     ("actor_process", "trial actor starts (0 when reused)"),
-    ("tune_trial_start", "trial fn to TorchTrainer.fit"),
+    ("tune_trial_start", "trial fn to the trainer's fit()"),
     ("trainer_fit_start", "Train controller actor starts"),
     ("controller_start", "placement group, worker actors scheduled"),
     ("first_worker_process", "worker start-up: Ray, imports"),

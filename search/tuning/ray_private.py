@@ -28,20 +28,33 @@ pinned by tests/test_ray_private.py, so a Ray upgrade that changes one fails tha
 - `TrainCallbacks`: Ray Train V2's controller, worker-group and worker callback bases
   (`ray.train.v2._internal.execution.callback`); RunConfig hands callbacks that are not UserCallbacks to the
   controller as they are, and only these see the controller's poll of its workers and its start.
-- `torch_trainer_without_pg_cleaner()`: a TorchTrainer whose run does not start Train's PlacementGroupCleaner (a
-  detached actor per run, `_create_default_callbacks`; no setting turns it off). That actor is one more process
-  importing Ray Train while the workers start, it asks the State API every second, and the run waits up to a second
-  for it to stop at its end. The driver frees a DDP trial's placement group itself when the trial ends
-  (search/tuning/rows.py), stopped or not.
+- `ddp_trainer()`: a DataParallelTrainer whose run does not start Train's PlacementGroupCleaner (a detached actor
+  per run, `_create_default_callbacks`; no setting turns it off). That actor is one more process importing Ray Train
+  while the workers start, it asks the State API every second, and the run waits up to a second for it to stop at its
+  end. The driver frees a DDP trial's placement group itself when the trial ends (search/tuning/rows.py).
+- `TorchOnWorkers`: TorchConfig's process-group setup (`ray.train.torch.config`'s `_setup_torch_process_group`,
+  `_set_torch_distributed_env_vars`, `_shutdown_torch`, `TorchConfigContextManager`; `ray.train._internal.utils`'s
+  `get_address_and_port`), with each step imported on the worker that runs it. TorchConfig's module imports torch,
+  and the Train controller unpickles the config: every DDP trial's controller paid torch's import (1-2 s on a small
+  machine) only to relay calls to its workers.
 """
 from __future__ import annotations
 
 import functools
+import logging
+import os
+from dataclasses import dataclass
 from typing import Any
 
+import ray
+from ray.exceptions import GetTimeoutError
 from ray.experimental import internal_kv
+from ray.train.backend import Backend, BackendConfig
 from ray.train._internal.session import _TrainingResult, get_session
 from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerCallback, WorkerGroupCallback
+from ray.train.v2._internal.util import TrainingFramework
+
+logger = logging.getLogger(__name__)
 
 
 # -- Tuner.restore ----------------------------------------------------------------------------------------------------
@@ -141,22 +154,105 @@ class TrainCallbacks:
     Worker = WorkerCallback
 
 
+# -- a DDP trial's Ray Train run --------------------------------------------------------------------------------------
 @functools.cache
-def torch_trainer_without_pg_cleaner() -> type:
-    """TorchTrainer, less the PlacementGroupCleanerCallback among its default callbacks (built on first use: it
-    imports torch)."""
-    from ray.train.torch import TorchTrainer
+def ddp_trainer() -> type:
+    """DataParallelTrainer, less the PlacementGroupCleanerCallback among its default callbacks."""
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    class TorchTrainerWithoutPgCleaner(TorchTrainer):
+    class DataParallelTrainerWithoutPgCleaner(DataParallelTrainer):
         def _create_default_callbacks(self) -> list:
             return [callback for callback in super()._create_default_callbacks()
                     if not isinstance(callback, PlacementGroupCleanerCallback)]
 
-    return TorchTrainerWithoutPgCleaner
+    return DataParallelTrainerWithoutPgCleaner
+
+
+def _set_master(address: str, port: int) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = address, str(port)
+
+
+def _set_torch_env_vars() -> None:
+    from ray.train.torch.config import _set_torch_distributed_env_vars
+
+    _set_torch_distributed_env_vars()  # RANK, WORLD_SIZE, LOCAL_RANK, ... as torchrun sets them
+
+
+def _init_process_group(**kwargs: Any) -> None:
+    from ray.train.torch.config import _setup_torch_process_group
+
+    _setup_torch_process_group(**kwargs)
+
+
+def _shutdown_process_group(destroy_process_group: bool) -> None:
+    from ray.train.torch.config import _shutdown_torch
+
+    _shutdown_torch(destroy_process_group=destroy_process_group)
+
+
+class _TorchDevice:
+    """Around the train function on each worker: TorchConfig's context (sets the worker's CUDA device)."""
+
+    def __enter__(self) -> None:
+        from ray.train.torch.config import TorchConfigContextManager
+
+        self._inner = TorchConfigContextManager()
+        self._inner.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._inner.__exit__(*exc)
+
+
+class _TorchOnWorkersBackend(Backend):
+    """TorchConfig's backend for a Train V2 worker group with the env:// init method; the controller only relays."""
+
+    share_cuda_visible_devices = True
+
+    def on_start(self, worker_group: Any, backend_config: "TorchOnWorkers") -> None:
+        from ray.train._internal.utils import get_address_and_port
+
+        address, port = worker_group.execute_single(0, get_address_and_port)
+        worker_group.execute(_set_master, address=address, port=port)
+        worker_group.execute(_set_torch_env_vars)
+        ray.get([worker_group.execute_single_async(rank, _init_process_group, backend=backend_config.backend,
+                                                   world_rank=rank, world_size=len(worker_group),
+                                                   init_method="env://", timeout_s=backend_config.timeout_s)
+                 for rank in range(len(worker_group))])
+
+    def on_shutdown(self, worker_group: Any, backend_config: "TorchOnWorkers") -> None:
+        done = worker_group.execute_async(_shutdown_process_group, destroy_process_group=len(worker_group) > 1)
+        try:
+            ray.get(done, timeout=backend_config.shutdown_timeout_s)
+        except GetTimeoutError:
+            logger.warning("torch process group shutdown timed out after %s s", backend_config.shutdown_timeout_s)
+
+
+@dataclass
+class TorchOnWorkers(BackendConfig):
+    """TorchConfig(backend=...) whose module the Train controller imports without torch."""
+
+    backend: str = "gloo"  # "nccl" for GPU workers
+    timeout_s: int = 1800  # collective operations
+    shutdown_timeout_s: int = 30
+
+    @property
+    def backend_cls(self) -> type:
+        return _TorchOnWorkersBackend
+
+    @property
+    def train_func_context(self) -> type:
+        return _TorchDevice
+
+    @property
+    def framework(self) -> TrainingFramework:
+        return TrainingFramework.TORCH
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "init_method": "env", "timeout_s": self.timeout_s}
 
 
 __all__ = ["restored_configs", "grid_trials", "optuna_study", "optuna_trials", "completed_trials",
            "checkpoint_results", "set_checkpoint_results", "training_result", "pbt_interval", "set_pbt_round",
            "next_pbt_round", "set_next_pbt_round", "kv_put", "kv_exists", "kv_delete", "tune_stop_event", "TrainCallbacks",
-           "torch_trainer_without_pg_cleaner"]
+           "ddp_trainer", "TorchOnWorkers"]

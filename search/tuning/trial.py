@@ -3,9 +3,10 @@
     trainable = tune.with_parameters(run_trial, data_refs=refs, settings=TrialSettings(...))
 
 A one-worker trial trains inside the Tune trainable itself: no Ray Train worker group to start (18-50 s on a small
-machine), and Tune reuses the actor for the next trial. A DDP trial (workers > 1) builds a TorchTrainer whose workers
-run `train_worker`; a TuneReportCallback forwards rank 0's reports to Tune. Both paths report the same metrics, save a
-checkpoint every epoch and continue from the last one after a retry or `--resume`.
+machine), and Tune reuses the actor for the next trial. A DDP trial (workers > 1) builds a Ray Train run with
+torch's process group (a DataParallelTrainer with `ray_private.TorchOnWorkers`) whose workers run `train_worker`; a
+TuneReportCallback forwards rank 0's reports to Tune. Both paths report the same metrics, save a checkpoint every
+epoch and continue from the last one after a retry or `--resume`.
 
 Ray's and torch's modules are imported inside each path's function: every Train worker imports this module, and
 Ray Tune, which only the trial's own process uses, would add its import to each worker's start.
@@ -241,20 +242,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 def _train_with_ray_train(config: Any, refs: dict, settings: TrialSettings, actor_started: Optional[float]) -> None:
     import ray.tune
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from search.tuning.ray_private import torch_trainer_without_pg_cleaner
+    from search.tuning.ray_private import TorchOnWorkers, ddp_trainer
     from search.tuning.train_stop import StopWhenAsked, fit_unless_stopped
 
     trial_id = ray.tune.get_context().get_trial_id()
     use_gpu = settings.resources.gpus_per_worker > 0
-    trainer = torch_trainer_without_pg_cleaner()(  # the driver frees the run's placement group (rows.py)
+    trainer = ddp_trainer()(  # the driver frees the run's placement group (rows.py)
         train_worker,
         train_loop_config={"config": config, "train_ref": refs["train"], "val_ref": refs["val"],
                            "actor_started": actor_started,
                            "threads": max(1, int(settings.resources.cpus_per_worker))},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        backend_config=TorchOnWorkers(backend="nccl" if use_gpu else "gloo"),  # the controller skips torch's import
         scaling_config=ScalingConfig(num_workers=settings.resources.workers, use_gpu=use_gpu,
                                      resources_per_worker=settings.resources.worker_resources()),
         run_config=RunConfig(
