@@ -170,6 +170,23 @@ def test_a_data_folder_that_is_missing_or_no_cnmc_tree_is_refused_before_ray(fol
     assert not (tmp_path / "out").exists()  # nothing written, no Ray started
 
 
+def test_a_rerun_may_add_seeds_but_not_drop_one_or_change_another_setting(tmp_path):
+    def prepare(*flags: str) -> dict:
+        args = benchmark.parse_args(["--name", "b", "--results", str(tmp_path), "--seeds", *flags])
+        return benchmark.prepare_folder(args, "python -m search.benchmark ...")
+
+    assert prepare("0", "1") == {}
+    (tmp_path / "benchmarks" / "b" / benchmark.RUNS).write_text('{"b-random-fifo-s0": {"exit_code": 0}}')
+    assert prepare("0", "1", "2") == {"b-random-fifo-s0": {"exit_code": 0}}  # seed 2 added; seed 0's search reused
+    saved = json.loads((tmp_path / "benchmarks" / "b" / benchmark.SAVED_SETTINGS).read_text())["settings"]
+    assert saved["seeds"] == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"--seeds \[0, 1, 2\] \(now \[0, 1\]\)"):
+        prepare("0", "1")
+    with pytest.raises(ValueError, match="--num-samples"):
+        benchmark.prepare_folder(benchmark.parse_args(["--name", "b", "--results", str(tmp_path), "--seeds", "0", "1",
+                                                       "2", "--num-samples", "5"]), "")
+
+
 def test_epoch_records_read_every_trial_and_skip_a_cut_line(tmp_path):
     for trial, lines in {"t1": ['{"epoch": 1, "trial_id": "t1", "reported_at": 1.0, "m": 0.5}',
                                 '{"epoch": 2, "trial_id": "t1", "repor'],

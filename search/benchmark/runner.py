@@ -7,7 +7,8 @@ validation patients predict unseen ones.
 Every search is a real `search.cli.run.main` call with the same family, space, data, trial count and maximum epochs; only
 the sampler, the scheduler and the seed change, and all share one Ray start. Then every trial's best-epoch checkpoint
 predicts the held-out test patients (search/benchmark/analysis.py). Everything goes under
-results/benchmarks/<name>/; rerunning a --name reuses its finished searches and resumes an interrupted one.
+results/benchmarks/<name>/; rerunning a --name reuses its finished searches and resumes an interrupted one, and a
+rerun with more --seeds adds only the new seeds' searches.
 """
 from __future__ import annotations
 
@@ -198,13 +199,16 @@ def plan_searches(args: BenchmarkSettings) -> list[Search]:
 
 
 def prepare_folder(args: BenchmarkSettings, command: str) -> dict:
-    """Write (or check) benchmark.json; returns what earlier runs of this --name recorded per search (runs.json)."""
+    """Write (or check) benchmark.json; returns what earlier runs of this --name recorded per search (runs.json).
+    A rerun must match every setting, except that it may add seeds: each seed's searches stand alone, so more seeds
+    extend a benchmark and its figures are then taken over all of them."""
     settings = {key: getattr(args, key) for key in SETTINGS}
     saved_path, runs_path = args.folder / SAVED_SETTINGS, args.folder / RUNS
     if saved_path.is_file():
         saved = json.loads(saved_path.read_text())["settings"]
-        clash = [f"--{k.replace('_', '-')} {saved.get(k)} (now {settings[k]})" for k in SETTINGS if saved.get(k) !=
-                 settings[k]]
+        more_seeds = set(saved.get("seeds") or []) <= set(settings["seeds"])
+        clash = [f"--{k.replace('_', '-')} {saved.get(k)} (now {settings[k]})" for k in SETTINGS
+                 if saved.get(k) != settings[k] and not (k == "seeds" and more_seeds)]
         if clash:
             raise ValueError(f"--name {args.name}: that benchmark ran with {'; '.join(clash)}; use a new --name")
     with atomic_path(saved_path) as tmp:
