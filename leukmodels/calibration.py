@@ -14,12 +14,10 @@ share of ALL cells|; 15 bins as Guo et al. It is the reliability diagram in one 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import pandas as pd
+import pandas as pd
 
 ECE_BINS = 15
 T_BOUNDS = (0.05, 20.0)  # a fitted T outside this range means the predictions carry no usable confidence
@@ -74,8 +72,6 @@ def fit_temperature(logits: Sequence[float], labels: Sequence[int], bounds: tupl
 
 def reliability_bins(labels: Sequence[int], prob_all: Sequence[float], bins: int = ECE_BINS) -> pd.DataFrame:
     """One row per non-empty equal-width bin of P(ALL): bin_low, bin_high, cells, mean_prob_all, share_all."""
-    import pandas as pd  # here: every DDP worker imports this module through the training loop, and never bins
-
     y = np.asarray(labels, dtype=np.float64).ravel()
     p = np.asarray(prob_all, dtype=np.float64).ravel()
     index = np.minimum((p * bins).astype(np.int64), bins - 1)  # P(ALL) = 1 falls in the last bin

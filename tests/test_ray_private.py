@@ -209,7 +209,7 @@ def test_torch_on_workers_calls_torch_configs_own_steps_with_their_parameters():
     assert stock.init_method == "env" and stock.timeout_s == ours.timeout_s
     assert stock.backend_cls.share_cuda_visible_devices == ours.backend_cls.share_cuda_visible_devices
     assert (stock.framework, stock.to_dict()) == (ours.framework, ours.to_dict())
-    assert hasattr(torch_config.TorchConfigContextManager(), "__enter__")
+    assert ours.train_func_context is stock.train_func_context is torch_config.TorchConfigContextManager
 
 
 def test_a_ddp_trials_train_controller_unpickles_its_config_and_callbacks_without_importing_torch():

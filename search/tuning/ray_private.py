@@ -34,7 +34,8 @@ pinned by tests/test_ray_private.py, so a Ray upgrade that changes one fails tha
   end. The driver frees a DDP trial's placement group itself when the trial ends (search/tuning/rows.py).
 - `TorchOnWorkers`: TorchConfig's process-group setup (`ray.train.torch.config`'s `_setup_torch_process_group`,
   `_set_torch_distributed_env_vars`, `_shutdown_torch`, `TorchConfigContextManager`; `ray.train._internal.utils`'s
-  `get_address_and_port`), with each step imported on the worker that runs it. TorchConfig's module imports torch,
+  `get_address_and_port`; the shutdown timeout `ray.train.constants` reads from the environment), with each step
+  imported on the worker that runs it. TorchConfig's module imports torch,
   and the Train controller unpickles the config: every DDP trial's controller paid torch's import (1-2 s on a small
   machine) only to relay calls to its workers.
 """
@@ -47,10 +48,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray._private.ray_constants import env_integer
 from ray.exceptions import GetTimeoutError
 from ray.experimental import internal_kv
 from ray.train.backend import Backend, BackendConfig
 from ray.train._internal.session import _TrainingResult, get_session
+from ray.train.constants import DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S
 from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerCallback, WorkerGroupCallback
 from ray.train.v2._internal.util import TrainingFramework
 
@@ -191,19 +194,6 @@ def _shutdown_process_group(destroy_process_group: bool) -> None:
     _shutdown_torch(destroy_process_group=destroy_process_group)
 
 
-class _TorchDevice:
-    """Around the train function on each worker: TorchConfig's context (sets the worker's CUDA device)."""
-
-    def __enter__(self) -> None:
-        from ray.train.torch.config import TorchConfigContextManager
-
-        self._inner = TorchConfigContextManager()
-        self._inner.__enter__()
-
-    def __exit__(self, *exc: Any) -> Any:
-        return self._inner.__exit__(*exc)
-
-
 class _TorchOnWorkersBackend(Backend):
     """TorchConfig's backend for a Train V2 worker group with the env:// init method; the controller only relays."""
 
@@ -222,10 +212,11 @@ class _TorchOnWorkersBackend(Backend):
 
     def on_shutdown(self, worker_group: Any, backend_config: "TorchOnWorkers") -> None:
         done = worker_group.execute_async(_shutdown_process_group, destroy_process_group=len(worker_group) > 1)
+        timeout_s = env_integer(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S)
         try:
-            ray.get(done, timeout=backend_config.shutdown_timeout_s)
+            ray.get(done, timeout=timeout_s)
         except GetTimeoutError:
-            logger.warning("torch process group shutdown timed out after %s s", backend_config.shutdown_timeout_s)
+            logger.warning("torch process group shutdown timed out after %s s", timeout_s)
 
 
 @dataclass
@@ -234,7 +225,6 @@ class TorchOnWorkers(BackendConfig):
 
     backend: str = "gloo"  # "nccl" for GPU workers
     timeout_s: int = 1800  # collective operations
-    shutdown_timeout_s: int = 30
 
     @property
     def backend_cls(self) -> type:
@@ -242,7 +232,10 @@ class TorchOnWorkers(BackendConfig):
 
     @property
     def train_func_context(self) -> type:
-        return _TorchDevice
+        """Sets each worker's CUDA device around the train function; read only where the trainer is built."""
+        from ray.train.torch.config import TorchConfigContextManager  # the trial's process, which has torch
+
+        return TorchConfigContextManager
 
     @property
     def framework(self) -> TrainingFramework:
