@@ -153,6 +153,7 @@ def test_on_grid_reads_a_step_curve_and_holds_its_end():
     (["--metric", "loss"], "--metric"),
     (["--image-sizes", "8"], "--image-sizes 8"),
     (["--name", "a/b"], "--name"),
+    (["--val-fraction", "1.5"], "--val-fraction 1.5"),
 ])
 def test_bad_flags_are_one_line_naming_the_flag(argv, says, tmp_path, capsys):
     assert benchmark.main([*argv, "--results", str(tmp_path)]) == 2
@@ -185,6 +186,16 @@ def test_a_rerun_may_add_seeds_but_not_drop_one_or_change_another_setting(tmp_pa
     with pytest.raises(ValueError, match="--num-samples"):
         benchmark.prepare_folder(benchmark.parse_args(["--name", "b", "--results", str(tmp_path), "--seeds", "0", "1",
                                                        "2", "--num-samples", "5"]), "")
+
+
+def test_val_fraction_reaches_every_search_and_a_rerun_must_keep_it(tmp_path):
+    args = benchmark.parse_args(["--name", "v", "--results", str(tmp_path), "--val-fraction", "0.05", "--cv", "3"])
+    for search in benchmark.plan_searches(args):
+        flags = search.argv(args)
+        assert flags[flags.index("--val-fraction") + 1] == "0.05"
+    benchmark.prepare_folder(args, "")
+    with pytest.raises(ValueError, match=r"--val-fraction 0.05 \(now None\)"):
+        benchmark.prepare_folder(benchmark.parse_args(["--name", "v", "--results", str(tmp_path), "--cv", "3"]), "")
 
 
 def test_epoch_records_read_every_trial_and_skip_a_cut_line(tmp_path):

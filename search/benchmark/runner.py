@@ -47,7 +47,7 @@ DEFAULTS = dict(family=["resnet"], strategies=[BASELINE, "random-asha", "tpe-fif
                 **{key: PROFILES["cpu"][key] for key in ("num_samples", "max_epochs", "image_sizes")})
 SMOKE = dict(strategies=[BASELINE, "tpe-asha"], seeds=[0], num_samples=3, max_epochs=2, image_sizes=[24])
 SETTINGS = ("family", "data", "num_samples", "max_epochs", "grace_epochs", "reduction_factor", "strategies", "seeds",
-            "image_sizes", "metric", "cv", "rerank_top", "rerank_strategies", "batch_sizes")  # a rerun must match
+            "image_sizes", "metric", "cv", "rerank_top", "rerank_strategies", "batch_sizes", "val_fraction")  # a rerun must match
 SAVED_SETTINGS = "benchmark.json"  # <folder>/benchmark.json: SETTINGS (a rerun of the --name must match) and the command
 RUNS = "runs.json"  # <folder>/runs.json: each search's exit code and wall time, rewritten after every search
 HEARTBEAT_S = 20.0  # a progress line this often while a search runs
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="benchmark name (default <family>-<YYYYmmdd-HHMMSS>); a rerun reuses finished "
                    "searches")
     p.add_argument("--results", default=RESULTS, help="outputs go to RESULTS/benchmarks/NAME (default results)")
+    p.add_argument("--val-fraction", type=float, metavar="F", help="passed to every search: the share of training "
+                   "patients its one validation split holds out (default: search/run.py's, 0.2); a small one "
+                   "measures how a few validation patients rank trials")
     p.add_argument("--cv", type=int, metavar="K", help="also run every strategy with --cv K (cross-validated "
                    "selection), compared with the baseline on the same selection rule")
     p.add_argument("--rerank-top", type=int, metavar="N", help="every one-split search also re-ranks its top N "
@@ -102,6 +105,7 @@ class BenchmarkSettings:
     data: Optional[str] = None
     grace_epochs: Optional[int] = None  # None: each search's profile's
     reduction_factor: Optional[int] = None
+    val_fraction: Optional[float] = None  # None: search/run.py's
     batch_sizes: Optional[list[int]] = None
     cv: Optional[int] = None
     rerank_top: Optional[int] = None
@@ -167,7 +171,8 @@ class Search:
     def argv(self, args: BenchmarkSettings) -> list[str]:
         """search/run.py's flags for this search: the benchmark's shared settings plus its strategy and seed."""
         searcher, scheduler = self.strategy.split("-")
-        given = {"--data": args.data, "--grace-epochs": args.grace_epochs, "--reduction-factor": args.reduction_factor}
+        given = {"--data": args.data, "--grace-epochs": args.grace_epochs, "--reduction-factor": args.reduction_factor,
+                 "--val-fraction": args.val_fraction}
         return ["--family", *args.family, "--num-samples", str(args.num_samples), "--max-epochs",
                 str(args.max_epochs), "--image-sizes", *map(str, args.image_sizes), "--metric", args.metric,
                 "--searcher", searcher, "--scheduler", scheduler, "--seed", str(self.seed), "--name", self.name,
