@@ -61,7 +61,7 @@ def classification_metrics(labels: Sequence[int], prob_all: Sequence[float], pat
         raise ValueError(f"labels must be 0 (HEM) or 1 (ALL); got values {sorted(set(y.tolist()) - {0, 1})}")
     pred = (p > threshold).astype(np.int64)
     confusion = np.bincount(_cell_kinds(y, pred), minlength=4)[None, :].astype(np.float64)  # 1 x 4
-    counted = {name: float(values[0]) for name, values in _metrics_of_counts(confusion).items()}
+    counted = {name: float(values[0]) for name, values in metrics_of_counts(confusion).items()}
     counted["roc_auc"] = _roc_auc(y, p) if np.unique(y).size == 2 else float("nan")
     out = {name: counted[name] for name in SCALAR_METRICS}
     out["predicted_all"] = float(pred.mean())
@@ -95,21 +95,14 @@ def patient_interval(labels: Sequence[int], prob_all: Sequence[float], patients:
     0.26 to 1.0, so a set of few patients is far less certain than its cell count suggests. Cheap: one confusion
     count per patient, then a resamples x patients matrix product (no roc_auc, which needs the scores re-sorted).
     """
-    y = np.asarray(labels).astype(np.int64).ravel()
-    pred = (np.asarray(prob_all, dtype=np.float64).ravel() > threshold).astype(np.int64)
-    names, index = np.unique(np.asarray(patients).astype(str).ravel(), return_inverse=True)
-    if not (y.shape == pred.shape == index.shape):
-        raise ValueError(f"patient_interval: labels ({y.size}), prob_all ({pred.size}) and patients ({index.size}) "
-                         f"differ in length")
-    counts = np.zeros((len(names), 4))  # patients x 4 confusion counts
-    np.add.at(counts, (index, _cell_kinds(y, pred)), 1.0)
+    names, counts = patient_confusion(labels, prob_all, patients, threshold)
     patient_class = (counts[:, 0] + counts[:, 1]) >= (counts[:, 2] + counts[:, 3])   # True: (mostly) ALL cells
     rng = np.random.default_rng(seed)
     weights = np.zeros((resamples, len(names)))                              # resamples x patients: times drawn
     for members in (np.flatnonzero(patient_class), np.flatnonzero(~patient_class)):
         if len(members):
             weights[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)), resamples)
-    values = _metrics_of_counts(weights @ counts)                           # metric -> resamples
+    values = metrics_of_counts(weights @ counts)                           # metric -> resamples
     tail = 100 * (1 - level) / 2
     out = {}
     for metric in INTERVAL_METRICS:
@@ -119,13 +112,28 @@ def patient_interval(labels: Sequence[int], prob_all: Sequence[float], patients:
     return out
 
 
+def patient_confusion(labels: Sequence[int], prob_all: Sequence[float], patients: Sequence,
+                      threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(patient names, sorted; float P x 4 confusion counts of each patient's cells, columns tp, fn, fp, tn as
+    metrics_of_counts reads them). A set of patients scores as the sum of their rows."""
+    y = np.asarray(labels).astype(np.int64).ravel()
+    pred = (np.asarray(prob_all, dtype=np.float64).ravel() > threshold).astype(np.int64)
+    names, index = np.unique(np.asarray(patients).astype(str).ravel(), return_inverse=True)
+    if not (y.shape == pred.shape == index.shape):
+        raise ValueError(f"patient_confusion: labels ({y.size}), prob_all ({pred.size}) and patients ({index.size}) "
+                         f"differ in length")
+    counts = np.zeros((len(names), 4))
+    np.add.at(counts, (index, _cell_kinds(y, pred)), 1.0)
+    return names, counts
+
+
 def _cell_kinds(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Each cell's column in a confusion count row: (label, prediction) = (1,1) tp 0, (1,0) fn 1, (0,1) fp 2,
     (0,0) tn 3."""
     return np.array([[3, 2], [1, 0]])[y, pred]
 
 
-def _metrics_of_counts(confusion: np.ndarray) -> dict[str, np.ndarray]:
+def metrics_of_counts(confusion: np.ndarray) -> dict[str, np.ndarray]:
     """INTERVAL_METRICS of R x 4 confusion counts (tp, fn, fp, tn), each equal to scikit-learn's (f1_score weighted
     and macro with zero_division=0, accuracy_score, balanced_accuracy_score, recall_score; tests/test_metrics.py
     compares them). Computed here, not by scikit-learn: importing sklearn.metrics costs each Train worker 1.1 s."""
@@ -224,5 +232,5 @@ def predict_proba(model: torch.nn.Module, images_uint8, batch_size: int = 256, d
 
 
 __all__ = ["best_report", "classification_metrics", "predict_proba", "predict_log_proba", "SCALAR_METRICS", "LOWER_IS_BETTER",
-           "SINGLE_CLASS_SHARE", "is_single_class", "patient_interval", "interval_keys", "INTERVAL_METRICS",
-           "tied_with"]
+           "SINGLE_CLASS_SHARE", "is_single_class", "patient_interval", "patient_confusion", "metrics_of_counts",
+           "interval_keys", "INTERVAL_METRICS", "tied_with"]

@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 from leukmodels.atomic import atomic_path
 from leukmodels.checkpoint import load_model
 from leukmodels.data import DataError, decode, discover, split_by_patient
-from leukmodels.metrics import classification_metrics, predict_proba
-from search.benchmark import selection
+from leukmodels.metrics import classification_metrics, patient_confusion, predict_proba
+from search.benchmark import resampling, selection
 from search.benchmark import tables as report
 from search.benchmark.figures import curve_figure
 from search.board import leaderboard
@@ -64,11 +64,12 @@ def held_out_sets(args: BenchmarkSettings, searches: list[Search]) -> dict[str, 
     return out
 
 
-def held_out_metrics(trials: pd.DataFrame, tests: dict, progress: bool = True) -> pd.DataFrame:
+def held_out_metrics(trials: pd.DataFrame, tests: dict, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Per trial (index of `trials`): test weighted F1, balanced accuracy and ROC AUC of its best-epoch checkpoint on
-    its search's test patients, decoded once per (test set, image size); `left_out` says why a trial has none."""
+    its search's test patients, decoded once per (test set, image size); `left_out` says why a trial has none. Also
+    {trial index: (test set key, patient names, P x 4 confusion counts)} for search.benchmark.resampling."""
     decoded: dict[tuple, Any] = {}
-    out = {}
+    out, confusions = {}, {}
     for index, trial in tqdm(trials.iterrows(), total=len(trials), desc="test patients", disable=not progress):
         if not isinstance(trial["checkpoint"], str) or trial["search"] not in tests:
             out[index] = {"left_out": f"no checkpoint ({trial['status']})"}
@@ -82,10 +83,12 @@ def held_out_metrics(trials: pd.DataFrame, tests: dict, progress: bool = True) -
         if (key, config.image_size) not in decoded:
             decoded[key, config.image_size] = decode(test, config.image_size, progress=False)
         images = decoded[key, config.image_size]  # uint8 N x 3 x S x S in the test rows' order
-        scores = classification_metrics(images.labels, predict_proba(model, images.images, batch_size=512))
+        prob_all = predict_proba(model, images.images, batch_size=512)
+        scores = classification_metrics(images.labels, prob_all)
         out[index] = {f"test_{name}": scores[name] for name in ("weighted_f1", "balanced_accuracy", "roc_auc")}
+        confusions[index] = (key, *patient_confusion(images.labels, prob_all, test["patient"].to_numpy()))
     columns = ["test_weighted_f1", "test_balanced_accuracy", "test_roc_auc", "left_out"]
-    return pd.DataFrame.from_dict(out, orient="index", columns=columns).reindex(trials.index)
+    return pd.DataFrame.from_dict(out, orient="index", columns=columns).reindex(trials.index), confusions
 
 
 def trial_rows(board: pd.DataFrame, search: Search, metric: str, label: str | None = None,
@@ -113,7 +116,8 @@ def analyse(args: BenchmarkSettings, searches: list[Search], runs: dict, command
                        + [trial_rows(board, s, args.metric, label, rule) for s, label, rule in second],
                        ignore_index=True)
     print(f"testing {trials['checkpoint'].notna().sum()} trial checkpoints on the held-out test patients")
-    trials = trials.join(held_out_metrics(trials, held_out_sets(args, [*searches, *(s for s, _, _ in second)])))
+    tested, confusions = held_out_metrics(trials, held_out_sets(args, [*searches, *(s for s, _, _ in second)]))
+    trials = trials.join(tested)
     ran = pd.DataFrame([{"strategy": s.label, "seed": s.seed, "search": s.name, **runs[s.name]} for s in searches])
     table = pd.concat([report.strategy_table(curves[curves["strategy"].isin(labels)], trials, ran[ran["strategy"].isin(
         labels)], group_baseline) for group_baseline, labels in selection.strategy_groups(searches, baseline)],
@@ -125,7 +129,9 @@ def analyse(args: BenchmarkSettings, searches: list[Search], runs: dict, command
     chosen = selection.selection_table(trials, searches)
     return report.Results(name=args.name, command=command, metric=args.metric, baseline=baseline, data=data,
                           table=table, summary=report.headline(table, order), trials=trials, curves=curves,
-                          selection=chosen, selection_summary=selection.rule_summary(chosen, trials))
+                          selection=chosen, selection_summary=selection.rule_summary(chosen, trials),
+                          uncertainty=resampling.regret_uncertainty(trials, chosen, confusions),
+                          yardstick=resampling.yardstick(confusions))
 
 
 def write_outputs(args: BenchmarkSettings, results: report.Results) -> list[Path]:

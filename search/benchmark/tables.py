@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from leukmodels.values import finite_or
-from search.benchmark import selection
+from search.benchmark import resampling, selection
 from search.board.leaderboard import to_markdown
 
 TOLERANCE = 1e-12  # a best "reaches" a target equal to it up to float noise
@@ -216,6 +216,8 @@ class Results:
     curves: pd.DataFrame  # every search's best_so_far curve, with strategy and seed
     selection: pd.DataFrame = None  # one row per (search, selection rule): benchmark_selection.selection_table
     selection_summary: pd.DataFrame = None  # one row per rule: benchmark_selection.rule_summary
+    uncertainty: pd.DataFrame = None  # one row per rule: resampling.regret_uncertainty
+    yardstick: dict = None  # the test patients' reliability: resampling.yardstick
 
 
 def finding_lines(results: Results) -> list[str]:
@@ -231,7 +233,8 @@ def finding_lines(results: Results) -> list[str]:
     cv_verdicts = [target_verdict(results.summary, group, f"tpe-asha{group[len(results.baseline):]}")
                    for group in dict.fromkeys(results.summary["strategy"]) if group.startswith(f"{results.baseline}+")]
     return lines + ([verdict] if verdict else []) + [v for v in cv_verdicts if v] + selection.finding_lines(
-        results.selection_summary, results.selection)
+        results.selection_summary, results.selection) + resampling.finding_lines(
+        results.uncertainty if results.uncertainty is not None else pd.DataFrame(), results.yardstick or {})
 
 
 def markdown(results: Results, figures: Sequence[str]) -> str:
@@ -274,7 +277,12 @@ def headline_record(results: Results) -> dict:
             "target": target_verdict(results.summary, results.baseline),
             "selection": [] if results.selection_summary is None else [
                 {key: finite_or(value) if isinstance(value, float) else value for key, value in row.items()}
-                for row in results.selection_summary.to_dict("records")]}
+                for row in results.selection_summary.to_dict("records")],
+            "selection_uncertainty": [] if results.uncertainty is None else [
+                {key: finite_or(value) if isinstance(value, float) else value for key, value in row.items()}
+                for row in results.uncertainty.to_dict("records")],
+            "yardstick": {key: finite_or(value) if isinstance(value, float) else value
+                          for key, value in (results.yardstick or {}).items()}}
 
 
 def console_lines(results: Results, written: Sequence[Path]) -> list[str]:
