@@ -17,7 +17,6 @@ from typing import Sequence
 import numpy as np
 
 from leukmodels.labels import ALL, HEM
-from leukmodels.patients import patient_table
 
 N_BOOT = 2000
 LEVEL = 0.95
@@ -88,9 +87,10 @@ def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[floa
 def cell_intervals(labels: Sequence[int], prob_all: Sequence[float], patients: Sequence, threshold: float = 0.5,
                    n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict[str, tuple[float, float]]:
     """Cell-level CELL_METRICS' intervals, resampling patients (with all their cells) within their class."""
-    _, cell_patient = np.unique(np.asarray(patients).astype(str), return_inverse=True)  # index into sorted names
-    table = patient_table(labels, prob_all, patients)  # one row per patient, sorted by name as well
-    counts = patient_counts(table["label"].to_numpy(), n_boot, seed)  # B x P
+    names, cell_patient = np.unique(np.asarray(patients).astype(str).ravel(), return_inverse=True)
+    cells_all = np.bincount(cell_patient, weights=np.asarray(labels, dtype=np.float64).ravel(), minlength=names.size)
+    patient_label = cells_all >= np.bincount(cell_patient, minlength=names.size) / 2  # a patient's majority label
+    counts = patient_counts(patient_label, n_boot, seed)  # B x P
     samples = weighted_metrics(counts[:, cell_patient], labels, prob_all, threshold)  # cell weight = its patient's
     return {name: percentile_interval(values, level) for name, values in samples.items()}
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from leukmodels.bootstrap import patient_counts, percentile_interval
 from leukmodels.labels import ALL, HEM
 from leukmodels.values import finite_or
 
@@ -97,18 +98,11 @@ def patient_interval(labels: Sequence[int], prob_all: Sequence[float], patients:
     """
     names, counts = patient_confusion(labels, prob_all, patients, threshold)
     patient_class = (counts[:, 0] + counts[:, 1]) >= (counts[:, 2] + counts[:, 3])   # True: (mostly) ALL cells
-    rng = np.random.default_rng(seed)
-    weights = np.zeros((resamples, len(names)))                              # resamples x patients: times drawn
-    for members in (np.flatnonzero(patient_class), np.flatnonzero(~patient_class)):
-        if len(members):
-            weights[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)), resamples)
-    values = metrics_of_counts(weights @ counts)                           # metric -> resamples
-    tail = 100 * (1 - level) / 2
+    weights = patient_counts(patient_class, resamples, seed).astype(np.float64)  # resamples x patients: times drawn
+    values = metrics_of_counts(weights @ counts)                                  # metric -> resamples
     out = {}
     for metric in INTERVAL_METRICS:
-        finite_values = values[metric][np.isfinite(values[metric])]
-        lo, hi = np.percentile(finite_values, [tail, 100 - tail]) if finite_values.size else (np.nan, np.nan)
-        out.update(zip(interval_keys(metric), (float(lo), float(hi))))
+        out.update(zip(interval_keys(metric), percentile_interval(values[metric], level)))
     return out
 
 
