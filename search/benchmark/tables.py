@@ -276,13 +276,15 @@ def headline_record(results: Results) -> dict:
             "trials_left_out": int(results.trials["left_out"].notna().sum()),
             "target": target_verdict(results.summary, results.baseline),
             "selection": [] if results.selection_summary is None else [
-                {key: finite_or(value) if isinstance(value, float) else value for key, value in row.items()}
-                for row in results.selection_summary.to_dict("records")],
+                _json_safe(row) for row in results.selection_summary.to_dict("records")],
             "selection_uncertainty": [] if results.uncertainty is None else [
-                {key: finite_or(value) if isinstance(value, float) else value for key, value in row.items()}
-                for row in results.uncertainty.to_dict("records")],
-            "yardstick": {key: finite_or(value) if isinstance(value, float) else value
-                          for key, value in (results.yardstick or {}).items()}}
+                _json_safe(row) for row in results.uncertainty.to_dict("records")],
+            "yardstick": _json_safe(results.yardstick or {})}
+
+
+def _json_safe(record: dict) -> dict:
+    """The record with non-finite floats as None (finite_or), as headline.json holds them."""
+    return {key: finite_or(value) if isinstance(value, float) else value for key, value in record.items()}
 
 
 def console_lines(results: Results, written: Sequence[Path]) -> list[str]:
