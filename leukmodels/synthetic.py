@@ -35,8 +35,10 @@ as there. Calibration targets and where they come from:
   split ranked 7th-11th of 12 trials on the test patients (Spearman rho of validation metric vs test weighted F1
   0.36, regret about 0.1); 3-fold cross-validation by patient picked one ranked about 4th (regret 0.014, rho 0.52).
   Version 2 (21 cells a patient, no pull) did not reproduce it: its one-split winner ranked 1.5th of 6 (rho 0.75)
-  and its 3-fold objective barely ranked (rho 0.54); version 3's figures are in README.md ("Choosing a winner
-  that holds on unseen patients").
+  and its 3-fold objective barely ranked (rho 0.54). Version 3 reproduces it on some draws, not on others: with
+  `--prelim-patients 84` (seed 0; benchmark at `--val-fraction 0.1`) the one-split winner ranked 7th of 12 (rho
+  0.14, regret 0.097) and the 3-fold one 4th; on the default tree 4th (rho 0.54) and 3rd. Full figures in
+  README.md ("Choosing a winner that holds on unseen patients").
 The drawn counts, shifts, pulls and flips of every patient are listed in GENERATED.json ("patient_effects").
 """
 from __future__ import annotations
